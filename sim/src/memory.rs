@@ -1,0 +1,213 @@
+//! Device memory of the simulated GPU: physical allocations, a virtual address space of
+//! reservations, and the mappings between them.
+//!
+//! Device addresses are opaque numbers in a range no host pointer uses; the bytes behind them
+//! live in host allocations that only the device model touches. Virtual addresses are never
+//! reused, so an access through a stale pointer finds no mapping and fails, as an illegal
+//! address would on a GPU.
+
+use std::alloc::{self, Layout};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::error::{SimError, SimResult};
+
+/// First device address handed out. Device addresses are only compared and offset by the
+/// model, never dereferenced by the host.
+pub const VA_BASE: u64 = 0x0000_7e00_0000_0000;
+
+/// Alignment of plain allocations (`cuMemAlloc` guarantees at least 256 bytes).
+pub(crate) const PLAIN_ALIGN: u64 = 512;
+
+/// Bytes of simulated device memory, owned by the model and freed when the last mapping and
+/// handle to it are gone.
+pub(crate) struct Phys {
+    ptr: *mut u8,
+    len: usize,
+    used: Arc<AtomicU64>,
+}
+
+// SAFETY: `Phys` owns a heap allocation that nothing else aliases; the raw pointer is only
+// dereferenced through `bytes_ptr`, whose callers follow the device's memory model (concurrent
+// unordered access is reported by the race checker, as on a GPU).
+unsafe impl Send for Phys {}
+// SAFETY: see `Send`; `Phys` has no interior state besides the byte buffer.
+unsafe impl Sync for Phys {}
+
+impl Phys {
+    pub(crate) fn new(len: usize, used: Arc<AtomicU64>) -> SimResult<Arc<Phys>> {
+        let layout = Layout::from_size_align(len.max(1), 4096)
+            .map_err(|e| SimError::InvalidValue(format!("allocation of {len} bytes: {e}")))?;
+        // SAFETY: the layout has a non-zero size. Zeroed memory is requested lazily from the
+        // OS, so a large simulated device costs host memory only for the bytes written.
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err(SimError::OutOfMemory {
+                requested: len as u64,
+                free: 0,
+                capacity: 0,
+            });
+        }
+        used.fetch_add(len as u64, Ordering::SeqCst);
+        Ok(Arc::new(Phys { ptr, len, used }))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Pointer to byte `off`; `off + len` must lie within the allocation.
+    pub(crate) fn bytes_ptr(&self, off: usize, len: usize) -> *mut u8 {
+        assert!(off + len <= self.len, "physical range out of bounds");
+        // SAFETY: checked above that the offset stays inside the allocation.
+        unsafe { self.ptr.add(off) }
+    }
+}
+
+impl Drop for Phys {
+    fn drop(&mut self) {
+        let layout = Layout::from_size_align(self.len.max(1), 4096).expect("layout was valid");
+        // SAFETY: `ptr` came from `alloc_zeroed` with this same layout and is freed once.
+        unsafe { alloc::dealloc(self.ptr, layout) };
+        self.used.fetch_sub(self.len as u64, Ordering::SeqCst);
+    }
+}
+
+/// A physical range mapped into a reservation.
+#[derive(Clone)]
+pub(crate) struct Mapping {
+    pub(crate) len: u64,
+    pub(crate) phys: Arc<Phys>,
+    pub(crate) phys_off: u64,
+    pub(crate) accessible: bool,
+}
+
+/// What a region of the address space is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RegionKind {
+    /// A `cuMemAlloc`-style allocation: reserved, backed and mapped in one step.
+    Plain,
+    /// A `cuMemAllocAsync` allocation (stream ordered); freed with `free_async`.
+    Async,
+    /// A `cuMemAddressReserve` range.
+    Reservation,
+}
+
+pub(crate) struct Region {
+    pub(crate) len: u64,
+    pub(crate) kind: RegionKind,
+    /// Mappings by start address.
+    pub(crate) maps: BTreeMap<u64, Mapping>,
+}
+
+/// One resolved piece of a device range: bytes in a physical allocation.
+pub(crate) struct Segment {
+    pub(crate) phys: Arc<Phys>,
+    pub(crate) off: usize,
+    pub(crate) len: usize,
+}
+
+/// The address space and physical allocations of one device.
+pub(crate) struct Memory {
+    pub(crate) regions: BTreeMap<u64, Region>,
+    pub(crate) handles: HashMap<u64, Arc<Phys>>,
+    next_va: u64,
+    next_handle: u64,
+    pub(crate) used: Arc<AtomicU64>,
+}
+
+impl Memory {
+    pub(crate) fn new() -> Self {
+        Memory {
+            regions: BTreeMap::new(),
+            handles: HashMap::new(),
+            next_va: VA_BASE,
+            next_handle: 1,
+            used: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A fresh, never used address range of `len` bytes aligned to `align`, with a guard gap
+    /// after it so an overrun never lands in a neighbour.
+    pub(crate) fn take_va(&mut self, len: u64, align: u64) -> u64 {
+        let start = self.next_va.div_ceil(align) * align;
+        self.next_va = start + len + align.max(PLAIN_ALIGN);
+        start
+    }
+
+    pub(crate) fn new_handle(&mut self, phys: Arc<Phys>) -> u64 {
+        let h = self.next_handle;
+        self.next_handle += 1;
+        self.handles.insert(h, phys);
+        h
+    }
+
+    /// The region containing `addr`, with its base.
+    pub(crate) fn region_of(&self, addr: u64) -> Option<(u64, &Region)> {
+        let (&base, region) = self.regions.range(..=addr).next_back()?;
+        (addr < base + region.len).then_some((base, region))
+    }
+
+    /// Resolves `[addr, addr + len)` into the physical bytes behind it, failing if any byte is
+    /// outside a region, unmapped, or not made accessible.
+    pub(crate) fn resolve(&self, addr: u64, len: u64) -> SimResult<Vec<Segment>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let (base, region) = self.region_of(addr).ok_or_else(|| {
+            SimError::IllegalAddress(format!(
+                "{addr:#x}: no allocation or reservation contains this address"
+            ))
+        })?;
+        let end = addr
+            .checked_add(len)
+            .ok_or_else(|| SimError::InvalidValue(format!("range {addr:#x}+{len} overflows")))?;
+        if end > base + region.len {
+            return Err(SimError::IllegalAddress(format!(
+                "range {addr:#x}+{len} runs past the end of its allocation {base:#x}+{}",
+                region.len
+            )));
+        }
+        let mut out = Vec::new();
+        let mut cur = addr;
+        // The mapping that starts at or before `cur`, then the following ones.
+        let first = region
+            .maps
+            .range(..=cur)
+            .next_back()
+            .map(|(k, _)| *k)
+            .unwrap_or(cur);
+        for (&mstart, m) in region.maps.range(first..) {
+            if cur >= end {
+                break;
+            }
+            if mstart > cur || mstart + m.len <= cur {
+                if mstart + m.len <= cur {
+                    continue;
+                }
+                return Err(SimError::IllegalAddress(format!(
+                    "{cur:#x} (in range {addr:#x}+{len}) is not mapped"
+                )));
+            }
+            if !m.accessible {
+                return Err(SimError::IllegalAddress(format!(
+                    "{cur:#x} is mapped but access was never granted (cuMemSetAccess)"
+                )));
+            }
+            let take = (mstart + m.len).min(end) - cur;
+            out.push(Segment {
+                phys: m.phys.clone(),
+                off: (m.phys_off + (cur - mstart)) as usize,
+                len: take as usize,
+            });
+            cur += take;
+        }
+        if cur < end {
+            return Err(SimError::IllegalAddress(format!(
+                "{cur:#x} (in range {addr:#x}+{len}) is not mapped"
+            )));
+        }
+        Ok(out)
+    }
+}

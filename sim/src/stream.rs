@@ -1,0 +1,139 @@
+//! Streams and events of the simulated device.
+//!
+//! Each stream is a worker thread that runs its operations in order. Sequence numbers count the
+//! operations submitted to a stream; `completed` says how many have finished. An event records
+//! a point in a stream (its sequence number at the time), and is complete once the stream has
+//! finished that many operations.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::Instant;
+
+use crate::error::SimError;
+
+pub(crate) type Job = Box<dyn FnOnce() -> Result<(), SimError> + Send + 'static>;
+
+pub(crate) struct Progress {
+    /// Operations completed.
+    pub(crate) completed: u64,
+    /// The first asynchronous failure, reported by the next synchronise or query (errors of
+    /// asynchronous work are sticky, as on CUDA).
+    pub(crate) error: Option<SimError>,
+}
+
+pub(crate) struct StreamShared {
+    pub(crate) progress: Mutex<Progress>,
+    pub(crate) cond: Condvar,
+}
+
+impl StreamShared {
+    pub(crate) fn completed(&self) -> u64 {
+        self.progress
+            .lock()
+            .expect("stream progress lock")
+            .completed
+    }
+
+    /// Blocks until `seq` operations have completed.
+    pub(crate) fn wait_for(&self, seq: u64) {
+        let mut p = self.progress.lock().expect("stream progress lock");
+        while p.completed < seq {
+            p = self.cond.wait(p).expect("stream progress lock");
+        }
+    }
+}
+
+pub(crate) struct Stream {
+    /// Submission lock: holds the sequence number of the last submitted operation and the
+    /// channel to the worker.
+    pub(crate) submit: Mutex<Submit>,
+    pub(crate) shared: Arc<StreamShared>,
+    /// Legacy default-stream semantics: a blocking stream's work waits for the NULL stream and
+    /// the NULL stream's work waits for all blocking streams.
+    pub(crate) blocking: bool,
+    worker: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+pub(crate) struct Submit {
+    pub(crate) seq: u64,
+    tx: Option<mpsc::Sender<(u64, Job)>>,
+}
+
+impl Submit {
+    /// Queues `job` as operation number `seq` (the caller has already advanced `self.seq`).
+    pub(crate) fn send(&self, seq: u64, job: Job) {
+        if let Some(tx) = &self.tx {
+            // The worker only exits when the sender is dropped, so this cannot fail.
+            let _ = tx.send((seq, job));
+        }
+    }
+}
+
+impl Stream {
+    pub(crate) fn new(id: u64, blocking: bool) -> Arc<Stream> {
+        let (tx, rx) = mpsc::channel::<(u64, Job)>();
+        let shared = Arc::new(StreamShared {
+            progress: Mutex::new(Progress {
+                completed: 0,
+                error: None,
+            }),
+            cond: Condvar::new(),
+        });
+        let worker_shared = shared.clone();
+        let worker = thread::Builder::new()
+            .name(format!("sim-stream-{id}"))
+            .spawn(move || {
+                for (seq, job) in rx {
+                    let result = job();
+                    let mut p = worker_shared.progress.lock().expect("stream progress lock");
+                    if let Err(e) = result {
+                        if p.error.is_none() {
+                            p.error = Some(e);
+                        }
+                    }
+                    p.completed = seq;
+                    drop(p);
+                    worker_shared.cond.notify_all();
+                }
+            })
+            .expect("spawn stream worker");
+        Arc::new(Stream {
+            submit: Mutex::new(Submit {
+                seq: 0,
+                tx: Some(tx),
+            }),
+            shared,
+            blocking,
+            worker: Mutex::new(Some(worker)),
+        })
+    }
+
+    /// Lets the worker finish the queued work and exit, without waiting for it (a destroyed
+    /// stream's pending work still runs, as `cuStreamDestroy` documents).
+    pub(crate) fn detach(&self) {
+        self.submit.lock().expect("stream submit lock").tx = None;
+        drop(self.worker.lock().expect("stream worker lock").take());
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+/// A recorded point in a stream.
+#[derive(Clone)]
+pub(crate) struct EventPoint {
+    pub(crate) stream: Arc<StreamShared>,
+    pub(crate) seq: u64,
+    pub(crate) clock: crate::race::Clock,
+}
+
+pub(crate) struct EventState {
+    pub(crate) point: Option<EventPoint>,
+    /// When the marker operation of the latest record ran (for elapsed time).
+    pub(crate) time: Arc<Mutex<Option<Instant>>>,
+    pub(crate) timing: bool,
+}

@@ -1,0 +1,36 @@
+//! # vramswap
+//!
+//! GPU memory for many models on one GPU: a caching device allocator, a pinned host arena, and
+//! a swap engine that moves whole weight sets between host and device with asynchronous,
+//! chunked, stream-overlapped copies.
+//!
+//! ## Layers
+//!
+//! Each layer uses only the ones below it:
+//!
+//! ```text
+//!   bin/vramswap (CLI)        capi (C ABI)        python (PyO3)
+//!                 \              |               /
+//!                  infer (candle: batched generation)
+//!                               |
+//!                  swap (SwapEngine: residency, budgets, LRU, prefetch)
+//!                  /                          \
+//!        transfer (chunked copies)          load (safetensors -> arena)
+//!            /            \                  /
+//!   alloc (caching device allocator)    arena (pinned host slabs)
+//!            \                              /
+//!             backend (trait: `cuda` via cudarc, `sim` in host memory)
+//! ```
+//!
+//! Everything above [`backend`] is written against `Arc<dyn Backend>` and tested on the `sim`
+//! backend, a simulated device that enforces the CUDA driver's rules (capacity, opaque device
+//! addresses, stream ordering, virtual-memory mapping rules) and checks stream ordering.
+
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod conformance;
+pub mod error;
+
+pub use backend::{Backend, BackendChoice, BackendKind, DevicePtr, Event, SharedBackend, Stream};
+pub use error::{Error, ErrorKind, Result};

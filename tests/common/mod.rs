@@ -1,0 +1,20 @@
+//! Shared helpers of the integration tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use vramswap::backend::{cuda::CudaBackend, sim::SimBackend, SharedBackend};
+
+/// The backend the tests run on: `sim` unless `VRAMSWAP_TEST_BACKEND=cuda`, in which case the
+/// CUDA backend must open (a real driver, or the emulated one named by `VRAMSWAP_CUDA_DRIVER`):
+/// a test that asked for CUDA never passes silently on the simulator.
+pub fn test_backend() -> SharedBackend {
+    match std::env::var("VRAMSWAP_TEST_BACKEND").as_deref() {
+        Ok("cuda") => Arc::new(
+            CudaBackend::new(0)
+                .expect("VRAMSWAP_TEST_BACKEND=cuda but the cuda backend did not open"),
+        ),
+        Ok("sim") | Err(_) => Arc::new(SimBackend::with_capacity(1 << 30)),
+        Ok(other) => panic!("VRAMSWAP_TEST_BACKEND={other}: expected sim or cuda"),
+    }
+}
