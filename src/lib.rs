@@ -31,6 +31,7 @@
 pub mod backend;
 pub mod conformance;
 pub mod error;
+pub mod transfer;
 
 pub use backend::{Backend, BackendChoice, BackendKind, DevicePtr, Event, SharedBackend, Stream};
 pub use error::{Error, ErrorKind, Result};
