@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rand::{RngCore, SeedableRng};
 use vramswap::backend::sim::SimBackend;
-use vramswap::backend::{self, Backend, SharedBackend, Stream};
+use vramswap::backend::{self, SharedBackend, Stream};
 use vramswap::transfer::{host_checksums, CopyEngine, CopyPlan, Direction, Group, TransferConfig};
 use vramswap::Error;
 use vramswap_sim::FaultOp;
