@@ -29,8 +29,10 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod bench;
 pub mod conformance;
 pub mod error;
+pub mod svg;
 pub mod transfer;
 
 pub use backend::{Backend, BackendChoice, BackendKind, DevicePtr, Event, SharedBackend, Stream};

@@ -147,7 +147,7 @@ impl CopyEngine {
         if let Some(e) = self.events.lock().expect("event pool lock").pop() {
             return Ok(e);
         }
-        self.backend.event_create(false)
+        self.backend.event_create(true)
     }
 
     fn return_events(&self, evs: impl IntoIterator<Item = Event>) {
@@ -186,7 +186,20 @@ impl CopyEngine {
             total_bytes: plan.total_bytes(),
             done_upto: AtomicU64::new(0),
             failed: None,
+            start_event: None,
         };
+        // A timing event ahead of the first chunk, for the copy's device time.
+        if let Ok(ev) = self.take_event() {
+            if self
+                .backend
+                .event_record(ev, streams[first % streams.len()])
+                .is_ok()
+            {
+                t.start_event = Some(ev);
+            } else {
+                self.return_events([ev]);
+            }
+        }
         for (i, c) in plan.chunks.iter().enumerate() {
             let s = streams[(first + i) % streams.len()];
             let ev = match self.take_event() {
@@ -264,6 +277,7 @@ pub struct Transfer {
     /// not globally, so this only advances over a prefix that is).
     done_upto: AtomicU64,
     failed: Option<String>,
+    start_event: Option<Event>,
 }
 
 impl Transfer {
@@ -396,6 +410,27 @@ impl Transfer {
             }
         }
         Ok(())
+    }
+
+    /// Device time of the whole copy in milliseconds, from just before the first chunk to the
+    /// last chunk's completion on any stream (waits for the copy). `None` when no timing event
+    /// could be recorded.
+    pub fn elapsed_ms(&self) -> Result<Option<f32>> {
+        self.wait()?;
+        let Some(start) = self.start_event else {
+            return Ok(None);
+        };
+        let mut worst: Option<f32> = None;
+        let mut seen: Vec<Stream> = Vec::new();
+        for c in self.chunks.iter().rev() {
+            if seen.contains(&c.stream) {
+                continue;
+            }
+            seen.push(c.stream);
+            let ms = self.backend().event_elapsed_ms(start, c.event)?;
+            worst = Some(worst.map_or(ms, |w: f32| w.max(ms)));
+        }
+        Ok(worst.or(Some(0.0)))
     }
 
     /// The error that stopped the transfer from being queued whole, if one did. A failed

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use vramswap::backend::{self, BackendChoice};
 
+mod bench;
 mod info;
 
 /// GPU memory for many models on one GPU.
@@ -26,14 +27,16 @@ struct Cli {
 enum Command {
     /// Backend, device name, memory, VMM support and copy engines.
     Info(info::Args),
+    /// Host/device bandwidth: pinned vs pageable, chunk size x streams, both directions at once.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let open = || backend::open(cli.backend, cli.device);
     let result = match cli.command {
-        Command::Info(args) => {
-            backend::open(cli.backend, cli.device).and_then(|(b, why)| info::run(b, &why, &args))
-        }
+        Command::Info(args) => open().and_then(|(b, why)| info::run(b, &why, &args)),
+        Command::Bench(args) => open().and_then(|(b, _)| bench::run(b, &args)),
     };
     match result {
         Ok(code) => code,

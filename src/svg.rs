@@ -1,0 +1,210 @@
+//! Small hand-written SVG line charts for the CLI's `--svg` outputs (no plotting dependency).
+
+use std::fmt::Write;
+
+/// One line of a chart.
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// Legend text.
+    pub label: String,
+    /// Points (x, y).
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A line chart.
+#[derive(Clone, Debug)]
+pub struct LineChart {
+    /// Title at the top.
+    pub title: String,
+    /// X axis label.
+    pub x_label: String,
+    /// Y axis label.
+    pub y_label: String,
+    /// Logarithmic (base 2) x axis.
+    pub log_x: bool,
+    /// The lines.
+    pub series: Vec<Series>,
+}
+
+const COLORS: [&str; 6] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+];
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+impl LineChart {
+    /// Renders the chart as a standalone SVG document.
+    pub fn render(&self) -> String {
+        let (w, h, ml, mr, mt, mb) = (760.0, 440.0, 80.0, 180.0, 40.0, 60.0);
+        let pw = w - ml - mr;
+        let ph = h - mt - mb;
+        let fx = |x: f64| {
+            if self.log_x {
+                x.max(f64::MIN_POSITIVE).log2()
+            } else {
+                x
+            }
+        };
+        let pts: Vec<(f64, f64)> = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|&(x, y)| (fx(x), y)))
+            .collect();
+        let (mut x0, mut x1) = pts
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+                (a.min(p.0), b.max(p.0))
+            });
+        let y1 = pts.iter().fold(0.0f64, |a, p| a.max(p.1)).max(1e-12) * 1.08;
+        if !x0.is_finite() || x0 == x1 {
+            x0 = if x0.is_finite() { x0 - 1.0 } else { 0.0 };
+            x1 = x0 + 2.0;
+        }
+        let sx = |x: f64| ml + (fx(x) - x0) / (x1 - x0) * pw;
+        let sy = |y: f64| mt + ph - y / y1 * ph;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{}</text>"#,
+            ml + pw / 2.0,
+            esc(&self.title)
+        );
+        let _ = writeln!(
+            s,
+            r##"<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>"##
+        );
+        for i in 0..=5 {
+            let y = y1 * i as f64 / 5.0;
+            let _ = writeln!(
+                s,
+                r##"<line x1="{ml}" x2="{0}" y1="{1:.1}" y2="{1:.1}" stroke="#eee"/><text x="{2}" y="{3:.1}" text-anchor="end">{4}</text>"##,
+                ml + pw,
+                sy(y),
+                ml - 6.0,
+                sy(y) + 4.0,
+                fmt_num(y)
+            );
+        }
+        let mut ticks: Vec<f64> = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.0))
+            .collect();
+        ticks.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+        ticks.dedup();
+        if ticks.len() > 12 {
+            let step = ticks.len().div_ceil(12);
+            ticks = ticks.into_iter().step_by(step).collect();
+        }
+        for x in ticks {
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+                sx(x),
+                mt + ph + 16.0,
+                fmt_num(x)
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+            ml + pw / 2.0,
+            h - 16.0,
+            esc(&self.x_label)
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="18" y="{0}" text-anchor="middle" transform="rotate(-90 18 {0})">{1}</text>"#,
+            mt + ph / 2.0,
+            esc(&self.y_label)
+        );
+        for (i, series) in self.series.iter().enumerate() {
+            let c = COLORS[i % COLORS.len()];
+            let path: Vec<String> = series
+                .points
+                .iter()
+                .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+                .collect();
+            let _ = writeln!(
+                s,
+                r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#,
+                path.join(" ")
+            );
+            for &(x, y) in &series.points {
+                let _ = writeln!(
+                    s,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{c}"/>"#,
+                    sx(x),
+                    sy(y)
+                );
+            }
+            let ly = mt + 14.0 + i as f64 * 18.0;
+            let _ = writeln!(
+                s,
+                r#"<line x1="{0}" x2="{1}" y1="{2}" y2="{2}" stroke="{c}" stroke-width="2"/><text x="{3}" y="{4}">{5}</text>"#,
+                ml + pw + 12.0,
+                ml + pw + 32.0,
+                ly,
+                ml + pw + 38.0,
+                ly + 4.0,
+                esc(&series.label)
+            );
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 1e9 {
+        format!("{:.1}G", v / 1e9)
+    } else if v.abs() >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v.abs() >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else if v.abs() >= 10.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chart_has_one_polyline_per_series_and_escapes_text() {
+        let c = LineChart {
+            title: "a < b".into(),
+            x_label: "x".into(),
+            y_label: "y".into(),
+            log_x: true,
+            series: vec![
+                Series {
+                    label: "one".into(),
+                    points: vec![(1.0, 1.0), (4.0, 3.0)],
+                },
+                Series {
+                    label: "two".into(),
+                    points: vec![(1.0, 2.0), (4.0, 1.0)],
+                },
+            ],
+        };
+        let svg = c.render();
+        assert!(svg.starts_with("<svg"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.contains("a &lt; b"));
+    }
+}

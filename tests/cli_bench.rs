@@ -1,0 +1,64 @@
+//! `vramswap bench` as a user runs it on the simulated device.
+
+use std::process::Command;
+
+#[test]
+fn quick_bench_json_has_sane_figures_for_every_direction() {
+    let dir = std::env::temp_dir().join(format!("vramswap-bench-svg-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_vramswap"))
+        .args([
+            "bench",
+            "--backend",
+            "sim",
+            "--quick",
+            "--size-mb",
+            "32",
+            "--json",
+            "--svg",
+        ])
+        .arg(&dir)
+        // A slow modelled link keeps the figures the model's even on a loaded test machine.
+        .env("VRAMSWAP_SIM_CONF", "h2d_gbps:1,d2h_gbps:1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for dir_key in ["h2d", "d2h"] {
+        let d = &v[dir_key];
+        let pinned = d["pinned"]["gbps"].as_f64().unwrap();
+        let pageable = d["pageable"]["gbps"].as_f64().unwrap();
+        assert!(pinned > 0.0 && pageable > 0.0);
+        assert!(
+            pinned >= pageable,
+            "{dir_key}: pinned {pinned} < pageable {pageable}"
+        );
+        for p in d["sweep"].as_array().unwrap() {
+            let r = p["ratio"].as_f64().unwrap();
+            assert!(
+                r > 0.0 && r <= 1.25,
+                "{dir_key} sweep ratio {r} is not about <= 1: {p}"
+            );
+        }
+        assert!(d["best"]["chunk_bytes"].as_u64().unwrap() >= 1 << 20);
+    }
+    assert!(v["bidir"]["gbps"].as_f64().unwrap() > 0.0);
+    for f in ["bandwidth-h2d.svg", "bandwidth-d2h.svg"] {
+        let svg = std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(svg.contains("<polyline"), "{f}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn zero_size_is_a_clean_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vramswap"))
+        .args(["bench", "--backend", "sim", "--quick", "--size-mb", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: invalid argument"));
+}
