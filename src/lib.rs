@@ -28,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+pub mod arena;
 pub mod backend;
 pub mod conformance;
 pub mod error;
