@@ -32,6 +32,7 @@ pub mod arena;
 pub mod backend;
 pub mod conformance;
 pub mod error;
+pub mod weights;
 
 pub use backend::{Backend, BackendChoice, BackendKind, DevicePtr, Event, SharedBackend, Stream};
 pub use error::{Error, ErrorKind, Result};

@@ -90,9 +90,10 @@ impl HostRange {
     /// The bytes, for reading. See the type's docs for the contract with asynchronous copies.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: `ptr` points at `len` bytes this range owns exclusively inside a pinned slab
-        // that outlives `self` (the range holds the arena); the memory was initialised when the
-        // slab was made (zeroed pinned allocation or touched mapping); `len` fits in `usize`
-        // since the slab was allocated with that size.
+        // that outlives `self` (the range holds the arena); the bytes are initialised (fresh
+        // pinned memory and anonymous mappings are zero pages from the OS, and later writes come
+        // from these accessors or device copies); `len` fits in `usize` since the slab of at
+        // least that size was allocated.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len as usize) }
     }
 
