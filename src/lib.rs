@@ -28,12 +28,14 @@
 
 #![warn(missing_docs)]
 
+pub mod arena;
 pub mod backend;
 pub mod bench;
 pub mod conformance;
 pub mod error;
 pub mod svg;
 pub mod transfer;
+pub mod weights;
 
 pub use backend::{Backend, BackendChoice, BackendKind, DevicePtr, Event, SharedBackend, Stream};
 pub use error::{Error, ErrorKind, Result};
