@@ -32,6 +32,7 @@ pub mod arena;
 pub mod backend;
 pub mod conformance;
 pub mod error;
+pub mod load;
 pub mod weights;
 
 pub use backend::{Backend, BackendChoice, BackendKind, DevicePtr, Event, SharedBackend, Stream};
