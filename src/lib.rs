@@ -33,6 +33,7 @@ pub mod backend;
 pub mod bench;
 pub mod conformance;
 pub mod error;
+pub mod load;
 pub mod svg;
 pub mod transfer;
 pub mod weights;

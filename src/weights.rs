@@ -221,14 +221,20 @@ impl WeightSetDesc {
 }
 
 /// Checks a set of tensors; the error is one line naming the tensor(s) at fault.
-pub(crate) fn validate(tensors: &[TensorInfo], total_bytes: u64) -> std::result::Result<(), String> {
+pub(crate) fn validate(
+    tensors: &[TensorInfo],
+    total_bytes: u64,
+) -> std::result::Result<(), String> {
     let mut names = HashSet::with_capacity(tensors.len());
     for t in tensors {
         if !names.insert(t.name.as_str()) {
             return Err(format!("duplicate tensor name `{}`", t.name));
         }
         let Some(want) = byte_len(t.dtype, &t.shape) else {
-            return Err(format!("tensor `{}`: shape {:?} overflows", t.name, t.shape));
+            return Err(format!(
+                "tensor `{}`: shape {:?} overflows",
+                t.name, t.shape
+            ));
         };
         if want != t.len {
             return Err(format!(

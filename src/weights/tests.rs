@@ -14,11 +14,23 @@ fn spec(name: &str, dtype: DType, shape: &[u64]) -> TensorSpec {
 
 #[test]
 fn layer_prefixes_of_common_model_families_are_recognised() {
-    assert_eq!(layer_of("model.layers.12.mlp.up_proj.weight"), Some(("model.layers", 12)));
-    assert_eq!(layer_of("transformer.h.0.attn.c_attn.weight"), Some(("transformer.h", 0)));
-    assert_eq!(layer_of("layers.3.attention.wq.weight"), Some(("layers", 3)));
+    assert_eq!(
+        layer_of("model.layers.12.mlp.up_proj.weight"),
+        Some(("model.layers", 12))
+    );
+    assert_eq!(
+        layer_of("transformer.h.0.attn.c_attn.weight"),
+        Some(("transformer.h", 0))
+    );
+    assert_eq!(
+        layer_of("layers.3.attention.wq.weight"),
+        Some(("layers", 3))
+    );
     assert_eq!(layer_of("blocks.7.norm1.weight"), Some(("blocks", 7)));
-    assert_eq!(layer_of("encoder.layer.5.output.dense.bias"), Some(("encoder.layer", 5)));
+    assert_eq!(
+        layer_of("encoder.layer.5.output.dense.bias"),
+        Some(("encoder.layer", 5))
+    );
     assert_eq!(layer_of("model.embed_tokens.weight"), None);
     assert_eq!(layer_of("lm_head.weight"), None);
     assert_eq!(layer_of("model.layers.norm"), None);

@@ -1,0 +1,374 @@
+//! Loading safetensors checkpoints into the pinned arena.
+//!
+//! [`inspect`] reads only headers; [`load`] maps every file (memmap2), checks every header
+//! ([`parse_header`]), lays the tensors out as one weight set (layer groups contiguous, see
+//! [`WeightSetDesc::layout`]), takes one arena range for it and copies the bytes with several
+//! threads, casting floats when asked. With [`LoadOptions::direct`] nothing is copied: the
+//! mapped files are registered read-only and the set's bytes are the page cache.
+//!
+//! A path is a `.safetensors` file, a `model.safetensors.index.json`, or a directory holding
+//! either the index, `model.safetensors`, or shards; a sharded checkpoint is one weight set.
+//! Every malformed input fails with [`Error::Malformed`] naming the file and the problem,
+//! before any arena range is taken or any file registered.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use vramswap::arena::{ArenaConfig, PinnedArena};
+//! use vramswap::backend::sim::SimBackend;
+//! use vramswap::load::{load, LoadOptions};
+//!
+//! let arena = PinnedArena::new(Arc::new(SimBackend::with_capacity(1 << 30)), ArenaConfig::default())?;
+//! let w = load("model_dir".as_ref(), &arena, &LoadOptions::default())?;
+//! println!("{} tensors, {} bytes", w.desc().tensors.len(), w.total_bytes());
+//! # Ok::<(), vramswap::Error>(())
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use memmap2::Mmap;
+use serde::Serialize;
+
+use crate::arena::PinnedArena;
+use crate::error::{Error, Result};
+use crate::weights::{
+    DType, HostWeights, MappedFile, TensorInfo, TensorSpec, WeightSetDesc, TENSOR_ALIGN,
+};
+
+mod copy;
+mod header;
+mod save;
+mod source;
+
+pub use header::{
+    encode_header, parse_header, Bytes, Header, HeaderError, HeaderTensor, MAX_HEADER_BYTES,
+};
+pub use save::save;
+pub use source::INDEX_FILE;
+
+/// Progress of a load: destination bytes done of the total, and time since the copy began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct LoadProgress {
+    /// Bytes written into the arena so far.
+    pub bytes_done: u64,
+    /// Bytes the set will hold.
+    pub bytes_total: u64,
+    /// Time since copying began.
+    pub elapsed: Duration,
+}
+
+/// A progress callback; called on the thread that called [`load`].
+pub type ProgressFn = Arc<dyn Fn(LoadProgress) + Send + Sync>;
+
+/// How to load.
+#[derive(Clone)]
+pub struct LoadOptions {
+    /// Cast every F32/F16/BF16 tensor to this type (one of those three); other dtypes are kept.
+    pub cast: Option<DType>,
+    /// Register the mapped files read-only instead of copying into the arena. No cast.
+    pub direct: bool,
+    /// Copy threads.
+    pub threads: usize,
+    /// Called with progress now and then, and once at the end.
+    pub progress: Option<ProgressFn>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            cast: None,
+            direct: false,
+            threads: std::thread::available_parallelism()
+                .map_or(4, |n| n.get())
+                .min(8),
+            progress: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("cast", &self.cast)
+            .field("direct", &self.direct)
+            .field("threads", &self.threads)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+/// One file of a checkpoint, as its header describes it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileHeader {
+    /// The file.
+    pub path: PathBuf,
+    /// Its length.
+    pub file_len: u64,
+    /// The JSON header's length.
+    pub header_len: u64,
+    /// Bytes of its data section.
+    pub data_len: u64,
+    /// Tensors it holds.
+    pub tensors: usize,
+    /// Its `__metadata__`.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Where a tensor's bytes are in the checkpoint's files.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct TensorSource {
+    /// Index into [`Inspection::files`].
+    pub file: usize,
+    /// Byte offset in that file (data section start plus the tensor's begin).
+    pub file_offset: u64,
+}
+
+/// What a checkpoint holds, from its headers alone.
+#[derive(Clone, Debug, Serialize)]
+pub struct Inspection {
+    /// The path asked about.
+    pub path: PathBuf,
+    /// Its files.
+    pub files: Vec<FileHeader>,
+    /// The weight set, laid out as [`load`] lays it out without a cast.
+    pub desc: WeightSetDesc,
+    /// For each tensor of `desc`, where its bytes are.
+    pub sources: Vec<TensorSource>,
+}
+
+fn malformed(path: &Path, problem: impl Into<String>) -> Error {
+    Error::Malformed {
+        path: path.to_path_buf(),
+        problem: problem.into(),
+    }
+}
+
+/// Maps a file read-only; an empty file is reported as such instead of mapped.
+fn map_file(path: &Path) -> Result<Mmap> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len == 0 {
+        return Err(malformed(path, HeaderError::Empty.to_string()));
+    }
+    // SAFETY: the mapping is read-only and private to this process. Another process truncating
+    // the file while it is mapped would fault on access; that is the documented limit of
+    // loading through mmap, as with every mmap-based safetensors reader.
+    unsafe { Mmap::map(&file) }.map_err(io)
+}
+
+/// A checkpoint's headers with its mapped files.
+struct Opened {
+    inspection: Inspection,
+    maps: Vec<Mmap>,
+    headers: Vec<Header>,
+}
+
+fn open(path: &Path) -> Result<Opened> {
+    let ck = source::resolve(path)?;
+    let mut files = Vec::new();
+    let mut maps = Vec::new();
+    let mut headers = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut specs = Vec::new();
+    let mut where_: HashMap<String, TensorSource> = HashMap::new();
+    for (k, f) in ck.files.iter().enumerate() {
+        let map = map_file(f)?;
+        let h = parse_header(&map).map_err(|e| malformed(f, e.to_string()))?;
+        for t in &h.tensors {
+            if let Some(&other) = seen.get(&t.name) {
+                return Err(malformed(
+                    f,
+                    format!(
+                        "tensor `{}` is also in {}",
+                        t.name,
+                        ck.files[other].display()
+                    ),
+                ));
+            }
+            seen.insert(t.name.clone(), k);
+            specs.push(TensorSpec {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+            });
+            where_.insert(
+                t.name.clone(),
+                TensorSource {
+                    file: k,
+                    file_offset: h.data_start + t.begin,
+                },
+            );
+        }
+        files.push(FileHeader {
+            path: f.clone(),
+            file_len: map.len() as u64,
+            header_len: h.header_len,
+            data_len: h.data_len,
+            tensors: h.tensors.len(),
+            metadata: h.metadata.clone(),
+        });
+        maps.push(map);
+        headers.push(h);
+    }
+    if let Some((index, weight_map)) = &ck.index {
+        for (tensor, file) in weight_map {
+            let k = ck.files.iter().position(|f| f == file);
+            if k.is_none() || seen.get(tensor) != k.as_ref() {
+                return Err(malformed(
+                    index,
+                    format!(
+                        "maps tensor `{tensor}` to {}, which does not hold it",
+                        file.display()
+                    ),
+                ));
+            }
+        }
+    }
+    let desc = WeightSetDesc::layout(specs).map_err(|e| malformed(path, e.to_string()))?;
+    let sources = desc.tensors.iter().map(|t| where_[&t.name]).collect();
+    Ok(Opened {
+        inspection: Inspection {
+            path: path.to_path_buf(),
+            files,
+            desc,
+            sources,
+        },
+        maps,
+        headers,
+    })
+}
+
+/// Reads a checkpoint's headers (nothing is copied or pinned) and describes its weight set.
+pub fn inspect(path: &Path) -> Result<Inspection> {
+    open(path).map(|o| o.inspection)
+}
+
+/// Loads a checkpoint into `arena` as one weight set (see the module docs).
+pub fn load(path: &Path, arena: &Arc<PinnedArena>, opts: &LoadOptions) -> Result<HostWeights> {
+    if let Some(c) = opts.cast {
+        if !c.is_castable_float() {
+            return Err(Error::InvalidArgument(format!(
+                "cast to {c}: only F32, F16 and BF16 are supported"
+            )));
+        }
+        if opts.direct {
+            return Err(Error::InvalidArgument(
+                "a cast needs a copy; it cannot be combined with direct mode".into(),
+            ));
+        }
+    }
+    let opened = open(path)?;
+    if opts.direct {
+        return load_direct(opened, arena, opts);
+    }
+    let Opened {
+        inspection, maps, ..
+    } = opened;
+    let cast = |d: DType| match opts.cast {
+        Some(c) if d.is_castable_float() => c,
+        _ => d,
+    };
+    let specs = inspection
+        .desc
+        .tensors
+        .iter()
+        .map(|t| TensorSpec {
+            name: t.name.clone(),
+            dtype: cast(t.dtype),
+            shape: t.shape.clone(),
+        })
+        .collect();
+    let desc = WeightSetDesc::layout(specs).map_err(|e| malformed(path, e.to_string()))?;
+    let mut range = arena.alloc(desc.total_bytes)?;
+    let jobs = inspection
+        .desc
+        .tensors
+        .iter()
+        .zip(&inspection.sources)
+        .zip(&desc.tensors)
+        .map(|((src, at), dst)| {
+            let from = at.file_offset as usize;
+            copy::CopyJob {
+                src: &maps[at.file][from..from + src.len as usize],
+                from: src.dtype,
+                to: dst.dtype,
+                dst_offset: dst.offset,
+            }
+        })
+        .collect();
+    let total = desc.total_bytes;
+    let started = Instant::now();
+    let mut report = |bytes_done| {
+        if let Some(p) = &opts.progress {
+            p(LoadProgress {
+                bytes_done,
+                bytes_total: total,
+                elapsed: started.elapsed(),
+            })
+        }
+    };
+    copy::copy_all(jobs, range.as_mut_slice(), opts.threads, &mut report);
+    tracing::debug!(bytes = total, took = ?started.elapsed(), "loaded {}", path.display());
+    HostWeights::from_range(desc, range)
+}
+
+fn load_direct(
+    opened: Opened,
+    arena: &Arc<PinnedArena>,
+    opts: &LoadOptions,
+) -> Result<HostWeights> {
+    let Opened {
+        inspection,
+        maps,
+        headers,
+    } = opened;
+    let (mut bases, mut starts, mut lens) = (Vec::new(), Vec::new(), Vec::new());
+    let mut base = 0u64;
+    let mut tensors = Vec::new();
+    for h in &headers {
+        base = base.next_multiple_of(TENSOR_ALIGN);
+        for t in &h.tensors {
+            tensors.push(TensorInfo {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                offset: base + t.begin,
+                len: t.end - t.begin,
+            });
+        }
+        bases.push(base);
+        starts.push(h.data_start);
+        lens.push(h.data_len);
+        base += h.data_len;
+    }
+    tensors.sort_by_key(|t| t.offset);
+    let desc = WeightSetDesc::new(tensors, base)
+        .map_err(|e| malformed(&inspection.path, e.to_string()))?;
+    let mut files = Vec::with_capacity(maps.len());
+    for (map, fh) in maps.into_iter().zip(&inspection.files) {
+        // On failure the files registered so far are dropped, and so unregistered.
+        files.push(MappedFile::register(
+            &fh.path,
+            map,
+            arena.backend().clone(),
+        )?);
+    }
+    if let Some(p) = &opts.progress {
+        p(LoadProgress {
+            bytes_done: desc.total_bytes,
+            bytes_total: desc.total_bytes,
+            elapsed: Duration::ZERO,
+        });
+    }
+    Ok(HostWeights::from_mapped(desc, files, bases, starts, lens))
+}
+
+#[cfg(test)]
+mod tests;
