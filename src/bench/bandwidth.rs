@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::backend::{Backend, DevicePtr, SharedBackend, Stream};
 use crate::error::Result;
-use crate::transfer::{CopyEngine, CopyPlan, Direction, TransferConfig};
+use crate::transfer::{CopyEngine, CopyPlan, Direction, HostPiece, TransferConfig};
 
 /// What to measure.
 #[derive(Clone, Debug, Serialize)]
@@ -230,7 +230,7 @@ pub fn run(
                 let plan = CopyPlan::whole(n, chunk)?;
                 let t = time(cfg.reps, || {
                     // SAFETY: the pinned buffer outlives the transfer, which is waited for.
-                    let tr = unsafe { engine.start(dir, buf.pinned, buf.dev, &plan)? };
+                    let tr = unsafe { engine.start(dir, &HostPiece::whole(buf.pinned, n), buf.dev, &plan)? };
                     tr.wait()
                 })?;
                 let g = gbps(n, t);

@@ -35,7 +35,7 @@ use crate::arena::{ArenaConfig, PinnedArena};
 use crate::backend::{Event, SharedBackend, Stream};
 use crate::error::{Error, Result};
 use crate::load::{self, LoadOptions};
-use crate::transfer::{host_checksums, CopyEngine, CopyPlan, Direction, Group, Transfer};
+use crate::transfer::{host_checksums, CopyEngine, CopyPlan, Direction, Group, HostPiece, Transfer};
 use crate::weights::{DType, HostWeights, WeightSetDesc};
 
 pub use config::{parse_bytes, SwapConfig};
@@ -54,7 +54,7 @@ pub(crate) struct Layout {
 
 impl Layout {
     fn new(host: &HostWeights, chunk_bytes: u64, verify: bool) -> Result<Layout> {
-        let desc = host.desc.clone();
+        let desc = host.desc().clone();
         let total = desc.total_bytes;
         let mut groups: Vec<Group> = desc
             .layers()
@@ -89,15 +89,46 @@ impl Layout {
             });
         }
         let plan = CopyPlan::new(filled, chunk_bytes)?;
-        let checksums = verify.then(|| host_checksums(host_slice(host), &plan.groups));
+        let checksums = verify.then(|| group_checksums(host, &plan.groups));
         Ok(Layout { desc, plan, checksums })
     }
 }
 
-fn host_slice(h: &HostWeights) -> &[u8] {
-    // SAFETY: the host copy is only written by device-to-host copies of a dirty set, which the
-    // engine runs with no guard alive and waits for; checksums are computed when no copy runs.
-    unsafe { std::slice::from_raw_parts(h.bytes.as_ptr(), h.desc.total_bytes as usize) }
+/// Checksums of each group of a host set (see [`host_checksums`]).
+fn group_checksums(host: &HostWeights, groups: &[Group]) -> Vec<u64> {
+    if let Some(r) = host.host_range() {
+        return host_checksums(&r.as_slice()[..host.total_bytes() as usize], groups);
+    }
+    // Direct mode: a group may span files; gather it.
+    let segs = host.segments();
+    groups
+        .iter()
+        .map(|g| {
+            let mut buf = vec![0u8; g.len as usize];
+            for s in &segs {
+                let lo = g.offset.max(s.offset);
+                let hi = (g.offset + g.len).min(s.offset + s.len);
+                if lo < hi {
+                    // SAFETY: `[lo, hi)` lies inside segment `s`, a live registered mapping.
+                    let src = unsafe { std::slice::from_raw_parts(s.ptr.add((lo - s.offset) as usize), (hi - lo) as usize) };
+                    buf[(lo - g.offset) as usize..(hi - g.offset) as usize].copy_from_slice(src);
+                }
+            }
+            vramswap_sim::kernels::checksum(&buf)
+        })
+        .collect()
+}
+
+/// The host pieces of a set, for the copy engine.
+fn pieces(host: &HostWeights) -> Vec<HostPiece> {
+    host.segments()
+        .into_iter()
+        .map(|s| HostPiece {
+            offset: s.offset,
+            len: s.len,
+            ptr: s.ptr as *mut u8,
+        })
+        .collect()
 }
 
 /// Where a set comes from.
@@ -462,6 +493,12 @@ impl SwapEngine {
         if !e.resident() {
             return Err(Error::InvalidState(format!("weight set `{name}` is not on the device")));
         }
+        if e.host.as_ref().is_some_and(|h| h.is_direct()) {
+            return Err(Error::InvalidState(format!(
+                "weight set `{name}` was loaded in direct mode: its host copy is the read-only file \
+                 mapping, so device changes cannot be copied back"
+            )));
+        }
         e.dirty = true;
         Ok(())
     }
@@ -771,7 +808,7 @@ impl Inner {
         let layout = e.layout.clone().expect("in-host sets have a layout");
         // SAFETY: the host copy is kept alive by the entry until the transfer is dropped
         // (release and offload drop the transfer first), and nothing writes it meanwhile.
-        let started = unsafe { self.copy.start(Direction::HostToDevice, host.bytes.as_ptr(), base, &layout.plan) };
+        let started = unsafe { self.copy.start(Direction::HostToDevice, &pieces(&host), base, &layout.plan) };
         match started {
             Ok(t) => {
                 e.transfer = Some(Arc::new(t));
@@ -840,7 +877,7 @@ impl Inner {
             let base = e.space.as_ref().and_then(|s| s.base()).expect("resident");
             // SAFETY: no guard holds the set, so nothing reads the host copy while the device
             // writes it; the transfer is waited for before `host` can go away.
-            let r = unsafe { self.copy.start(Direction::DeviceToHost, host.bytes.as_ptr(), base, &layout.plan) }
+            let r = unsafe { self.copy.start(Direction::DeviceToHost, &pieces(&host), base, &layout.plan) }
                 .and_then(|t| t.wait());
             if let Err(err) = r {
                 // The device copy is still good; keep the set resident and dirty.

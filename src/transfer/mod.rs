@@ -154,20 +154,22 @@ impl CopyEngine {
         self.events.lock().expect("event pool lock").extend(evs);
     }
 
-    /// Starts copying per `plan` between `host` and `device` in direction `dir`, and returns at
-    /// once with a [`Transfer`] that tracks the chunks.
+    /// Starts copying per `plan` between the host bytes `host` and `device` in direction `dir`,
+    /// and returns at once with a [`Transfer`] that tracks the chunks. `host` lists where each
+    /// range of the set lives on the host (one piece for an arena range, one per file for
+    /// mapped files); a chunk that spans pieces is copied in several calls.
     ///
     /// The first stream used rotates between calls, so concurrent transfers in one direction
     /// spread over the streams.
     ///
     /// # Safety
-    /// `host` must be valid for the plan's host ranges (reads for uploads, writes for
-    /// downloads, untouched by the host meanwhile) until the returned transfer has completed or
-    /// been dropped (dropping waits for it).
+    /// Every piece must be valid for its `len` bytes (reads for uploads, writes for downloads,
+    /// untouched by the host meanwhile) until the returned transfer has completed or been
+    /// dropped (dropping waits for it).
     pub unsafe fn start(
         self: &Arc<Self>,
         dir: Direction,
-        host: *mut u8,
+        host: &[HostPiece],
         device: DevicePtr,
         plan: &CopyPlan,
     ) -> Result<Transfer> {
@@ -190,11 +192,7 @@ impl CopyEngine {
         };
         // A timing event ahead of the first chunk, for the copy's device time.
         if let Ok(ev) = self.take_event() {
-            if self
-                .backend
-                .event_record(ev, streams[first % streams.len()])
-                .is_ok()
-            {
+            if self.backend.event_record(ev, streams[first % streams.len()]).is_ok() {
                 t.start_event = Some(ev);
             } else {
                 self.return_events([ev]);
@@ -209,22 +207,8 @@ impl CopyEngine {
                     return Err(e);
                 }
             };
-            let d = device.offset(c.offset);
-            // SAFETY: the caller keeps `host` valid for the plan's ranges until the transfer
-            // completes; `c` lies inside the plan.
-            let r = unsafe {
-                match dir {
-                    Direction::HostToDevice => {
-                        self.backend
-                            .copy_htod_async(d, host.add(c.offset as usize), c.len, s)
-                    }
-                    Direction::DeviceToHost => {
-                        self.backend
-                            .copy_dtoh_async(host.add(c.offset as usize), d, c.len, s)
-                    }
-                }
-            }
-            .and_then(|_| self.backend.event_record(ev, s));
+            // SAFETY: the caller keeps the pieces valid until the transfer completes.
+            let r = unsafe { self.copy_chunk(dir, host, device, c, s) }.and_then(|_| self.backend.event_record(ev, s));
             if let Err(e) = r {
                 self.return_events([ev]);
                 // What was queued must finish before the caller reuses the buffers; `t`'s drop
@@ -240,6 +224,52 @@ impl CopyEngine {
             });
         }
         Ok(t)
+    }
+
+    /// Queues the copies of one chunk, split where host pieces end.
+    ///
+    /// # Safety
+    /// As for [`CopyEngine::start`].
+    unsafe fn copy_chunk(&self, dir: Direction, host: &[HostPiece], device: DevicePtr, c: &Chunk, s: Stream) -> Result<()> {
+        let mut off = c.offset;
+        let end = c.offset + c.len;
+        while off < end {
+            let p = host
+                .iter()
+                .find(|p| p.offset <= off && off < p.offset + p.len)
+                .ok_or_else(|| Error::InvalidArgument(format!("no host piece holds byte {off} of the set")))?;
+            let n = end.min(p.offset + p.len) - off;
+            // SAFETY: `off` lies in piece `p`, and `n` stays inside it.
+            let h = unsafe { p.ptr.add((off - p.offset) as usize) };
+            let d = device.offset(off);
+            // SAFETY: the caller keeps the piece valid until the transfer completes.
+            unsafe {
+                match dir {
+                    Direction::HostToDevice => self.backend.copy_htod_async(d, h, n, s)?,
+                    Direction::DeviceToHost => self.backend.copy_dtoh_async(h, d, n, s)?,
+                }
+            }
+            off += n;
+        }
+        Ok(())
+    }
+}
+
+/// Where a range of a set lives on the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostPiece {
+    /// Offset of the piece within the set.
+    pub offset: u64,
+    /// Bytes.
+    pub len: u64,
+    /// Host address of the piece's first byte.
+    pub ptr: *mut u8,
+}
+
+impl HostPiece {
+    /// The whole set `[0, len)` at `ptr`.
+    pub fn whole(ptr: *mut u8, len: u64) -> [HostPiece; 1] {
+        [HostPiece { offset: 0, len, ptr }]
     }
 }
 
