@@ -475,6 +475,10 @@ impl Drop for Transfer {
         let _ = self.wait();
         self.engine
             .return_events(self.chunks.drain(..).map(|c| c.event));
+        if let Some(ev) = self.start_event.take() {
+            let _ = self.backend().event_synchronize(ev);
+            self.engine.return_events([ev]);
+        }
     }
 }
 
