@@ -25,8 +25,11 @@ fn sim(capacity: u64) -> SharedBackend {
     Arc::new(SimBackend::with_capacity(capacity))
 }
 
+/// Named arrays: (name, dtype, shape, bytes).
+type Arrays = Vec<(String, DType, Vec<u64>, Vec<u8>)>;
+
 /// A small Llama-like set: an embedding, two layers of a few tensors, a norm.
-fn model(seed: u64, scale: usize) -> Vec<(String, DType, Vec<u64>, Vec<u8>)> {
+fn model(seed: u64, scale: usize) -> Arrays {
     let mut v = Vec::new();
     let mut t = |name: &str, shape: Vec<u64>| {
         let n: u64 = shape.iter().product::<u64>() * 2;
@@ -35,21 +38,40 @@ fn model(seed: u64, scale: usize) -> Vec<(String, DType, Vec<u64>, Vec<u8>)> {
     };
     t("model.embed_tokens.weight", vec![256, 16 * scale as u64]);
     for l in 0..2 {
-        t(&format!("model.layers.{l}.self_attn.q_proj.weight"), vec![64, 16 * scale as u64]);
-        t(&format!("model.layers.{l}.mlp.up_proj.weight"), vec![128, 16 * scale as u64]);
-        t(&format!("model.layers.{l}.input_layernorm.weight"), vec![16 * scale as u64]);
+        t(
+            &format!("model.layers.{l}.self_attn.q_proj.weight"),
+            vec![64, 16 * scale as u64],
+        );
+        t(
+            &format!("model.layers.{l}.mlp.up_proj.weight"),
+            vec![128, 16 * scale as u64],
+        );
+        t(
+            &format!("model.layers.{l}.input_layernorm.weight"),
+            vec![16 * scale as u64],
+        );
     }
     t("model.norm.weight", vec![16 * scale as u64]);
     v
 }
 
 fn register(e: &SwapEngine, name: &str, m: &[(String, DType, Vec<u64>, Vec<u8>)]) {
-    e.register_arrays(name, m.iter().map(|(n, d, s, b)| (n.clone(), *d, s.clone(), &b[..])).collect())
-        .unwrap();
+    e.register_arrays(
+        name,
+        m.iter()
+            .map(|(n, d, s, b)| (n.clone(), *d, s.clone(), &b[..]))
+            .collect(),
+    )
+    .unwrap();
 }
 
 fn state(e: &SwapEngine, name: &str) -> Residency {
-    e.status().sets.into_iter().find(|s| s.name == name).unwrap().state
+    e.status()
+        .sets
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap()
+        .state
 }
 
 fn assert_clean(b: &SharedBackend) {
@@ -91,11 +113,18 @@ fn clean_offload_unmaps_without_copying_and_returns_device_memory() {
     assert!(b.mem_info().unwrap().free < free_before);
     let d2h_before = b.sim_device().unwrap().counters().copies_d2h;
     e.offload("a").unwrap();
-    assert_eq!(b.sim_device().unwrap().counters().copies_d2h, d2h_before, "a clean offload copies nothing");
+    assert_eq!(
+        b.sim_device().unwrap().counters().copies_d2h,
+        d2h_before,
+        "a clean offload copies nothing"
+    );
     assert_eq!(b.mem_info().unwrap().free, free_before);
     assert_eq!(state(&e, "a"), Residency::InHost);
     let c = e.status().counters;
-    assert_eq!((c.h2d_swaps, c.d2h_swaps, c.dirty_copies, c.bytes_d2h), (1, 1, 0, 0));
+    assert_eq!(
+        (c.h2d_swaps, c.d2h_swaps, c.dirty_copies, c.bytes_d2h),
+        (1, 1, 0, 0)
+    );
     drop(e);
     assert_clean(&b);
 }
@@ -114,7 +143,10 @@ fn addresses_are_stable_across_offload_and_reacquire() {
     let g = e.acquire("a").unwrap();
     assert_eq!(g.base(), base);
     assert_eq!(g.tensor_ptr("model.norm.weight").unwrap(), ptr);
-    assert_eq!(g.read_tensor("model.norm.weight").unwrap(), m.last().unwrap().3);
+    assert_eq!(
+        g.read_tensor("model.norm.weight").unwrap(),
+        m.last().unwrap().3
+    );
     drop(g);
     drop(e);
     assert_clean(&b);
@@ -155,7 +187,10 @@ fn dirty_set_is_copied_back_and_the_change_survives_a_swap() {
     assert_eq!(c.dirty_copies, 1);
     assert!(c.bytes_d2h > 0);
     let g = e.acquire("a").unwrap();
-    assert_eq!(&g.read_tensor("model.norm.weight").unwrap()[..8], &[0xAB; 8]);
+    assert_eq!(
+        &g.read_tensor("model.norm.weight").unwrap()[..8],
+        &[0xAB; 8]
+    );
     drop(g);
     drop(e);
     assert_clean(&b);
@@ -210,12 +245,20 @@ fn device_budget_evicts_the_least_recently_used_idle_set() {
     let ga = e.acquire("a").unwrap();
     let gc = e.acquire("c").unwrap();
     match e.acquire("b") {
-        Err(Error::DeviceBudgetExceeded { requested, pinned, budget }) => {
+        Err(Error::DeviceBudgetExceeded {
+            requested,
+            pinned,
+            budget,
+        }) => {
             assert_eq!((requested, pinned, budget), (one, 2 * one, 2 * one));
         }
         other => panic!("expected DeviceBudgetExceeded, got {other:?}"),
     }
-    assert_eq!(state(&e, "b"), Residency::InHost, "the failed acquire left b as it was");
+    assert_eq!(
+        state(&e, "b"),
+        Residency::InHost,
+        "the failed acquire left b as it was"
+    );
     drop((ga, gc));
     drop(e.acquire("b").unwrap());
     drop(e);
@@ -236,18 +279,25 @@ fn device_out_of_memory_evicts_idle_sets_even_without_a_budget() {
         register(&e, n, &m);
         drop(e.acquire(n).unwrap());
     }
-    let resident = e.status().sets.iter().filter(|s| s.state == Residency::OnDevice).count();
+    let resident = e
+        .status()
+        .sets
+        .iter()
+        .filter(|s| s.state == Residency::OnDevice)
+        .count();
     assert_eq!(resident, 2);
     assert_eq!(state(&e, "a"), Residency::InHost);
     drop(e);
     assert_clean(&b);
 }
 
-fn save_model(dir: &std::path::Path, name: &str, seed: u64) -> (PathBuf, Vec<(String, DType, Vec<u64>, Vec<u8>)>) {
+fn save_model(dir: &std::path::Path, name: &str, seed: u64) -> (PathBuf, Arrays) {
     let m = model(seed, 4);
     let path = dir.join(format!("{name}.safetensors"));
-    let tensors: Vec<(&str, DType, &[u64], &[u8])> =
-        m.iter().map(|(n, d, s, b)| (n.as_str(), *d, &s[..], &b[..])).collect();
+    let tensors: Vec<(&str, DType, &[u64], &[u8])> = m
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), *d, &s[..], &b[..]))
+        .collect();
     vramswap::load::save(&path, &tensors).unwrap();
     (path, m)
 }
@@ -282,7 +332,10 @@ fn a_path_set_loads_lazily_and_reloads_after_release() {
         e.register_path("m", &path, LoadOptions::default()),
         Err(Error::AlreadyExists { .. })
     ));
-    assert!(matches!(e.register_path("x", dir.join("missing.safetensors"), LoadOptions::default()), Err(Error::Io { .. })));
+    assert!(matches!(
+        e.register_path("x", dir.join("missing.safetensors"), LoadOptions::default()),
+        Err(Error::Io { .. })
+    ));
     drop(e);
     assert_clean(&b);
     let _ = std::fs::remove_dir_all(&dir);
@@ -294,7 +347,10 @@ fn a_set_registered_from_memory_cannot_be_released() {
     let e = SwapEngine::new(b.clone(), SwapConfig::default()).unwrap();
     register(&e, "a", &model(10, 1));
     let err = e.release("a").unwrap_err();
-    assert!(err.to_string().contains("no source to reload from"), "{err}");
+    assert!(
+        err.to_string().contains("no source to reload from"),
+        "{err}"
+    );
     e.unregister("a").unwrap();
     assert!(matches!(e.acquire("a"), Err(Error::NotFound { .. })));
     drop(e);
@@ -342,7 +398,10 @@ fn prefetch_brings_a_set_in_the_background_and_acquire_finds_it() {
     register(&e, "q", &model(15, 4));
     e.prefetch("p").unwrap(); // from disk: a background thread
     e.prefetch("q").unwrap(); // from the arena: copies queued, returns at once
-    assert!(matches!(state(&e, "q"), Residency::Uploading | Residency::OnDevice));
+    assert!(matches!(
+        state(&e, "q"),
+        Residency::Uploading | Residency::OnDevice
+    ));
     let g = e.acquire("p").unwrap();
     assert_eq!(g.read_tensor(&m[0].0).unwrap(), m[0].3);
     drop(g);
@@ -370,18 +429,31 @@ fn streaming_acquire_exposes_layers_as_they_arrive() {
     register(&e, "a", &m);
     let g = e.acquire_streaming("a").unwrap();
     let k = g.group_of("model.layers.1.mlp.up_proj.weight").unwrap();
-    assert!(g.groups()[k].name.contains("layers.1"), "{:?}", g.groups()[k]);
+    assert!(
+        g.groups()[k].name.contains("layers.1"),
+        "{:?}",
+        g.groups()[k]
+    );
     g.wait_layer(k).unwrap();
     assert!(g.is_layer_ready(k).unwrap());
     // A compute stream ordered after the layer reads it with no race.
     let s = b.stream_create().unwrap();
     g.order_before(s, Some(k)).unwrap();
     let out = b.alloc(64).unwrap();
-    b.copy_dtod_async(out, g.tensor_ptr("model.layers.1.mlp.up_proj.weight").unwrap(), 64, s).unwrap();
+    b.copy_dtod_async(
+        out,
+        g.tensor_ptr("model.layers.1.mlp.up_proj.weight").unwrap(),
+        64,
+        s,
+    )
+    .unwrap();
     g.record_stream(s).unwrap();
     drop(g);
     e.offload("a").unwrap(); // waits for the recorded use before unmapping
-    assert!(matches!(e.acquire_streaming("a").unwrap().wait_layer(999), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        e.acquire_streaming("a").unwrap().wait_layer(999),
+        Err(Error::InvalidArgument(_))
+    ));
     b.stream_synchronize(s).unwrap();
     b.stream_destroy(s).unwrap();
     b.free(out).unwrap();
@@ -403,10 +475,17 @@ fn idle_sets_are_offloaded_after_the_timeout() {
     let g = e.acquire("held").unwrap();
     let t = Instant::now();
     while state(&e, "a") != Residency::InHost {
-        assert!(t.elapsed() < Duration::from_secs(30), "the idle offloader never ran");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the idle offloader never ran"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(state(&e, "held"), Residency::OnDevice, "a guarded set is never idle-offloaded");
+    assert_eq!(
+        state(&e, "held"),
+        Residency::OnDevice,
+        "a guarded set is never idle-offloaded"
+    );
     drop(g);
     drop(e); // stops the thread
     assert_clean(&b);
@@ -422,7 +501,16 @@ fn status_serialises_with_the_seeds_counters() {
     let v = serde_json::to_value(e.status()).unwrap();
     assert_eq!(v["sets"][0]["name"], "a");
     assert_eq!(v["sets"][0]["state"], "in_host");
-    for k in ["loads", "h2d_swaps", "d2h_swaps", "releases", "bytes_h2d", "bytes_d2h", "mean_swap_in_ms", "last_swap_in_gbps"] {
+    for k in [
+        "loads",
+        "h2d_swaps",
+        "d2h_swaps",
+        "releases",
+        "bytes_h2d",
+        "bytes_d2h",
+        "mean_swap_in_ms",
+        "last_swap_in_gbps",
+    ] {
         assert!(v["counters"].get(k).is_some(), "counter {k} missing: {v}");
     }
     assert_eq!(v["counters"]["h2d_swaps"], 1);

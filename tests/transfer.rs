@@ -6,7 +6,9 @@ use std::sync::Arc;
 use rand::{RngCore, SeedableRng};
 use vramswap::backend::sim::SimBackend;
 use vramswap::backend::{self, SharedBackend, Stream};
-use vramswap::transfer::{host_checksums, CopyEngine, CopyPlan, Direction, Group, HostPiece, TransferConfig};
+use vramswap::transfer::{
+    host_checksums, CopyEngine, CopyPlan, Direction, Group, HostPiece, TransferConfig,
+};
 use vramswap::Error;
 use vramswap_sim::FaultOp;
 
@@ -60,12 +62,26 @@ fn upload_then_download_round_trips_through_many_chunks_and_streams() {
     assert_eq!(plan.chunks.len(), 24);
     // SAFETY: `src` and `back` outlive the transfers, which are waited for (and dropped).
     unsafe {
-        let up = e.start(Direction::HostToDevice, &HostPiece::whole(src, plan.extent()), d, &plan).unwrap();
+        let up = e
+            .start(
+                Direction::HostToDevice,
+                &HostPiece::whole(src, plan.extent()),
+                d,
+                &plan,
+            )
+            .unwrap();
         up.wait().unwrap();
         assert!(up.is_complete().unwrap());
         assert_eq!(up.bytes_done().unwrap(), len as u64);
         drop(up);
-        let down = e.start(Direction::DeviceToHost, &HostPiece::whole(back, plan.extent()), d, &plan).unwrap();
+        let down = e
+            .start(
+                Direction::DeviceToHost,
+                &HostPiece::whole(back, plan.extent()),
+                d,
+                &plan,
+            )
+            .unwrap();
         down.wait().unwrap();
         assert_eq!(std::slice::from_raw_parts(back, len), &data[..]);
     }
@@ -89,7 +105,15 @@ fn verification_passes_for_a_good_copy_and_names_the_corrupted_group() {
     let plan = CopyPlan::new(layers(4, 256 << 10), 64 << 10).unwrap();
     let sums = host_checksums(&data, &plan.groups);
     // SAFETY: `src` outlives the transfer.
-    let t = unsafe { e.start(Direction::HostToDevice, &HostPiece::whole(src, plan.extent()), d, &plan).unwrap() };
+    let t = unsafe {
+        e.start(
+            Direction::HostToDevice,
+            &HostPiece::whole(src, plan.extent()),
+            d,
+            &plan,
+        )
+        .unwrap()
+    };
     t.verify(&sums, Stream::DEFAULT).unwrap();
     // Corrupt one byte of layer 2 on the device.
     backend::upload(
@@ -120,7 +144,15 @@ fn a_compute_stream_ordered_after_a_layer_reads_it_without_a_race() {
     let compute = b.stream_create().unwrap();
     let plan = CopyPlan::new(layers(4, 128 << 10), 32 << 10).unwrap();
     // SAFETY: `src` outlives the transfer.
-    let t = unsafe { e.start(Direction::HostToDevice, &HostPiece::whole(src, plan.extent()), d, &plan).unwrap() };
+    let t = unsafe {
+        e.start(
+            Direction::HostToDevice,
+            &HostPiece::whole(src, plan.extent()),
+            d,
+            &plan,
+        )
+        .unwrap()
+    };
     // The consumer waits for layer 1 only, then reads it.
     t.order_before(compute, Some(1)).unwrap();
     b.copy_dtod_async(out, d.offset(128 << 10), 128 << 10, compute)
@@ -150,7 +182,15 @@ fn reading_a_layer_without_ordering_is_caught_by_the_race_checker() {
     let compute = b.stream_create().unwrap();
     let plan = CopyPlan::new(layers(2, 128 << 10), 32 << 10).unwrap();
     // SAFETY: `src` outlives the transfer.
-    let t = unsafe { e.start(Direction::HostToDevice, &HostPiece::whole(src, plan.extent()), d, &plan).unwrap() };
+    let t = unsafe {
+        e.start(
+            Direction::HostToDevice,
+            &HostPiece::whole(src, plan.extent()),
+            d,
+            &plan,
+        )
+        .unwrap()
+    };
     b.copy_dtod_async(out, d, 128 << 10, compute).unwrap();
     t.wait().unwrap();
     b.synchronize().unwrap();
@@ -172,11 +212,26 @@ fn a_copy_that_fails_midway_returns_the_error_and_leaks_nothing() {
     let plan = CopyPlan::whole(len as u64, 16 << 10).unwrap();
     b.sim_device().unwrap().inject_fault(FaultOp::Copy, 7);
     // SAFETY: `src` outlives the attempt (the failed transfer waits for its queued chunks).
-    let r = unsafe { e.start(Direction::HostToDevice, &HostPiece::whole(src, plan.extent()), d, &plan) };
+    let r = unsafe {
+        e.start(
+            Direction::HostToDevice,
+            &HostPiece::whole(src, plan.extent()),
+            d,
+            &plan,
+        )
+    };
     assert!(r.is_err());
     // A retry succeeds.
     // SAFETY: as above.
-    let t = unsafe { e.start(Direction::HostToDevice, &HostPiece::whole(src, plan.extent()), d, &plan).unwrap() };
+    let t = unsafe {
+        e.start(
+            Direction::HostToDevice,
+            &HostPiece::whole(src, plan.extent()),
+            d,
+            &plan,
+        )
+        .unwrap()
+    };
     t.wait().unwrap();
     drop(t);
     drop(e);

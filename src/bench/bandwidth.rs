@@ -230,7 +230,9 @@ pub fn run(
                 let plan = CopyPlan::whole(n, chunk)?;
                 let t = time(cfg.reps, || {
                     // SAFETY: the pinned buffer outlives the transfer, which is waited for.
-                    let tr = unsafe { engine.start(dir, &HostPiece::whole(buf.pinned, n), buf.dev, &plan)? };
+                    let tr = unsafe {
+                        engine.start(dir, &HostPiece::whole(buf.pinned, n), buf.dev, &plan)?
+                    };
                     tr.wait()
                 })?;
                 let g = gbps(n, t);

@@ -83,9 +83,9 @@ impl SwapConfig {
     /// Applies a `key:value,...` string (the syntax of `VRAMSWAP_SWAP_CONF`).
     pub fn apply(&mut self, spec: &str) -> Result<()> {
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once(':')
-                .ok_or_else(|| conf_err("VRAMSWAP_SWAP_CONF", format!("`{part}` is not key:value")))?;
+            let (k, v) = part.split_once(':').ok_or_else(|| {
+                conf_err("VRAMSWAP_SWAP_CONF", format!("`{part}` is not key:value"))
+            })?;
             let (k, v) = (k.trim(), v.trim());
             let flag = |v: &str| match v {
                 "true" | "1" | "yes" => Ok(true),
@@ -97,12 +97,15 @@ impl SwapConfig {
                 "host_budget" => self.host_budget = Some(parse_bytes(v)?),
                 "idle_timeout_s" => self.idle_timeout = Some(parse_secs(k, v)?),
                 "chunk_mb" => {
-                    let mb: u64 = v.parse().map_err(|_| conf_err(k, format!("`{v}` is not a whole number")))?;
+                    let mb: u64 = v
+                        .parse()
+                        .map_err(|_| conf_err(k, format!("`{v}` is not a whole number")))?;
                     self.transfer.chunk_bytes = mb << 20;
                 }
                 "streams" => {
-                    self.transfer.streams_per_direction =
-                        v.parse().map_err(|_| conf_err(k, format!("`{v}` is not a whole number")))?
+                    self.transfer.streams_per_direction = v
+                        .parse()
+                        .map_err(|_| conf_err(k, format!("`{v}` is not a whole number")))?
                 }
                 "verify" => self.transfer.verify = flag(v)?,
                 "vmm" => self.use_vmm = Some(flag(v)?),
@@ -127,7 +130,10 @@ fn parse_secs(key: &str, v: &str) -> Result<Duration> {
         .parse()
         .map_err(|_| conf_err(key, format!("`{v}` is not a number of seconds")))?;
     if !s.is_finite() || s <= 0.0 {
-        return Err(conf_err(key, format!("`{v}` must be a positive number of seconds")));
+        return Err(conf_err(
+            key,
+            format!("`{v}` must be a positive number of seconds"),
+        ));
     }
     Ok(Duration::from_secs_f64(s))
 }
@@ -150,13 +156,18 @@ mod tests {
     #[test]
     fn configuration_string_is_strict() {
         let mut c = SwapConfig::default();
-        c.apply("device_budget:2GiB, chunk_mb:4, streams:3, verify:true, idle_timeout_s:1.5").unwrap();
+        c.apply("device_budget:2GiB, chunk_mb:4, streams:3, verify:true, idle_timeout_s:1.5")
+            .unwrap();
         assert_eq!(c.device_budget, Some(2 << 30));
         assert_eq!(c.transfer.chunk_bytes, 4 << 20);
         assert_eq!(c.transfer.streams_per_direction, 3);
         assert!(c.transfer.verify);
         assert_eq!(c.idle_timeout, Some(Duration::from_millis(1500)));
-        assert!(c.apply("budget:1").unwrap_err().to_string().contains("unknown key"));
+        assert!(c
+            .apply("budget:1")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown key"));
         assert!(c.apply("verify:maybe").is_err());
         assert!(c.apply("streams:0").is_err());
     }

@@ -35,9 +35,16 @@ impl DeviceSpace {
         if vmm && p.vmm_supported {
             let size = round_up(bytes, p.vmm_granularity);
             let va = b.reserve(size)?;
-            Ok(DeviceSpace::Vmm { va, size, phys: None })
+            Ok(DeviceSpace::Vmm {
+                va,
+                size,
+                phys: None,
+            })
         } else {
-            Ok(DeviceSpace::Plain { ptr: None, size: bytes.max(1) })
+            Ok(DeviceSpace::Plain {
+                ptr: None,
+                size: bytes.max(1),
+            })
         }
     }
 

@@ -160,13 +160,24 @@ impl WeightGuard {
 
     /// Copies `len` bytes at `offset` of the set back from the device.
     pub fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let end = offset.checked_add(len).filter(|&e| e <= self.bytes()).ok_or_else(|| {
-            Error::InvalidArgument(format!("range {offset}+{len} is outside the {}-byte set", self.bytes()))
-        })?;
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.bytes())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "range {offset}+{len} is outside the {}-byte set",
+                    self.bytes()
+                ))
+            })?;
         let _ = end;
         self.wait_all()?;
         let mut out = vec![0u8; len as usize];
-        backend::download(self.inner.backend.as_ref(), &mut out, self.base.offset(offset), Stream::DEFAULT)?;
+        backend::download(
+            self.inner.backend.as_ref(),
+            &mut out,
+            self.base.offset(offset),
+            Stream::DEFAULT,
+        )?;
         Ok(out)
     }
 

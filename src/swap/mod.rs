@@ -35,7 +35,9 @@ use crate::arena::{ArenaConfig, PinnedArena};
 use crate::backend::{Event, SharedBackend, Stream};
 use crate::error::{Error, Result};
 use crate::load::{self, LoadOptions};
-use crate::transfer::{host_checksums, CopyEngine, CopyPlan, Direction, Group, HostPiece, Transfer};
+use crate::transfer::{
+    host_checksums, CopyEngine, CopyPlan, Direction, Group, HostPiece, Transfer,
+};
 use crate::weights::{DType, HostWeights, WeightSetDesc};
 
 pub use config::{parse_bytes, SwapConfig};
@@ -90,7 +92,11 @@ impl Layout {
         }
         let plan = CopyPlan::new(filled, chunk_bytes)?;
         let checksums = verify.then(|| group_checksums(host, &plan.groups));
-        Ok(Layout { desc, plan, checksums })
+        Ok(Layout {
+            desc,
+            plan,
+            checksums,
+        })
     }
 }
 
@@ -110,7 +116,12 @@ fn group_checksums(host: &HostWeights, groups: &[Group]) -> Vec<u64> {
                 let hi = (g.offset + g.len).min(s.offset + s.len);
                 if lo < hi {
                     // SAFETY: `[lo, hi)` lies inside segment `s`, a live registered mapping.
-                    let src = unsafe { std::slice::from_raw_parts(s.ptr.add((lo - s.offset) as usize), (hi - lo) as usize) };
+                    let src = unsafe {
+                        std::slice::from_raw_parts(
+                            s.ptr.add((lo - s.offset) as usize),
+                            (hi - lo) as usize,
+                        )
+                    };
                     buf[(lo - g.offset) as usize..(hi - g.offset) as usize].copy_from_slice(src);
                 }
             }
@@ -238,7 +249,9 @@ pub struct SwapEngine {
 
 impl std::fmt::Debug for SwapEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SwapEngine").field("config", &self.inner.config).finish()
+        f.debug_struct("SwapEngine")
+            .field("config", &self.inner.config)
+            .finish()
     }
 }
 
@@ -275,7 +288,11 @@ impl SwapEngine {
     }
 
     /// An engine over `backend` that takes host memory from `arena`.
-    pub fn with_arena(backend: SharedBackend, arena: Arc<PinnedArena>, config: SwapConfig) -> Result<SwapEngine> {
+    pub fn with_arena(
+        backend: SharedBackend,
+        arena: Arc<PinnedArena>,
+        config: SwapConfig,
+    ) -> Result<SwapEngine> {
         config.transfer.validate()?;
         let copy = Arc::new(CopyEngine::new(backend.clone(), config.transfer)?);
         let vmm = config.use_vmm.unwrap_or(true) && backend.properties().vmm_supported;
@@ -303,7 +320,9 @@ impl SwapEngine {
             let h = thread::Builder::new()
                 .name("vramswap-idle".into())
                 .spawn(move || idle_loop(weak, timeout))
-                .map_err(|e| Error::InvalidState(format!("cannot start the idle-timeout thread: {e}")))?;
+                .map_err(|e| {
+                    Error::InvalidState(format!("cannot start the idle-timeout thread: {e}"))
+                })?;
             *idle.handle.lock().expect("idle handle lock") = Some(h);
         }
         Ok(SwapEngine {
@@ -334,12 +353,20 @@ impl SwapEngine {
 
     /// Registers a set to load lazily from a `.safetensors` file or a model directory: nothing
     /// is read until the first [`SwapEngine::acquire`] or [`SwapEngine::prefetch`].
-    pub fn register_path(&self, name: &str, path: impl AsRef<Path>, options: LoadOptions) -> Result<()> {
+    pub fn register_path(
+        &self,
+        name: &str,
+        path: impl AsRef<Path>,
+        options: LoadOptions,
+    ) -> Result<()> {
         let path = path.as_ref().to_path_buf();
         if !path.exists() {
             return Err(Error::Io {
                 path,
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such file or directory",
+                ),
             });
         }
         self.insert(name, Entry::new(Origin::Path(path, options)))
@@ -347,7 +374,11 @@ impl SwapEngine {
 
     /// Registers a set whose bytes are already in the arena.
     pub fn register_host(&self, name: &str, host: HostWeights) -> Result<()> {
-        let layout = Layout::new(&host, self.inner.config.transfer.chunk_bytes, self.inner.config.transfer.verify)?;
+        let layout = Layout::new(
+            &host,
+            self.inner.config.transfer.chunk_bytes,
+            self.inner.config.transfer.verify,
+        )?;
         let mut e = Entry::new(Origin::Memory);
         e.host = Some(Arc::new(host));
         e.layout = Some(Arc::new(layout));
@@ -356,8 +387,19 @@ impl SwapEngine {
     }
 
     /// Registers a set from named arrays (name, dtype, shape, bytes), copied into the arena.
-    pub fn register_arrays(&self, name: &str, arrays: Vec<(String, DType, Vec<u64>, &[u8])>) -> Result<()> {
-        if self.inner.state.lock().expect("engine lock").sets.contains_key(name) {
+    pub fn register_arrays(
+        &self,
+        name: &str,
+        arrays: Vec<(String, DType, Vec<u64>, &[u8])>,
+    ) -> Result<()> {
+        if self
+            .inner
+            .state
+            .lock()
+            .expect("engine lock")
+            .sets
+            .contains_key(name)
+        {
             return Err(Error::AlreadyExists {
                 kind: "weight set",
                 name: name.into(),
@@ -369,7 +411,9 @@ impl SwapEngine {
 
     fn insert(&self, name: &str, e: Entry) -> Result<()> {
         if name.is_empty() {
-            return Err(Error::InvalidArgument("a weight set needs a non-empty name".into()));
+            return Err(Error::InvalidArgument(
+                "a weight set needs a non-empty name".into(),
+            ));
         }
         let mut st = self.inner.lock();
         if st.sets.contains_key(name) {
@@ -391,14 +435,18 @@ impl SwapEngine {
     /// Loads it from its source first if needed (lazy load), evicting least recently used idle
     /// sets to fit the device budget, and waits until every byte has arrived.
     pub fn acquire(&self, name: &str) -> Result<WeightGuard> {
-        self.inner.bring(name, Bring::Guard { wait: true }).map(|g| g.expect("guard mode returns a guard"))
+        self.inner
+            .bring(name, Bring::Guard { wait: true })
+            .map(|g| g.expect("guard mode returns a guard"))
     }
 
     /// Like [`SwapEngine::acquire`], but returns as soon as the copies are queued: use
     /// [`WeightGuard::wait_layer`] or [`WeightGuard::order_before`] to consume layers as they
     /// arrive.
     pub fn acquire_streaming(&self, name: &str) -> Result<WeightGuard> {
-        self.inner.bring(name, Bring::Guard { wait: false }).map(|g| g.expect("guard mode returns a guard"))
+        self.inner
+            .bring(name, Bring::Guard { wait: false })
+            .map(|g| g.expect("guard mode returns a guard"))
     }
 
     /// Starts bringing the set to the device in the background and returns at once. A later
@@ -414,7 +462,10 @@ impl SwapEngine {
             match e.state {
                 Residency::OnDisk => true,
                 Residency::InHost => {
-                    self.inner.start_upload(&mut st, name)?;
+                    if let Err(err) = self.inner.start_upload(&mut st, name) {
+                        st.entry(name)?.last_error = Some(err.to_string());
+                        return Err(err);
+                    }
                     false
                 }
                 _ => false,
@@ -468,6 +519,10 @@ impl SwapEngine {
         }
         self.inner.offload_locked(&mut st, name)?;
         self.inner.release_locked(&mut st, name);
+        drop(st);
+        // Give the pinned memory back to the system (users of pause/resume APIs report host
+        // memory that is never returned); a later load pins afresh.
+        self.inner.arena.trim();
         Ok(())
     }
 
@@ -476,7 +531,10 @@ impl SwapEngine {
         let mut st = self.inner.wait_idle(name)?;
         let e = st.entry(name)?;
         if e.guards > 0 {
-            return Err(Error::InvalidState(format!("weight set `{name}` is held by {} guard(s)", e.guards)));
+            return Err(Error::InvalidState(format!(
+                "weight set `{name}` is held by {} guard(s)",
+                e.guards
+            )));
         }
         self.inner.offload_locked(&mut st, name)?;
         let mut e = st.sets.remove(name).expect("checked above");
@@ -491,7 +549,9 @@ impl SwapEngine {
         let mut st = self.inner.lock();
         let e = st.entry(name)?;
         if !e.resident() {
-            return Err(Error::InvalidState(format!("weight set `{name}` is not on the device")));
+            return Err(Error::InvalidState(format!(
+                "weight set `{name}` is not on the device"
+            )));
         }
         if e.host.as_ref().is_some_and(|h| h.is_direct()) {
             return Err(Error::InvalidState(format!(
@@ -506,7 +566,12 @@ impl SwapEngine {
     /// Offloads every idle resident set (no guard); returns how many.
     pub fn offload_idle(&self) -> Result<usize> {
         let mut st = self.inner.lock();
-        let names: Vec<String> = st.sets.iter().filter(|(_, e)| e.evictable()).map(|(n, _)| n.clone()).collect();
+        let names: Vec<String> = st
+            .sets
+            .iter()
+            .filter(|(_, e)| e.evictable())
+            .map(|(n, _)| n.clone())
+            .collect();
         for n in &names {
             self.inner.offload_locked(&mut st, n)?;
         }
@@ -533,7 +598,11 @@ impl SwapEngine {
                 state: e.state,
                 bytes: e.layout.as_ref().map_or(0, |l| l.desc.total_bytes),
                 device_bytes: e.space.as_ref().map_or(0, |s| s.size()),
-                idle_secs: if e.guards > 0 { 0.0 } else { (now - e.last_use).as_secs_f64() },
+                idle_secs: if e.guards > 0 {
+                    0.0
+                } else {
+                    (now - e.last_use).as_secs_f64()
+                },
                 guards: e.guards,
                 dirty: e.dirty,
                 stable_addresses: e.space.as_ref().map_or(self.inner.vmm, |s| s.stable()),
@@ -594,7 +663,9 @@ impl Inner {
             match e.state {
                 Residency::OnDisk => {
                     let Origin::Path(path, opts) = &e.origin else {
-                        return Err(Error::InvalidState(format!("weight set `{name}` has no host copy and no source")));
+                        return Err(Error::InvalidState(format!(
+                            "weight set `{name}` has no host copy and no source"
+                        )));
                     };
                     let (path, opts) = (path.clone(), opts.clone());
                     e.busy = true;
@@ -620,9 +691,16 @@ impl Inner {
                         }
                     }
                 }
-                Residency::InHost => self.start_upload(&mut st, name)?,
+                Residency::InHost => {
+                    if let Err(err) = self.start_upload(&mut st, name) {
+                        st.entry(name)?.last_error = Some(err.to_string());
+                        return Err(err);
+                    }
+                }
                 Residency::Uploading => {
-                    let Bring::Guard { wait } = mode else { return Ok(None) };
+                    let Bring::Guard { wait } = mode else {
+                        return Ok(None);
+                    };
                     e.guards += 1;
                     let t = e.transfer.clone().expect("uploading sets have a transfer");
                     st.touch(name);
@@ -645,7 +723,9 @@ impl Inner {
                     return Ok(Some(self.guard(name, None)?));
                 }
                 Residency::OnDevice => {
-                    let Bring::Guard { .. } = mode else { return Ok(None) };
+                    let Bring::Guard { .. } = mode else {
+                        return Ok(None);
+                    };
                     e.guards += 1;
                     st.touch(name);
                     drop(st);
@@ -662,10 +742,21 @@ impl Inner {
         let st = self.lock();
         let e = st.sets.get(name).expect("guarded sets stay registered");
         let layout = e.layout.clone().expect("resident sets have a layout");
-        let base = e.space.as_ref().and_then(|s| s.base()).expect("resident sets are backed");
+        let base = e
+            .space
+            .as_ref()
+            .and_then(|s| s.base())
+            .expect("resident sets are backed");
         let stable = e.space.as_ref().is_some_and(|s| s.stable());
         drop(st);
-        Ok(WeightGuard::new(self.clone(), name.to_string(), base, layout, transfer, stable))
+        Ok(WeightGuard::new(
+            self.clone(),
+            name.to_string(),
+            base,
+            layout,
+            transfer,
+            stable,
+        ))
     }
 
     /// Loads a file into the arena, releasing least recently used idle host copies that can be
@@ -674,7 +765,11 @@ impl Inner {
         loop {
             match load::load(path, &self.arena, opts) {
                 Ok(host) => {
-                    let layout = Layout::new(&host, self.config.transfer.chunk_bytes, self.config.transfer.verify)?;
+                    let layout = Layout::new(
+                        &host,
+                        self.config.transfer.chunk_bytes,
+                        self.config.transfer.verify,
+                    )?;
                     return Ok((host, layout));
                 }
                 Err(e @ Error::HostBudgetExceeded { .. }) => {
@@ -683,7 +778,10 @@ impl Inner {
                         .sets
                         .iter()
                         .filter(|(_, e)| {
-                            e.state == Residency::InHost && e.guards == 0 && !e.busy && matches!(e.origin, Origin::Path(..))
+                            e.state == Residency::InHost
+                                && e.guards == 0
+                                && !e.busy
+                                && matches!(e.origin, Origin::Path(..))
                         })
                         .min_by_key(|(_, e)| e.tick)
                         .map(|(n, _)| n.clone());
@@ -808,7 +906,10 @@ impl Inner {
         let layout = e.layout.clone().expect("in-host sets have a layout");
         // SAFETY: the host copy is kept alive by the entry until the transfer is dropped
         // (release and offload drop the transfer first), and nothing writes it meanwhile.
-        let started = unsafe { self.copy.start(Direction::HostToDevice, &pieces(&host), base, &layout.plan) };
+        let started = unsafe {
+            self.copy
+                .start(Direction::HostToDevice, &pieces(&host), base, &layout.plan)
+        };
         match started {
             Ok(t) => {
                 e.transfer = Some(Arc::new(t));
@@ -829,14 +930,20 @@ impl Inner {
     /// Marks an upload complete after its transfer was waited for (verifying it if asked).
     fn finish_upload(&self, st: &mut State, name: &str, t: &Arc<Transfer>) -> Result<()> {
         let e = st.entry(name)?;
-        if e.state != Residency::Uploading || !e.transfer.as_ref().is_some_and(|x| Arc::ptr_eq(x, t)) {
+        if e.state != Residency::Uploading
+            || !e.transfer.as_ref().is_some_and(|x| Arc::ptr_eq(x, t))
+        {
             return Ok(()); // another thread finished it
         }
         let layout = e.layout.clone().expect("uploading sets have a layout");
         if let Some(sums) = &layout.checksums {
             if let Err(err) = t.verify(sums, Stream::DEFAULT) {
                 e.transfer = None;
-                let _ = e.space.as_mut().expect("uploading sets have space").unback(self.backend.as_ref());
+                let _ = e
+                    .space
+                    .as_mut()
+                    .expect("uploading sets have space")
+                    .unback(self.backend.as_ref());
                 e.state = Residency::InHost;
                 return Err(err);
             }
@@ -877,8 +984,11 @@ impl Inner {
             let base = e.space.as_ref().and_then(|s| s.base()).expect("resident");
             // SAFETY: no guard holds the set, so nothing reads the host copy while the device
             // writes it; the transfer is waited for before `host` can go away.
-            let r = unsafe { self.copy.start(Direction::DeviceToHost, &pieces(&host), base, &layout.plan) }
-                .and_then(|t| t.wait());
+            let r = unsafe {
+                self.copy
+                    .start(Direction::DeviceToHost, &pieces(&host), base, &layout.plan)
+            }
+            .and_then(|t| t.wait());
             if let Err(err) = r {
                 // The device copy is still good; keep the set resident and dirty.
                 e.state = Residency::OnDevice;

@@ -192,7 +192,11 @@ impl CopyEngine {
         };
         // A timing event ahead of the first chunk, for the copy's device time.
         if let Ok(ev) = self.take_event() {
-            if self.backend.event_record(ev, streams[first % streams.len()]).is_ok() {
+            if self
+                .backend
+                .event_record(ev, streams[first % streams.len()])
+                .is_ok()
+            {
                 t.start_event = Some(ev);
             } else {
                 self.return_events([ev]);
@@ -208,7 +212,8 @@ impl CopyEngine {
                 }
             };
             // SAFETY: the caller keeps the pieces valid until the transfer completes.
-            let r = unsafe { self.copy_chunk(dir, host, device, c, s) }.and_then(|_| self.backend.event_record(ev, s));
+            let r = unsafe { self.copy_chunk(dir, host, device, c, s) }
+                .and_then(|_| self.backend.event_record(ev, s));
             if let Err(e) = r {
                 self.return_events([ev]);
                 // What was queued must finish before the caller reuses the buffers; `t`'s drop
@@ -230,14 +235,23 @@ impl CopyEngine {
     ///
     /// # Safety
     /// As for [`CopyEngine::start`].
-    unsafe fn copy_chunk(&self, dir: Direction, host: &[HostPiece], device: DevicePtr, c: &Chunk, s: Stream) -> Result<()> {
+    unsafe fn copy_chunk(
+        &self,
+        dir: Direction,
+        host: &[HostPiece],
+        device: DevicePtr,
+        c: &Chunk,
+        s: Stream,
+    ) -> Result<()> {
         let mut off = c.offset;
         let end = c.offset + c.len;
         while off < end {
             let p = host
                 .iter()
                 .find(|p| p.offset <= off && off < p.offset + p.len)
-                .ok_or_else(|| Error::InvalidArgument(format!("no host piece holds byte {off} of the set")))?;
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!("no host piece holds byte {off} of the set"))
+                })?;
             let n = end.min(p.offset + p.len) - off;
             // SAFETY: `off` lies in piece `p`, and `n` stays inside it.
             let h = unsafe { p.ptr.add((off - p.offset) as usize) };
@@ -269,7 +283,11 @@ pub struct HostPiece {
 impl HostPiece {
     /// The whole set `[0, len)` at `ptr`.
     pub fn whole(ptr: *mut u8, len: u64) -> [HostPiece; 1] {
-        [HostPiece { offset: 0, len, ptr }]
+        [HostPiece {
+            offset: 0,
+            len,
+            ptr,
+        }]
     }
 }
 
