@@ -4,3 +4,4 @@
 //! on shared machines are noisy and ratios are what settings are chosen by.
 
 pub mod bandwidth;
+pub mod swap;

@@ -8,6 +8,7 @@ use vramswap::backend::{self, BackendChoice};
 
 mod bench;
 mod info;
+mod swap_bench;
 
 /// GPU memory for many models on one GPU.
 #[derive(Parser)]
@@ -29,6 +30,10 @@ enum Command {
     Info(info::Args),
     /// Host/device bandwidth: pinned vs pageable, chunk size x streams, both directions at once.
     Bench(bench::Args),
+    /// Whole-model swaps: swap-in, clean and dirty swap-out, both at once, prefetch behind compute.
+    SwapBench(swap_bench::Args),
+    /// Cycle weight sets through the device many times, checking every byte that comes back.
+    Soak(swap_bench::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +42,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(args) => open().and_then(|(b, why)| info::run(b, &why, &args)),
         Command::Bench(args) => open().and_then(|(b, _)| bench::run(b, &args)),
+        Command::SwapBench(args) => open().and_then(|(b, _)| swap_bench::run(b, &args)),
+        Command::Soak(args) => open().and_then(|(b, _)| swap_bench::soak(b, &args)),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,96 @@
+//! `vramswap swap-bench` and `vramswap soak`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use vramswap::backend::SharedBackend;
+use vramswap::bench::swap::{self, SwapBenchConfig};
+use vramswap::swap::SwapConfig;
+use vramswap::{Error, Result};
+
+/// Arguments of `swap-bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Weight sets to create.
+    #[arg(long, default_value_t = 3)]
+    sets: usize,
+    /// Size of each set in MiB (a Llama-like mix of tensors).
+    #[arg(long, default_value_t = 256)]
+    size_mb: u64,
+    /// Simulated compute for the prefetch figure, ms (default: the measured swap-in time).
+    #[arg(long)]
+    compute_ms: Option<f64>,
+    /// Repetitions per figure (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
+    if args.size_mb == 0 {
+        return Err(Error::InvalidArgument("--size-mb must be positive".into()));
+    }
+    let compute = match args.compute_ms {
+        Some(ms) if !(ms.is_finite() && ms >= 0.0) => {
+            return Err(Error::InvalidArgument("--compute-ms must be a non-negative number".into()))
+        }
+        Some(ms) => Some(Duration::from_secs_f64(ms / 1e3)),
+        None => None,
+    };
+    let cfg = SwapBenchConfig {
+        set_bytes: args.size_mb << 20,
+        sets: args.sets,
+        compute,
+        reps: args.reps,
+    };
+    let report = swap::run(&b, SwapConfig::from_env()?, &cfg)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("serialisable"));
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `soak`.
+#[derive(clap::Args)]
+pub struct SoakArgs {
+    /// Swap-ins to run.
+    #[arg(long, default_value_t = 10_000)]
+    cycles: u64,
+    /// Weight sets cycled.
+    #[arg(long, default_value_t = 3)]
+    sets: usize,
+    /// Size of each set in MiB.
+    #[arg(long, default_value_t = 16)]
+    size_mb: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn soak(b: SharedBackend, args: &SoakArgs) -> Result<ExitCode> {
+    let mut config = SwapConfig::from_env()?;
+    config.transfer.verify = true;
+    let quiet = args.json;
+    let every = (args.cycles / 20).max(1);
+    let r = swap::soak(&b, config, args.sets, args.size_mb << 20, args.cycles, &mut |c| {
+        if !quiet && c % every == 0 {
+            eprintln!("  {c} / {} cycles, every checksum matched", args.cycles);
+        }
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r).expect("serialisable"));
+    } else {
+        println!(
+            "{} cycles, {:.1} GiB swapped in, {} mismatches, {:.1} s",
+            r.cycles,
+            r.bytes as f64 / (1u64 << 30) as f64,
+            r.mismatches,
+            r.secs
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
