@@ -51,11 +51,13 @@ fn main() {
     let nvrtc_source = source.replacen(INCLUDE_LINE, &header, 1);
     write(&out_dir.join("vramswap_kernels_nvrtc.cu"), &nvrtc_source);
 
+    let ptx = out_dir.join("vramswap_kernels.ptx");
     let Some(nvcc) = find_nvcc() else {
+        // No stale PTX from an earlier build with nvcc: its presence means it is embedded.
+        let _ = fs::remove_file(&ptx);
         return;
     };
     println!("cargo:rerun-if-changed={}", nvcc.display());
-    let ptx = out_dir.join("vramswap_kernels.ptx");
     let output = Command::new(&nvcc)
         .args(["-ptx", &format!("-arch={PTX_ARCH}"), "-o"])
         .arg(&ptx)

@@ -57,12 +57,13 @@ pub fn embedded_kernel_image() -> KernelImage {
     }
     #[cfg(not(vramswap_kernels_ptx))]
     {
-        KernelImage::Source(include_str!(concat!(
-            env!("OUT_DIR"),
-            "/vramswap_kernels_nvrtc.cu"
-        )))
+        KernelImage::Source(NVRTC_SOURCE)
     }
 }
+
+/// The self-contained source for NVRTC (build.rs writes it in every build).
+#[cfg_attr(vramswap_kernels_ptx, allow(dead_code))]
+const NVRTC_SOURCE: &str = include_str!(concat!(env!("OUT_DIR"), "/vramswap_kernels_nvrtc.cu"));
 
 /// Threads per block of every launch (a multiple of 32, as the checksum's reduction needs).
 const THREADS: u32 = 256;
@@ -78,29 +79,31 @@ fn blocks_for(items: u64) -> u32 {
 fn ptx() -> Result<Cow<'static, str>> {
     match embedded_kernel_image() {
         KernelImage::Ptx(ptx) => Ok(Cow::Borrowed(ptx)),
-        KernelImage::Source(src) => {
-            // SAFETY: only probes whether libnvrtc can be opened; cudarc would panic on the
-            // first NVRTC call without it.
-            if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-                return Err(Error::Unsupported(
-                    "the cuda backend's kernels were embedded as source (no nvcc at build time) \
-                     and NVRTC (libnvrtc.so) could not be loaded: install CUDA's NVRTC \
-                     library, or rebuild vramswap with nvcc available (set NVCC, or run \
-                     scripts/ensure-nvcc.sh) to embed PTX"
-                        .into(),
-                ));
-            }
-            let opts = cudarc::nvrtc::CompileOptions {
-                arch: Some("compute_80"),
-                name: Some("vramswap_kernels.cu".into()),
-                ..Default::default()
-            };
-            let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| {
-                Error::Unsupported(format!("NVRTC could not compile vramswap's kernels: {e}"))
-            })?;
-            Ok(Cow::Owned(ptx.to_src()))
-        }
+        KernelImage::Source(src) => compile_with_nvrtc(src).map(Cow::Owned),
     }
+}
+
+/// Compiles CUDA source to PTX for `compute_80` with NVRTC, loaded at run time.
+fn compile_with_nvrtc(src: &str) -> Result<String> {
+    // SAFETY: only probes whether libnvrtc can be opened; cudarc would panic on the first
+    // NVRTC call without it.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(Error::Unsupported(
+            "the cuda backend's kernels were embedded as source (no nvcc at build time) and \
+             NVRTC (libnvrtc.so) could not be loaded: install CUDA's NVRTC library, or rebuild \
+             vramswap with nvcc available (set NVCC, or run scripts/ensure-nvcc.sh) to embed PTX"
+                .into(),
+        ));
+    }
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some("compute_80"),
+        name: Some("vramswap_kernels.cu".into()),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| {
+        Error::Unsupported(format!("NVRTC could not compile vramswap's kernels: {e}"))
+    })?;
+    Ok(ptx.to_src())
 }
 
 /// The kernels' module and its four functions, in the context that loaded it. Handles are
@@ -329,6 +332,25 @@ mod tests {
                 !src.contains("#include \""),
                 "NVRTC source must be self-contained"
             );
+        }
+    }
+
+    /// Run with `LD_LIBRARY_PATH=<CUDA lib folder> cargo test -p vramswap --lib nvrtc --
+    /// --ignored` (the PyPI wheel `nvidia-cuda-nvrtc==13.0.*` provides libnvrtc.so.13).
+    #[test]
+    #[ignore = "needs CUDA's NVRTC library (libnvrtc.so) on the library path"]
+    fn nvrtc_compiles_the_embedded_source_to_all_four_entries() {
+        let ptx = compile_with_nvrtc(NVRTC_SOURCE).expect("NVRTC compiles the kernels");
+        for name in [
+            ".entry vramswap_checksum_partial(",
+            ".entry vramswap_checksum_finish(",
+            ".entry vramswap_fill_u32(",
+            ".entry vramswap_cast(",
+        ] {
+            assert!(ptx.contains(name), "{name} missing from NVRTC's PTX");
+        }
+        if let Ok(path) = std::env::var("VRAMSWAP_NVRTC_PTX_OUT") {
+            std::fs::write(&path, &ptx).expect("write the PTX");
         }
     }
 }
