@@ -39,14 +39,22 @@ fi
 mkdir -p "$(dirname "$DIR")"
 # One installer at a time: parallel CI jobs or worktrees share the cache folder.
 exec 9>"$DIR.lock"
-flock 9
+if command -v flock >/dev/null 2>&1; then
+  flock 9
+fi
 if [ -x "$NVCC" ] && [ -f "$STAMP" ]; then
   echo "$NVCC"
   exit 0
 fi
 
-echo "ensure-nvcc: installing ${PACKAGES[*]} into $DIR (about 270 MB, once)" >&2
+# What is there is an interrupted install (or nothing): start over. Never delete a folder that
+# does not look like ours (VRAMSWAP_CUDA_TOOLCHAIN pointing somewhere else by mistake).
+if [ -d "$DIR" ] && [ -n "$(ls -A "$DIR")" ] && [ ! -d "$DIR/nvidia" ]; then
+  echo "ensure-nvcc: ERROR: $DIR exists and is not a toolchain folder; refusing to replace it" >&2
+  exit 1
+fi
 rm -rf "$DIR"
+echo "ensure-nvcc: installing ${PACKAGES[*]} into $DIR (about 270 MB, once)" >&2
 if ! PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
   --target "$DIR" "${PACKAGES[@]}" >&2; then
   rm -rf "$DIR"
