@@ -4,7 +4,8 @@
 #   2. the same backend-generic suites on the `cuda` backend over the emulated driver;
 #   3. the CUDA kernels: compiled to PTX by nvcc 13.0 (installed from PyPI by
 #      scripts/ensure-nvcc.sh) and embedded by build.rs, then validated with ptxas for sm_80 and
-#      sm_90; their shared header is checked on the host by tests/kernels_host.rs (in stage 1).
+#      sm_90; their header and the kernels themselves are checked on the host against the Rust
+#      implementations by tests/kernels_host.rs and tests/kernels_grid.rs (in stage 1).
 # Later stages (C/C++ consumers, Python package) are added here as they land.
 set -euo pipefail
 cd "$(dirname "$0")/.."

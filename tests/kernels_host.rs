@@ -7,7 +7,8 @@
 //!
 //! Needs a C compiler (`cc`, or `CC`); every Rust build on Linux has one for linking.
 
-use std::path::{Path, PathBuf};
+mod kernels_support;
+
 use std::sync::OnceLock;
 
 use half::{bf16, f16};
@@ -66,58 +67,10 @@ impl Shim {
     }
 }
 
-/// Compiles the shim into a shared library under the target's temporary folder.
-fn compile() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernels_host");
-    std::fs::create_dir_all(&dir).expect("create the shim's folder");
-    // One file per process: concurrent test runs never load a half-written library.
-    let lib = dir.join(format!(
-        "libvramswap_kernels_shim_{}.so",
-        std::process::id()
-    ));
-    let target = env!("VRAMSWAP_BUILD_TARGET");
-    let compiler = cc::Build::new()
-        .target(target)
-        .host(target)
-        .opt_level(2)
-        .debug(false)
-        .cargo_metadata(false)
-        .cargo_warnings(false)
-        .emit_rerun_if_env_changed(false)
-        .out_dir(&dir)
-        .pic(true)
-        .std("c99")
-        .warnings(true)
-        .extra_warnings(true)
-        .warnings_into_errors(true)
-        .include(root.join("kernels"))
-        .try_get_compiler()
-        .expect("a C compiler for the host (set CC)");
-    let out = compiler
-        .to_command()
-        .arg("-shared")
-        .arg("-o")
-        .arg(&lib)
-        .arg(root.join("kernels/host_shim.c"))
-        .output()
-        .expect("run the C compiler");
-    assert!(
-        out.status.success(),
-        "compiling kernels/host_shim.c failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    lib
-}
-
 fn shim() -> &'static Shim {
     static SHIM: OnceLock<Shim> = OnceLock::new();
     SHIM.get_or_init(|| {
-        let path = compile();
-        // SAFETY: the library is our shim, whose initialisers do nothing.
-        let lib = unsafe { libloading::Library::new(&path) }.expect("load the compiled shim");
-        let _ = std::fs::remove_file(&path);
+        let lib = kernels_support::load("host_shim.c", false);
         macro_rules! sym {
             ($name:literal) => {
                 // SAFETY: the symbol is defined in host_shim.c with exactly the signature of
