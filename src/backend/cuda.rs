@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 
 use cudarc::driver::sys::{self, CUresult};
 
+use super::cuda_kernels::KernelModule;
 use super::{
     Backend, BackendKind, CastType, DeviceProperties, DevicePtr, Event, MemInfo, PhysHandle, Stream,
 };
@@ -47,7 +48,7 @@ fn error_string(r: CUresult) -> String {
 }
 
 /// Checks a driver result.
-fn check(call: &'static str, r: CUresult) -> Result<()> {
+pub(super) fn check(call: &'static str, r: CUresult) -> Result<()> {
     if r == CUresult::CUDA_SUCCESS {
         return Ok(());
     }
@@ -124,6 +125,8 @@ pub struct CudaBackend {
     ctx: usize,
     device: sys::CUdevice,
     props: DeviceProperties,
+    /// The kernels' module, loaded in this backend's context at the first kernel launch.
+    kernels: OnceLock<KernelModule>,
 }
 
 // SAFETY: the primary context handle may be used from any thread once made current there,
@@ -181,6 +184,7 @@ impl CudaBackend {
                     driver_version: 0,
                     memory_pools: false,
                 },
+                kernels: OnceLock::new(),
             };
             b.bind()?;
             b.props = b.query_properties(ordinal, preloaded.is_some())?;
@@ -285,10 +289,28 @@ impl CudaBackend {
     fn event(e: Event) -> sys::CUevent {
         e.0 as sys::CUevent
     }
+
+    /// The kernels' module, loaded on first use (the context must be bound). Two threads racing
+    /// here may both load it; the loser unloads its copy.
+    fn kernels(&self) -> Result<&KernelModule> {
+        if let Some(k) = self.kernels.get() {
+            return Ok(k);
+        }
+        if let Err(extra) = self.kernels.set(KernelModule::load()?) {
+            extra.unload();
+        }
+        Ok(self.kernels.get().expect("set above"))
+    }
 }
 
 impl Drop for CudaBackend {
     fn drop(&mut self) {
+        if let Some(k) = self.kernels.take() {
+            // The module belongs to the primary context, which must be current to unload it.
+            if self.bind().is_ok() {
+                k.unload();
+            }
+        }
         // SAFETY: releases the reference retained in `new`.
         unsafe {
             let _ = sys::cuDevicePrimaryCtxRelease_v2(self.device);
@@ -626,39 +648,36 @@ impl Backend for CudaBackend {
 
     fn checksum_async(
         &self,
-        _src: DevicePtr,
-        _bytes: u64,
-        _out: DevicePtr,
-        _stream: Stream,
+        src: DevicePtr,
+        bytes: u64,
+        out: DevicePtr,
+        stream: Stream,
     ) -> Result<()> {
-        Err(Error::Unsupported(
-            "the cuda backend's kernels are not built yet".into(),
-        ))
+        self.bind()?;
+        self.kernels()?.checksum(src, bytes, out, stream)
     }
 
     fn fill_u32_async(
         &self,
-        _dst: DevicePtr,
-        _bytes: u64,
-        _pattern: u32,
-        _stream: Stream,
+        dst: DevicePtr,
+        bytes: u64,
+        pattern: u32,
+        stream: Stream,
     ) -> Result<()> {
-        Err(Error::Unsupported(
-            "the cuda backend's kernels are not built yet".into(),
-        ))
+        self.bind()?;
+        self.kernels()?.fill_u32(dst, bytes, pattern, stream)
     }
 
     fn cast_async(
         &self,
-        _src: DevicePtr,
-        _from: CastType,
-        _dst: DevicePtr,
-        _to: CastType,
-        _count: u64,
-        _stream: Stream,
+        src: DevicePtr,
+        from: CastType,
+        dst: DevicePtr,
+        to: CastType,
+        count: u64,
+        stream: Stream,
     ) -> Result<()> {
-        Err(Error::Unsupported(
-            "the cuda backend's kernels are not built yet".into(),
-        ))
+        self.bind()?;
+        self.kernels()?.cast(src, from, dst, to, count, stream)
     }
 }

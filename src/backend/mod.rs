@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 
 pub mod cuda;
+pub mod cuda_kernels;
 pub mod sim;
 
 pub use vramswap_sim::CastType;
