@@ -106,18 +106,43 @@ pub struct SimCounters {
 struct Link {
     bytes_per_sec: f64,
     busy_until: Mutex<Instant>,
+    /// The latest reserved intervals, oldest first (at most `LINK_LOG` of them).
+    log: Mutex<std::collections::VecDeque<(Instant, Instant)>>,
 }
+
+const LINK_LOG: usize = 4096;
 
 impl Link {
     /// Reserves the link for `bytes` at `factor` of its bandwidth; returns when the transfer ends.
     fn reserve(&self, bytes: u64, factor: f64) -> Instant {
+        self.reserve_at(Instant::now(), bytes, factor)
+    }
+
+    /// [`Link::reserve`] as of `now`.
+    fn reserve_at(&self, now: Instant, bytes: u64, factor: f64) -> Instant {
         let secs = bytes as f64 / (self.bytes_per_sec * factor);
         let mut busy = self.busy_until.lock().expect("link lock");
-        let start = (*busy).max(Instant::now());
+        let start = (*busy).max(now);
         let end = start + Duration::from_secs_f64(secs);
         *busy = end;
+        let mut log = self.log.lock().expect("link log lock");
+        if log.len() == LINK_LOG {
+            log.pop_front();
+        }
+        log.push_back((start, end));
         end
     }
+}
+
+/// A copy direction of the bandwidth model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkDir {
+    /// Host to device.
+    HostToDevice,
+    /// Device to host.
+    DeviceToHost,
+    /// Device to device.
+    DeviceToDevice,
 }
 
 fn sleep_until(t: Instant) {
@@ -195,17 +220,20 @@ impl SimDevice {
             let link = |b: f64| Link {
                 bytes_per_sec: b,
                 busy_until: Mutex::new(Instant::now()),
+                log: Mutex::new(Default::default()),
             };
             [link(bw.h2d), link(bw.d2h), link(bw.d2d)]
         });
         let enabled = config.race_mode != RaceMode::Off;
+        // Cache freed physical memory up to half the capacity (at most 4 GiB of host memory).
+        let cache_limit = (config.capacity / 2).min(4 << 30);
         let mut streams = HashMap::new();
         // The NULL stream: legacy default stream semantics.
         streams.insert(0, Stream::new(0, true));
         SimDevice {
             inner: Arc::new(Inner {
                 config,
-                memory: Mutex::new(Memory::new()),
+                memory: Mutex::new(Memory::new(cache_limit)),
                 host: Mutex::new(HostMemory::default()),
                 streams: RwLock::new(streams),
                 events: Mutex::new(HashMap::new()),
@@ -240,6 +268,27 @@ impl SimDevice {
     /// Counters of copies, launches and allocations so far.
     pub fn counters(&self) -> SimCounters {
         self.inner.counters.lock().expect("counters lock").clone()
+    }
+
+    /// The intervals the bandwidth model reserved on a link, oldest first, as (start, end)
+    /// instants: how the model scheduled the copies, independent of how busy the host was.
+    /// Empty without a bandwidth model.
+    pub fn link_intervals(&self, dir: LinkDir) -> Vec<(Instant, Instant)> {
+        let d = match dir {
+            LinkDir::HostToDevice => Dir::H2D,
+            LinkDir::DeviceToHost => Dir::D2H,
+            LinkDir::DeviceToDevice => Dir::D2D,
+        };
+        self.link(d)
+            .map(|l| {
+                l.log
+                    .lock()
+                    .expect("link log lock")
+                    .iter()
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     // ----- fault injection -------------------------------------------------------------------
@@ -322,7 +371,7 @@ impl SimDevice {
         })?;
         let mut mem = self.inner.memory.lock().expect("memory lock");
         self.check_capacity(&mem, rounded)?;
-        let phys = Phys::new(rounded as usize, mem.used.clone())?;
+        let phys = Phys::new(rounded as usize, mem.used.clone(), mem.cache.clone())?;
         let va = mem.take_va(rounded, PLAIN_ALIGN);
         let mut maps = std::collections::BTreeMap::new();
         maps.insert(
@@ -533,7 +582,7 @@ impl SimDevice {
         self.check_granular("physical allocation size", len)?;
         let mut mem = self.inner.memory.lock().expect("memory lock");
         self.check_capacity(&mem, len)?;
-        let phys = Phys::new(len as usize, mem.used.clone())?;
+        let phys = Phys::new(len as usize, mem.used.clone(), mem.cache.clone())?;
         self.inner
             .counters
             .lock()
@@ -1481,6 +1530,38 @@ impl Drop for Inner {
         for s in self.streams.write().expect("streams lock").values() {
             s.detach();
         }
+    }
+}
+
+#[cfg(test)]
+mod link_tests {
+    use super::*;
+
+    fn link(now: Instant) -> Link {
+        Link {
+            bytes_per_sec: 1e9,
+            busy_until: Mutex::new(now),
+            log: Mutex::new(Default::default()),
+        }
+    }
+
+    #[test]
+    fn copies_on_one_link_queue_and_copies_on_two_links_overlap() {
+        let t0 = Instant::now();
+        let (up, down) = (link(t0), link(t0));
+        let ms = Duration::from_millis;
+        // Two uploads asked for at the same moment: the second starts when the first ends.
+        assert_eq!(up.reserve_at(t0, 1_000_000, 1.0), t0 + ms(1));
+        assert_eq!(up.reserve_at(t0, 1_000_000, 1.0), t0 + ms(2));
+        // A download at that moment has its own link: it ends after one transfer time.
+        assert_eq!(down.reserve_at(t0, 1_000_000, 1.0), t0 + ms(1));
+        // A pageable copy at 40 % of the link takes 2.5 times as long.
+        assert_eq!(
+            down.reserve_at(t0 + ms(10), 1_000_000, 0.4),
+            t0 + ms(10) + Duration::from_micros(2500)
+        );
+        // An idle link starts a copy when it is asked for, not when it was last busy.
+        assert_eq!(up.reserve_at(t0 + ms(50), 1_000_000, 1.0), t0 + ms(51));
     }
 }
 

@@ -26,7 +26,7 @@ mod memory;
 mod race;
 mod stream;
 
-pub use device::{Kernel, LeakReport, SimCounters, SimDevice};
+pub use device::{Kernel, LeakReport, LinkDir, SimCounters, SimDevice};
 pub use error::{cuda_code_of, SimError, SimResult};
 pub use host::HostKind;
 pub use kernels::CastType;

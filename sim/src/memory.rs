@@ -20,12 +20,69 @@ pub const VA_BASE: u64 = 0x0000_7e00_0000_0000;
 /// Alignment of plain allocations (`cuMemAlloc` guarantees at least 256 bytes).
 pub(crate) const PLAIN_ALIGN: u64 = 512;
 
-/// Bytes of simulated device memory, owned by the model and freed when the last mapping and
-/// handle to it are gone.
+/// Physical buffers given back by the device, kept for reuse as a driver keeps its pages: a
+/// fresh host allocation costs a page fault per 4 KiB on first touch and an `munmap` on free,
+/// which a real GPU's allocation does not, and which would make the simulator's swap timings
+/// measure the host's page-fault path instead of the copies. Reused memory is not zeroed;
+/// neither is CUDA's.
+pub(crate) struct PhysCache {
+    free: std::sync::Mutex<HashMap<usize, Vec<usize>>>,
+    cached: AtomicU64,
+    limit: u64,
+}
+
+impl PhysCache {
+    pub(crate) fn new(limit: u64) -> Arc<PhysCache> {
+        Arc::new(PhysCache {
+            free: std::sync::Mutex::new(HashMap::new()),
+            cached: AtomicU64::new(0),
+            limit,
+        })
+    }
+
+    fn take(&self, len: usize) -> Option<*mut u8> {
+        let mut f = self.free.lock().expect("phys cache lock");
+        let p = f.get_mut(&len)?.pop()?;
+        self.cached.fetch_sub(len as u64, Ordering::SeqCst);
+        Some(p as *mut u8)
+    }
+
+    /// Keeps `ptr` for reuse if there is room; otherwise hands it back to the caller to free.
+    fn put(&self, ptr: *mut u8, len: usize) -> Option<*mut u8> {
+        if self.cached.load(Ordering::SeqCst) + len as u64 > self.limit {
+            return Some(ptr);
+        }
+        self.cached.fetch_add(len as u64, Ordering::SeqCst);
+        self.free
+            .lock()
+            .expect("phys cache lock")
+            .entry(len)
+            .or_default()
+            .push(ptr as usize);
+        None
+    }
+}
+
+impl Drop for PhysCache {
+    fn drop(&mut self) {
+        for (len, ptrs) in self.free.get_mut().expect("phys cache lock").drain() {
+            let layout = Layout::from_size_align(len.max(1), 4096).expect("layout was valid");
+            for p in ptrs {
+                // SAFETY: every cached pointer came from `alloc_zeroed` with this layout and is
+                // owned by the cache alone.
+                unsafe { alloc::dealloc(p as *mut u8, layout) };
+            }
+        }
+    }
+}
+
+/// Bytes of simulated device memory, owned by the model and freed (or cached for reuse) when the
+/// last mapping and handle to it are gone.
 pub(crate) struct Phys {
     ptr: *mut u8,
     len: usize,
     used: Arc<AtomicU64>,
+    cache: Arc<PhysCache>,
 }
 
 // SAFETY: `Phys` owns a heap allocation that nothing else aliases; the raw pointer is only
@@ -36,21 +93,37 @@ unsafe impl Send for Phys {}
 unsafe impl Sync for Phys {}
 
 impl Phys {
-    pub(crate) fn new(len: usize, used: Arc<AtomicU64>) -> SimResult<Arc<Phys>> {
-        let layout = Layout::from_size_align(len.max(1), 4096)
-            .map_err(|e| SimError::InvalidValue(format!("allocation of {len} bytes: {e}")))?;
-        // SAFETY: the layout has a non-zero size. Zeroed memory is requested lazily from the
-        // OS, so a large simulated device costs host memory only for the bytes written.
-        let ptr = unsafe { alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            return Err(SimError::OutOfMemory {
-                requested: len as u64,
-                free: 0,
-                capacity: 0,
-            });
-        }
+    pub(crate) fn new(
+        len: usize,
+        used: Arc<AtomicU64>,
+        cache: Arc<PhysCache>,
+    ) -> SimResult<Arc<Phys>> {
+        let ptr = match cache.take(len) {
+            Some(p) => p,
+            None => {
+                let layout = Layout::from_size_align(len.max(1), 4096).map_err(|e| {
+                    SimError::InvalidValue(format!("allocation of {len} bytes: {e}"))
+                })?;
+                // SAFETY: the layout has a non-zero size. Zeroed memory is requested lazily from
+                // the OS, so a large simulated device costs host memory only for bytes written.
+                let p = unsafe { alloc::alloc_zeroed(layout) };
+                if p.is_null() {
+                    return Err(SimError::OutOfMemory {
+                        requested: len as u64,
+                        free: 0,
+                        capacity: 0,
+                    });
+                }
+                p
+            }
+        };
         used.fetch_add(len as u64, Ordering::SeqCst);
-        Ok(Arc::new(Phys { ptr, len, used }))
+        Ok(Arc::new(Phys {
+            ptr,
+            len,
+            used,
+            cache,
+        }))
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -67,10 +140,12 @@ impl Phys {
 
 impl Drop for Phys {
     fn drop(&mut self) {
-        let layout = Layout::from_size_align(self.len.max(1), 4096).expect("layout was valid");
-        // SAFETY: `ptr` came from `alloc_zeroed` with this same layout and is freed once.
-        unsafe { alloc::dealloc(self.ptr, layout) };
         self.used.fetch_sub(self.len as u64, Ordering::SeqCst);
+        if let Some(p) = self.cache.put(self.ptr, self.len) {
+            let layout = Layout::from_size_align(self.len.max(1), 4096).expect("layout was valid");
+            // SAFETY: `p` came from `alloc_zeroed` with this layout and is freed once.
+            unsafe { alloc::dealloc(p, layout) };
+        }
     }
 }
 
@@ -115,11 +190,14 @@ pub(crate) struct Memory {
     next_va: u64,
     next_handle: u64,
     pub(crate) used: Arc<AtomicU64>,
+    pub(crate) cache: Arc<PhysCache>,
 }
 
 impl Memory {
-    pub(crate) fn new() -> Self {
+    /// A new address space whose freed physical memory is cached up to `cache_limit` bytes.
+    pub(crate) fn new(cache_limit: u64) -> Self {
         Memory {
+            cache: PhysCache::new(cache_limit),
             regions: BTreeMap::new(),
             handles: HashMap::new(),
             next_va: VA_BASE,

@@ -27,11 +27,23 @@ pub fn llama_like_shapes(bytes: u64, layers: usize) -> Vec<(String, Vec<u64>)> {
         for p in ["q_proj", "k_proj", "v_proj", "o_proj"] {
             v.push((format!("model.layers.{l}.self_attn.{p}.weight"), vec![h, h]));
         }
-        v.push((format!("model.layers.{l}.mlp.gate_proj.weight"), vec![inter, h]));
-        v.push((format!("model.layers.{l}.mlp.up_proj.weight"), vec![inter, h]));
-        v.push((format!("model.layers.{l}.mlp.down_proj.weight"), vec![h, inter]));
+        v.push((
+            format!("model.layers.{l}.mlp.gate_proj.weight"),
+            vec![inter, h],
+        ));
+        v.push((
+            format!("model.layers.{l}.mlp.up_proj.weight"),
+            vec![inter, h],
+        ));
+        v.push((
+            format!("model.layers.{l}.mlp.down_proj.weight"),
+            vec![h, inter],
+        ));
         v.push((format!("model.layers.{l}.input_layernorm.weight"), vec![h]));
-        v.push((format!("model.layers.{l}.post_attention_layernorm.weight"), vec![h]));
+        v.push((
+            format!("model.layers.{l}.post_attention_layernorm.weight"),
+            vec![h],
+        ));
     }
     v.push(("model.norm.weight".to_string(), vec![h]));
     v.push(("lm_head.weight".to_string(), vec![vocab, h]));
@@ -132,7 +144,11 @@ fn figure(bytes: u64, t: Duration, ceiling: f64) -> SwapFigure {
     SwapFigure {
         ms: t.as_secs_f64() * 1e3,
         gbps: g,
-        ratio: if ceiling > 0.0 && bytes > 0 { g / ceiling } else { 0.0 },
+        ratio: if ceiling > 0.0 && bytes > 0 {
+            g / ceiling
+        } else {
+            0.0
+        },
     }
 }
 
@@ -174,9 +190,15 @@ fn ceiling(b: &dyn Backend, bytes: u64, reps: usize) -> Result<(Duration, Durati
 }
 
 /// Runs the swap measurements. Sets are registered in a fresh engine over `backend`.
-pub fn run(backend: &SharedBackend, config: SwapConfig, cfg: &SwapBenchConfig) -> Result<SwapBenchReport> {
+pub fn run(
+    backend: &SharedBackend,
+    config: SwapConfig,
+    cfg: &SwapBenchConfig,
+) -> Result<SwapBenchReport> {
     if cfg.sets < 2 {
-        return Err(Error::InvalidArgument("swap-bench needs at least 2 sets".into()));
+        return Err(Error::InvalidArgument(
+            "swap-bench needs at least 2 sets".into(),
+        ));
     }
     let reps = cfg.reps.max(1);
     let engine = SwapEngine::new(backend.clone(), config)?;
@@ -230,7 +252,8 @@ pub fn run(backend: &SharedBackend, config: SwapConfig, cfg: &SwapBenchConfig) -
         let e2 = engine.clone();
         let h = std::thread::spawn(move || e2.offload("set0"));
         let g = engine.acquire("set1")?;
-        h.join().map_err(|_| Error::InvalidState("offload thread panicked".into()))??;
+        h.join()
+            .map_err(|_| Error::InvalidState("offload thread panicked".into()))??;
         conc.push(t.elapsed());
         drop(g);
         engine.offload("set1")?;
@@ -281,17 +304,37 @@ impl SwapBenchReport {
             self.set_bytes as f64 / (1 << 20) as f64,
             self.stable_addresses
         );
-        let _ = writeln!(s, "\n{:<34} {:>10} {:>9} {:>9}", "operation", "ms", "GB/s", "ratio");
+        let _ = writeln!(
+            s,
+            "\n{:<34} {:>10} {:>9} {:>9}",
+            "operation", "ms", "GB/s", "ratio"
+        );
         let row = |s: &mut String, n: &str, f: &SwapFigure| {
-            let _ = writeln!(s, "{:<34} {:>10.3} {:>9.2} {:>9.2}", n, f.ms, f.gbps, f.ratio);
+            let _ = writeln!(
+                s,
+                "{:<34} {:>10.3} {:>9.2} {:>9.2}",
+                n, f.ms, f.gbps, f.ratio
+            );
         };
         row(&mut s, "ceiling h2d (one pinned copy)", &self.ceiling_h2d);
         row(&mut s, "ceiling d2h (one pinned copy)", &self.ceiling_d2h);
         row(&mut s, "host memcpy of the same bytes", &self.memcpy);
         row(&mut s, "swap-in (vs h2d ceiling)", &self.swap_in);
-        row(&mut s, "clean swap-out (unmap, no copy)", &self.clean_swap_out);
-        row(&mut s, "dirty swap-out (vs d2h ceiling)", &self.dirty_swap_out);
-        row(&mut s, "out(A) + in(B) at once (aggregate)", &self.concurrent_out_in);
+        row(
+            &mut s,
+            "clean swap-out (unmap, no copy)",
+            &self.clean_swap_out,
+        );
+        row(
+            &mut s,
+            "dirty swap-out (vs d2h ceiling)",
+            &self.dirty_swap_out,
+        );
+        row(
+            &mut s,
+            "out(A) + in(B) at once (aggregate)",
+            &self.concurrent_out_in,
+        );
         let _ = writeln!(
             s,
             "prefetch behind {:.1} ms of compute hides {:.0}% of a swap-in",

@@ -34,7 +34,9 @@ pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
     }
     let compute = match args.compute_ms {
         Some(ms) if !(ms.is_finite() && ms >= 0.0) => {
-            return Err(Error::InvalidArgument("--compute-ms must be a non-negative number".into()))
+            return Err(Error::InvalidArgument(
+                "--compute-ms must be a non-negative number".into(),
+            ))
         }
         Some(ms) => Some(Duration::from_secs_f64(ms / 1e3)),
         None => None,
@@ -47,7 +49,10 @@ pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
     };
     let report = swap::run(&b, SwapConfig::from_env()?, &cfg)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("serialisable"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serialisable")
+        );
     } else {
         print!("{}", report.table());
     }
@@ -76,13 +81,23 @@ pub fn soak(b: SharedBackend, args: &SoakArgs) -> Result<ExitCode> {
     config.transfer.verify = true;
     let quiet = args.json;
     let every = (args.cycles / 20).max(1);
-    let r = swap::soak(&b, config, args.sets, args.size_mb << 20, args.cycles, &mut |c| {
-        if !quiet && c % every == 0 {
-            eprintln!("  {c} / {} cycles, every checksum matched", args.cycles);
-        }
-    })?;
+    let r = swap::soak(
+        &b,
+        config,
+        args.sets,
+        args.size_mb << 20,
+        args.cycles,
+        &mut |c| {
+            if !quiet && c % every == 0 {
+                eprintln!("  {c} / {} cycles, every checksum matched", args.cycles);
+            }
+        },
+    )?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&r).expect("serialisable"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).expect("serialisable")
+        );
     } else {
         println!(
             "{} cycles, {:.1} GiB swapped in, {} mismatches, {:.1} s",
