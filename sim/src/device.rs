@@ -1533,6 +1533,13 @@ impl Drop for Inner {
     }
 }
 
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<SimDevice>();
+    let _: Option<Clock> = None;
+}
+
 #[cfg(test)]
 mod link_tests {
     use super::*;
@@ -1563,11 +1570,4 @@ mod link_tests {
         // An idle link starts a copy when it is asked for, not when it was last busy.
         assert_eq!(up.reserve_at(t0 + ms(50), 1_000_000, 1.0), t0 + ms(51));
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn is<T: Send + Sync>() {}
-    is::<SimDevice>();
-    let _: Option<Clock> = None;
 }
