@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use vramswap::backend::{self, BackendChoice};
 
 mod info;
+mod inspect;
+mod load;
 
 /// GPU memory for many models on one GPU.
 #[derive(Parser)]
@@ -26,6 +28,10 @@ struct Cli {
 enum Command {
     /// Backend, device name, memory, VMM support and copy engines.
     Info(info::Args),
+    /// Tensors of a safetensors file or model directory: names, dtypes, shapes, bytes.
+    Inspect(inspect::Args),
+    /// Loads a checkpoint into a pinned host arena and reports the time and throughput.
+    Load(load::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +40,10 @@ fn main() -> ExitCode {
         Command::Info(args) => {
             backend::open(cli.backend, cli.device).and_then(|(b, why)| info::run(b, &why, &args))
         }
+        Command::Inspect(args) => inspect::run(&args),
+        Command::Load(args) => {
+            backend::open(cli.backend, cli.device).and_then(|(b, _)| load::run(b, &args))
+        }
     };
     match result {
         Ok(code) => code,
@@ -41,5 +51,32 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes `text` to stdout; a closed pipe (`| head`) is not an error.
+fn print(text: &str) -> vramswap::Result<ExitCode> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(vramswap::Error::Io {
+            path: "stdout".into(),
+            source: e,
+        }),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Bytes in decimal units (GB, MB, kB), as throughput figures use.
+fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1} kB", b / 1e3)
+    } else {
+        format!("{bytes} B")
     }
 }
