@@ -8,6 +8,8 @@ use vramswap::backend::{self, BackendChoice};
 
 mod bench;
 mod info;
+mod inspect;
+mod load;
 mod swap_bench;
 
 /// GPU memory for many models on one GPU.
@@ -34,6 +36,10 @@ enum Command {
     SwapBench(swap_bench::Args),
     /// Cycle weight sets through the device many times, checking every byte that comes back.
     Soak(swap_bench::SoakArgs),
+    /// Tensors of a safetensors file or model directory: names, dtypes, shapes, bytes.
+    Inspect(inspect::Args),
+    /// Loads a checkpoint into a pinned host arena and reports the time and throughput.
+    Load(load::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +50,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => open().and_then(|(b, _)| bench::run(b, &args)),
         Command::SwapBench(args) => open().and_then(|(b, _)| swap_bench::run(b, &args)),
         Command::Soak(args) => open().and_then(|(b, _)| swap_bench::soak(b, &args)),
+        Command::Inspect(args) => inspect::run(&args),
+        Command::Load(args) => open().and_then(|(b, _)| load::run(b, &args)),
     };
     match result {
         Ok(code) => code,
@@ -51,5 +59,32 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes `text` to stdout; a closed pipe (`| head`) is not an error.
+fn print(text: &str) -> vramswap::Result<ExitCode> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(vramswap::Error::Io {
+            path: "stdout".into(),
+            source: e,
+        }),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Bytes in decimal units (GB, MB, kB), as throughput figures use.
+fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1} kB", b / 1e3)
+    } else {
+        format!("{bytes} B")
     }
 }

@@ -1,0 +1,130 @@
+//! `vramswap load PATH`: loads a checkpoint into a pinned arena, with a progress bar, and
+//! reports the time and throughput.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use vramswap::arena::{ArenaConfig, PinnedArena, SlabSource};
+use vramswap::backend::SharedBackend;
+use vramswap::load::{self, LoadOptions, LoadProgress};
+use vramswap::weights::DType;
+use vramswap::Result;
+
+/// How slabs are pinned.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Source {
+    /// The backend's pinned allocation.
+    HostAlloc,
+    /// An anonymous mapping, pre-faulted by several threads, then registered.
+    MmapRegister,
+}
+
+/// Arguments of `load`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A .safetensors file, a model.safetensors.index.json, or a model directory.
+    path: PathBuf,
+    /// Cast F32/F16/BF16 tensors to this type while loading: f32, f16 or bf16.
+    #[arg(long)]
+    cast: Option<DType>,
+    /// Register the mapped files read-only instead of copying them into the arena.
+    #[arg(long)]
+    direct: bool,
+    /// Copy threads (default: up to 8, one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// How the arena pins its slabs.
+    #[arg(long, value_enum, default_value = "host-alloc")]
+    source: Source,
+    /// Host budget of the arena in bytes.
+    #[arg(long)]
+    budget: Option<u64>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Loads shorter than this show no progress bar.
+const BAR_AFTER: Duration = Duration::from_millis(300);
+
+pub fn run(backend: SharedBackend, args: &Args) -> Result<ExitCode> {
+    let config = ArenaConfig {
+        budget: args.budget,
+        source: match args.source {
+            Source::HostAlloc => SlabSource::HostAlloc,
+            Source::MmapRegister => SlabSource::MmapRegister,
+        },
+        ..Default::default()
+    };
+    let arena = PinnedArena::new(backend, config)?;
+    let bar: Arc<OnceLock<ProgressBar>> = Arc::new(OnceLock::new());
+    let b2 = bar.clone();
+    let quiet = args.json;
+    let progress = move |p: LoadProgress| {
+        if quiet || p.elapsed < BAR_AFTER {
+            return;
+        }
+        let pb = b2.get_or_init(|| {
+            let pb = ProgressBar::new(p.bytes_total);
+            let style = ProgressStyle::with_template(
+                "{elapsed_precise} [{wide_bar}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            pb.set_style(style.progress_chars("=> "));
+            pb
+        });
+        pb.set_position(p.bytes_done);
+    };
+    let mut opts = LoadOptions {
+        cast: args.cast,
+        direct: args.direct,
+        progress: Some(Arc::new(progress)),
+        ..Default::default()
+    };
+    if let Some(t) = args.threads {
+        opts.threads = t.max(1);
+    }
+    let started = Instant::now();
+    let result = load::load(&args.path, &arena, &opts);
+    if let Some(pb) = bar.get() {
+        pb.finish_and_clear();
+    }
+    let weights = result?;
+    let took = started.elapsed();
+    let bytes = weights.total_bytes();
+    let gbs = bytes as f64 / took.as_secs_f64().max(1e-9) / 1e9;
+    let stats = arena.stats();
+    if args.json {
+        let v = serde_json::json!({
+            "path": args.path,
+            "tensors": weights.desc().tensors.len(),
+            "bytes": bytes,
+            "seconds": took.as_secs_f64(),
+            "gb_per_s": gbs,
+            "direct": weights.is_direct(),
+            "arena": stats,
+        });
+        let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
+        s.push('\n');
+        return crate::print(&s);
+    }
+    let how = if weights.is_direct() {
+        "registered read-only (direct)".to_string()
+    } else {
+        format!(
+            "into the pinned arena ({} slab(s), {} pinned in {:.3} s)",
+            stats.slabs,
+            crate::human(stats.pinned_bytes),
+            stats.pin_time.as_secs_f64()
+        )
+    };
+    crate::print(&format!(
+        "loaded {} tensors, {} {how} in {:.3} s: {gbs:.2} GB/s\n",
+        weights.desc().tensors.len(),
+        crate::human(bytes),
+        took.as_secs_f64(),
+    ))
+}
