@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: every face of vramswap, on a machine with no GPU.
 #   1. the Rust tests on the `sim` backend (cargo test --workspace);
-#   2. the same backend-generic suites on the `cuda` backend over the emulated driver;
+#   2. the same backend-generic suites on the `cuda` backend over the emulated driver (emu/),
+#      mandatory: a missing emulator, a failing check, a leak or a race fails the run;
 # Later stages (C/C++ consumers, Python package) are added here as they land.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,13 @@ VRAMSWAP_TEST_BACKEND=cuda VRAMSWAP_CUDA_DRIVER="$EMU" VRAMSWAP_EMU_REPORT="$PWD
 if ! grep -q '"clean":true' target/emu-report.json; then
   echo "error: the emulated driver reports leaks or stream-ordering violations:" >&2
   cat target/emu-report.json >&2
+  exit 1
+fi
+echo "== vramswap info on the cuda backend over the emulated driver"
+INFO="$(VRAMSWAP_CUDA_DRIVER="$EMU" target/debug/vramswap info --backend cuda)"
+echo "$INFO"
+if ! grep -q 'emulated' <<<"$INFO"; then
+  echo "error: vramswap info over the emulated driver does not say the device is emulated" >&2
   exit 1
 fi
 echo "== all test stages passed"
