@@ -38,7 +38,9 @@ pub use api::context::{
 };
 pub use api::errors::{cuGetErrorName, cuGetErrorString, NOT_SUPPORTED};
 pub use api::memory::*;
-pub use api::module::{cuLaunchKernel, cuModuleGetFunction, cuModuleLoadData, cuModuleUnload};
+pub use api::module::{
+    cuLaunchKernel, cuModuleGetFunction, cuModuleLoadData, cuModuleLoadDataEx, cuModuleUnload,
+};
 pub use api::stream::*;
 pub use report::{report_json, vramswap_emu_report};
 pub use result::CUresult;

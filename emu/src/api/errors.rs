@@ -139,7 +139,6 @@ not_supported![
     cuStreamEndCapture,
     cuGraphLaunch,
     cuModuleLoad,
-    cuModuleLoadDataEx,
     cuModuleLoadFatBinary,
     cuModuleGetGlobal_v2,
     cuLibraryLoadData,

@@ -75,6 +75,23 @@ pub unsafe extern "C" fn cuModuleLoadData(
     })
 }
 
+/// `cuModuleLoadDataEx`: as `cuModuleLoadData`; the JIT options are accepted and ignored, since
+/// the emulator compiles nothing (log buffers are left as the caller initialised them).
+///
+/// # Safety
+/// As `cuModuleLoadData`; `options`/`values` are not read.
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleLoadDataEx(
+    module: *mut *mut c_void,
+    image: *const c_void,
+    _num_options: c_uint,
+    _options: *mut c_uint,
+    _values: *mut *mut c_void,
+) -> CUresult {
+    // SAFETY: forwarded contract.
+    unsafe { cuModuleLoadData(module, image) }
+}
+
 /// `cuModuleGetFunction`: the kernel named `name`; `CUDA_ERROR_NOT_FOUND` if the module has no
 /// such `.entry`.
 ///
