@@ -28,12 +28,12 @@ fn json_str(s: &str) -> String {
 /// The report as one JSON object: `initialized`, `clean` (no leaks and no violations), the
 /// leaked resources (`device_bytes`, `allocations`, `reservations`, `mappings`,
 /// `physical_handles`, `pinned_bytes`, `registered_ranges`, `streams`, `events`, `modules`),
-/// `primary_context_refs`, and `violations` (messages of the stream-ordering checker).
+/// `primary_context_refs`, and `violations` (messages of the stream-ordering checker). It waits
+/// for nothing: a stream-ordered free still queued counts as not yet freed.
 pub fn report_json() -> String {
     let Some(d) = driver_if_initialised() else {
         return "{\"initialized\":false,\"clean\":true}".into();
     };
-    let _ = d.dev.synchronize();
     let l = d.dev.leaks();
     let v = d.dev.violations();
     let modules = d.modules.lock().map(|m| m.len()).unwrap_or(0);
@@ -91,6 +91,10 @@ extern "C" fn write_exit_report() {
         let Ok(path) = std::env::var("VRAMSWAP_EMU_REPORT") else {
             return;
         };
+        if let Some(d) = driver_if_initialised() {
+            // Let queued work (stream-ordered frees included) finish before counting leaks.
+            let _ = d.dev.synchronize();
+        }
         let r = report_json();
         if path == "-" {
             eprintln!("[vramswap-cuda-emu] report: {r}");

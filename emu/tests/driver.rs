@@ -362,3 +362,46 @@ fn the_report_lists_a_leaked_allocation() {
     );
     free(p);
 }
+
+#[test]
+fn unordered_writes_on_two_streams_are_reported_and_an_event_orders_them() {
+    setup();
+    let n = 4096;
+    let (s1, s2) = (stream(), stream());
+    let d = alloc(n);
+    let report = || {
+        let mut buf = vec![0 as std::ffi::c_char; 1 << 16];
+        // SAFETY: `buf` holds the given number of bytes; NUL-terminated by the call.
+        unsafe {
+            emu::vramswap_emu_report(buf.as_mut_ptr(), buf.len());
+            std::ffi::CStr::from_ptr(buf.as_ptr())
+                .to_string_lossy()
+                .into_owned()
+        }
+    };
+    let mentions = |r: &str| r.matches(&format!("{d:#x}")).count();
+    // SAFETY: pinned buffers outlive the copies (synchronised before they are freed).
+    unsafe {
+        let (mut h1, mut h2) = (std::ptr::null_mut(), std::ptr::null_mut());
+        assert_cu!(emu::cuMemHostAlloc(&mut h1, n, 0), CUDA_SUCCESS);
+        assert_cu!(emu::cuMemHostAlloc(&mut h2, n, 0), CUDA_SUCCESS);
+        // Ordered by an event: no violation on this range.
+        let mut ev = std::ptr::null_mut();
+        assert_cu!(emu::cuEventCreate(&mut ev, 2), CUDA_SUCCESS);
+        assert_cu!(emu::cuMemcpyHtoDAsync_v2(d, h1, n, s1), CUDA_SUCCESS);
+        assert_cu!(emu::cuEventRecord(ev, s1), CUDA_SUCCESS);
+        assert_cu!(emu::cuStreamWaitEvent(s2, ev, 0), CUDA_SUCCESS);
+        assert_cu!(emu::cuMemcpyHtoDAsync_v2(d, h2, n, s2), CUDA_SUCCESS);
+        assert_eq!(mentions(&report()), 0, "{}", report());
+        // Unordered: the second stream writes the same bytes with no event between.
+        assert_cu!(emu::cuMemcpyHtoDAsync_v2(d, h1, n, s1), CUDA_SUCCESS);
+        assert_cu!(emu::cuMemcpyHtoDAsync_v2(d, h2, n, s2), CUDA_SUCCESS);
+        assert!(mentions(&report()) > 0, "{}", report());
+        destroy(s1);
+        destroy(s2);
+        assert_cu!(emu::cuEventDestroy_v2(ev), CUDA_SUCCESS);
+        assert_cu!(emu::cuMemFreeHost(h1), CUDA_SUCCESS);
+        assert_cu!(emu::cuMemFreeHost(h2), CUDA_SUCCESS);
+    }
+    free(d);
+}

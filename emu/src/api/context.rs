@@ -238,8 +238,8 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(
 }
 
 /// `cuDevicePrimaryCtxRetain`: retains the device's primary context and returns its handle.
-/// It does not make it current: "the context is not pushed to the current thread's context
-/// stack"; callers bind it with `cuCtxSetCurrent`.
+/// It does not make it current: "Unlike cuCtxCreate() the newly retained context is not pushed
+/// onto the stack"; callers bind it to each thread with `cuCtxSetCurrent`.
 ///
 /// # Safety
 /// `ctx` must be NULL or valid for a write.
@@ -258,7 +258,8 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut *mut c_void, dev: c_
     })
 }
 
-/// `cuDevicePrimaryCtxRelease_v2`: releases one reference. At zero the context is destroyed:
+/// `cuDevicePrimaryCtxRelease_v2`: releases one reference; "The context is automatically reset
+/// once the last reference to it is released." At zero the context is destroyed:
 /// threads that still have it current get `CUDA_ERROR_INVALID_CONTEXT` from then on. (The
 /// emulator keeps the device's memory; what was not freed shows in the leak report.)
 ///
