@@ -18,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+mod config;
 mod device;
 mod error;
 mod host;
@@ -26,6 +27,7 @@ mod memory;
 mod race;
 mod stream;
 
+pub use config::{parse_config, CONFIG_KEYS};
 pub use device::{Kernel, LeakReport, LinkDir, SimCounters, SimDevice};
 pub use error::{cuda_code_of, SimError, SimResult};
 pub use host::HostKind;

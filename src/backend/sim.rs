@@ -4,7 +4,7 @@
 //! Its errors carry the same CUDA error names the `cuda` backend reports, so code above the
 //! backend handles both alike.
 
-use vramswap_sim::{Bandwidth, FaultOp, Kernel, RaceMode, SimConfig, SimDevice, SimError};
+use vramswap_sim::{FaultOp, Kernel, SimConfig, SimDevice, SimError};
 
 use super::{
     Backend, BackendKind, CastType, DeviceProperties, DevicePtr, Event, MemInfo, PhysHandle, Stream,
@@ -47,72 +47,11 @@ fn config_error(problem: impl Into<String>) -> Error {
     }
 }
 
-/// Parses a simulator configuration: `key:value` pairs separated by commas.
-///
-/// Keys: `capacity_mb`, `capacity_gb`, `granularity_mb`, `copy_engines`, `h2d_gbps`,
-/// `d2h_gbps`, `d2d_gbps` (any of the three turns the bandwidth model on; the others take
-/// [`Bandwidth::default`] values), `pageable_factor`, `race` (`off`, `record`, `error`),
-/// `name`. Unknown keys and bad values are errors.
+/// Parses a simulator configuration (`VRAMSWAP_SIM_CONF`): `key:value` pairs separated by
+/// commas, with the syntax of [`vramswap_sim::parse_config`] (the one parser the `sim` backend
+/// and the emulated CUDA driver share). Unknown keys and bad values are errors.
 pub fn parse_sim_config(spec: &str) -> Result<SimConfig> {
-    let mut c = SimConfig::default();
-    let mut bw: Option<Bandwidth> = None;
-    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part
-            .split_once(':')
-            .ok_or_else(|| config_error(format!("`{part}` is not key:value")))?;
-        let (k, v) = (k.trim(), v.trim());
-        let num = |v: &str| -> Result<f64> {
-            v.parse::<f64>()
-                .ok()
-                .filter(|x| x.is_finite() && *x > 0.0)
-                .ok_or_else(|| config_error(format!("`{k}`: `{v}` is not a positive number")))
-        };
-        match k {
-            "capacity_mb" => c.capacity = (num(v)? * (1u64 << 20) as f64) as u64,
-            "capacity_gb" => c.capacity = (num(v)? * (1u64 << 30) as f64) as u64,
-            "granularity_mb" => {
-                let g = (num(v)? * (1u64 << 20) as f64) as u64;
-                if !g.is_power_of_two() {
-                    return Err(config_error(format!(
-                        "granularity {g} is not a power of two"
-                    )));
-                }
-                c.granularity = g;
-            }
-            "copy_engines" => c.copy_engines = num(v)? as u32,
-            "h2d_gbps" => bw.get_or_insert_with(Bandwidth::default).h2d = num(v)? * 1e9,
-            "d2h_gbps" => bw.get_or_insert_with(Bandwidth::default).d2h = num(v)? * 1e9,
-            "d2d_gbps" => bw.get_or_insert_with(Bandwidth::default).d2d = num(v)? * 1e9,
-            "pageable_factor" => {
-                let f = num(v)?;
-                if f > 1.0 {
-                    return Err(config_error("pageable_factor must be in (0, 1]"));
-                }
-                bw.get_or_insert_with(Bandwidth::default).pageable_factor = f;
-            }
-            "race" => {
-                c.race_mode = match v {
-                    "off" => RaceMode::Off,
-                    "record" => RaceMode::Record,
-                    "error" => RaceMode::Error,
-                    _ => {
-                        return Err(config_error(format!(
-                            "race: `{v}` is not off, record or error"
-                        )))
-                    }
-                }
-            }
-            "name" => c.name = v.to_string(),
-            _ => {
-                return Err(config_error(format!(
-                    "unknown key `{k}` (known: capacity_mb, capacity_gb, granularity_mb, \
-                     copy_engines, h2d_gbps, d2h_gbps, d2d_gbps, pageable_factor, race, name)"
-                )))
-            }
-        }
-    }
-    c.bandwidth = bw;
-    Ok(c)
+    vramswap_sim::parse_config(spec, SimConfig::default()).map_err(config_error)
 }
 
 impl SimBackend {

@@ -1,0 +1,117 @@
+//! The leak and stream-ordering report: through the exported `vramswap_emu_report`, and at
+//! process exit when `VRAMSWAP_EMU_REPORT` names a file (`-` for stderr).
+
+use std::ffi::c_char;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Once;
+
+use crate::state::driver_if_initialised;
+
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// The report as one JSON object: `initialized`, `clean` (no leaks and no violations), the
+/// leaked resources (`device_bytes`, `allocations`, `reservations`, `mappings`,
+/// `physical_handles`, `pinned_bytes`, `registered_ranges`, `streams`, `events`, `modules`),
+/// `primary_context_refs`, and `violations` (messages of the stream-ordering checker). It waits
+/// for nothing: a stream-ordered free still queued counts as not yet freed.
+pub fn report_json() -> String {
+    let Some(d) = driver_if_initialised() else {
+        return "{\"initialized\":false,\"clean\":true}".into();
+    };
+    let l = d.dev.leaks();
+    let v = d.dev.violations();
+    let modules = d.modules.lock().map(|m| m.len()).unwrap_or(0);
+    let clean = l.is_clean() && v.is_empty() && modules == 0;
+    let msgs: Vec<String> = v.iter().map(|x| json_str(&x.message)).collect();
+    format!(
+        "{{\"initialized\":true,\"clean\":{clean},\"device\":{},\"device_bytes\":{},\
+         \"allocations\":{},\"reservations\":{},\"mappings\":{},\"physical_handles\":{},\
+         \"pinned_bytes\":{},\"registered_ranges\":{},\"streams\":{},\"events\":{},\
+         \"modules\":{modules},\"primary_context_refs\":{},\"violations\":[{}]}}",
+        json_str(&d.dev.config().name),
+        l.device_bytes,
+        l.allocations,
+        l.reservations,
+        l.mappings,
+        l.physical_handles,
+        l.pinned_bytes,
+        l.registered_ranges,
+        l.streams,
+        l.events,
+        d.primary_refs.load(Ordering::SeqCst),
+        msgs.join(",")
+    )
+}
+
+/// Writes the JSON report (see [`report_json`]) into `buf` as a NUL-terminated string,
+/// truncated to `len - 1` bytes, and returns the report's full length in bytes (without the
+/// NUL), as `snprintf` does: call with `len` 0 to size the buffer. Usable before `cuInit`.
+///
+/// # Safety
+/// `buf` must be NULL (with `len` 0) or valid for writes of `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn vramswap_emu_report(buf: *mut c_char, len: usize) -> usize {
+    let r = std::panic::catch_unwind(report_json).unwrap_or_else(|_| {
+        "{\"initialized\":true,\"clean\":false,\"error\":\"report failed\"}".into()
+    });
+    if !buf.is_null() && len > 0 {
+        let n = r.len().min(len - 1);
+        // SAFETY: the caller's buffer holds `len` bytes; we write `n + 1 <= len`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(r.as_ptr(), buf as *mut u8, n);
+            *buf.add(n) = 0;
+        }
+    }
+    r.len()
+}
+
+extern "C" {
+    /// C library `atexit`.
+    fn atexit(cb: extern "C" fn()) -> std::ffi::c_int;
+}
+
+extern "C" fn write_exit_report() {
+    let _ = std::panic::catch_unwind(|| {
+        let Ok(path) = std::env::var("VRAMSWAP_EMU_REPORT") else {
+            return;
+        };
+        if let Some(d) = driver_if_initialised() {
+            // Let queued work (stream-ordered frees included) finish before counting leaks.
+            let _ = d.dev.synchronize();
+        }
+        let r = report_json();
+        if path == "-" {
+            eprintln!("[vramswap-cuda-emu] report: {r}");
+        } else if let Err(e) = std::fs::write(&path, r + "\n") {
+            eprintln!("[vramswap-cuda-emu] could not write VRAMSWAP_EMU_REPORT={path}: {e}");
+        }
+    });
+}
+
+/// Registers the exit report once, if `VRAMSWAP_EMU_REPORT` is set.
+pub(crate) fn install_exit_report() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("VRAMSWAP_EMU_REPORT").is_some() {
+            // SAFETY: registers a plain function that catches its own panics; the emulator is
+            // never unloaded (the cuda backend keeps it loaded), so the function outlives exit.
+            unsafe { atexit(write_exit_report) };
+        }
+    });
+}
