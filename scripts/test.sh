@@ -70,8 +70,11 @@ if [ ! -f "$EMU" ] || ! nm -D --defined-only "$EMU" | grep -q ' cuInit$'; then
 fi
 echo "== tests on the cuda backend over the emulated driver ($EMU)"
 rm -f target/emu-report.json
+# The suites that take a backend. One test at a time: they share the one emulated device, and
+# some assert on its free memory.
+CUDA_SUITES=(--test conformance --test swap_engine)
 VRAMSWAP_TEST_BACKEND=cuda VRAMSWAP_CUDA_DRIVER="$EMU" VRAMSWAP_EMU_REPORT="$PWD/target/emu-report.json" \
-  cargo test -p vramswap --test conformance
+  cargo test -p vramswap "${CUDA_SUITES[@]}" -- --test-threads=1
 # Everything the suite allocated, mapped, pinned or registered was released, and the
 # stream-ordering checker saw no race.
 if ! grep -q '"clean":true' target/emu-report.json; then
