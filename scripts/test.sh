@@ -69,19 +69,21 @@ if [ ! -f "$EMU" ] || ! nm -D --defined-only "$EMU" | grep -q ' cuInit$'; then
   exit 1
 fi
 echo "== tests on the cuda backend over the emulated driver ($EMU)"
-rm -f target/emu-report.json
-# The suites that take a backend. One test at a time: they share the one emulated device, and
-# some assert on its free memory.
-CUDA_SUITES=(--test conformance --test swap_engine)
-VRAMSWAP_TEST_BACKEND=cuda VRAMSWAP_CUDA_DRIVER="$EMU" VRAMSWAP_EMU_REPORT="$PWD/target/emu-report.json" \
-  cargo test -p vramswap "${CUDA_SUITES[@]}" -- --test-threads=1
-# Everything the suite allocated, mapped, pinned or registered was released, and the
-# stream-ordering checker saw no race.
-if ! grep -q '"clean":true' target/emu-report.json; then
-  echo "error: the emulated driver reports leaks or stream-ordering violations:" >&2
-  cat target/emu-report.json >&2
-  exit 1
-fi
+# The suites that take a backend, one process each so each gets the emulator's exit report. One
+# test at a time: they share the one emulated device, and some assert on its free memory.
+for SUITE in conformance swap_engine; do
+  REPORT="$PWD/target/emu-report-$SUITE.json"
+  rm -f "$REPORT"
+  VRAMSWAP_TEST_BACKEND=cuda VRAMSWAP_CUDA_DRIVER="$EMU" VRAMSWAP_EMU_REPORT="$REPORT" \
+    cargo test -p vramswap --test "$SUITE" -- --test-threads=1
+  # Everything the suite allocated, mapped, pinned or registered was released, and the
+  # stream-ordering checker saw no race.
+  if ! grep -q '"clean":true' "$REPORT"; then
+    echo "error: after $SUITE the emulated driver reports leaks or stream-ordering violations:" >&2
+    cat "$REPORT" >&2
+    exit 1
+  fi
+done
 echo "== vramswap info on the cuda backend over the emulated driver"
 INFO="$(VRAMSWAP_CUDA_DRIVER="$EMU" target/debug/vramswap info --backend cuda)"
 echo "$INFO"
