@@ -177,7 +177,9 @@ impl Error {
     /// The class of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Driver { name, .. } if name == "CUDA_ERROR_OUT_OF_MEMORY" => ErrorKind::OutOfMemory,
+            Error::Driver { name, .. } if name == "CUDA_ERROR_OUT_OF_MEMORY" => {
+                ErrorKind::OutOfMemory
+            }
             Error::Driver { .. } => ErrorKind::Driver,
             Error::DeviceOutOfMemory { .. }
             | Error::AllocatorOutOfMemory { .. }

@@ -4,14 +4,22 @@ use std::process::Command;
 
 fn vramswap() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vramswap"));
-    c.env_remove("VRAMSWAP_BACKEND").env_remove("VRAMSWAP_CUDA_DRIVER");
+    c.env_remove("VRAMSWAP_BACKEND")
+        .env_remove("VRAMSWAP_CUDA_DRIVER");
     c
 }
 
 #[test]
 fn info_on_sim_reports_the_simulated_device_as_json() {
-    let out = vramswap().args(["info", "--backend", "sim", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = vramswap()
+        .args(["info", "--backend", "sim", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["backend"], "sim");
     assert_eq!(v["device"]["emulated"], true);
@@ -23,7 +31,10 @@ fn info_on_sim_reports_the_simulated_device_as_json() {
 fn info_on_cuda_without_a_driver_fails_cleanly() {
     // SAFETY: only probes whether libcuda can be opened.
     let have_driver = unsafe { cudarc::driver::sys::is_culib_present() };
-    let out = vramswap().args(["info", "--backend", "cuda"]).output().unwrap();
+    let out = vramswap()
+        .args(["info", "--backend", "cuda"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     if have_driver {
         // A machine with a real driver: info either works or explains itself.
@@ -31,7 +42,10 @@ fn info_on_cuda_without_a_driver_fails_cleanly() {
         return;
     }
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.starts_with("error: cuda backend unavailable: no CUDA driver found"), "{err}");
+    assert!(
+        err.starts_with("error: cuda backend unavailable: no CUDA driver found"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -44,7 +58,10 @@ fn a_driver_path_that_cannot_be_loaded_is_a_clean_error() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("VRAMSWAP_CUDA_DRIVER=/nonexistent/libcuda-emu.so could not be loaded"), "{err}");
+    assert!(
+        err.contains("VRAMSWAP_CUDA_DRIVER=/nonexistent/libcuda-emu.so could not be loaded"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -61,6 +78,9 @@ fn auto_falls_back_to_sim_and_says_why() {
 
 #[test]
 fn unknown_backend_name_is_rejected() {
-    let out = vramswap().args(["info", "--backend", "opencl"]).output().unwrap();
+    let out = vramswap()
+        .args(["info", "--backend", "opencl"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
 }

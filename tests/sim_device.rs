@@ -43,7 +43,10 @@ fn injected_fault_fails_exactly_the_nth_call() {
     let a = b.alloc(4096).unwrap();
     let c = b.alloc(4096).unwrap();
     let err = b.alloc(4096).unwrap_err();
-    assert!(err.is_out_of_memory(), "an injected allocation fault reads as OOM: {err}");
+    assert!(
+        err.is_out_of_memory(),
+        "an injected allocation fault reads as OOM: {err}"
+    );
     let d = b.alloc(4096).expect("only the third call fails");
     for p in [a, c, d] {
         b.free(p).unwrap();
@@ -77,7 +80,9 @@ fn injected_copy_and_map_faults_are_driver_errors() {
 fn faults_can_be_planted_through_the_environment_syntax() {
     let plan = vramswap_sim::parse_faults("map:3, copy:10").unwrap();
     assert_eq!(plan, vec![(FaultOp::Map, 3), (FaultOp::Copy, 10)]);
-    assert!(vramswap_sim::parse_faults("mapp:3").unwrap_err().contains("unknown operation"));
+    assert!(vramswap_sim::parse_faults("mapp:3")
+        .unwrap_err()
+        .contains("unknown operation"));
     assert!(vramswap_sim::parse_faults("map:0").is_err());
     assert!(vramswap_sim::parse_faults("map").is_err());
 }
@@ -124,7 +129,11 @@ fn two_stream_copy(ordered: bool) -> Vec<vramswap_sim::Violation> {
 fn race_checker_reports_unordered_access_on_two_streams() {
     let v = two_stream_copy(false);
     assert_eq!(v.len(), 1, "{v:?}");
-    assert!(v[0].message.contains("no event ordering"), "{}", v[0].message);
+    assert!(
+        v[0].message.contains("no event ordering"),
+        "{}",
+        v[0].message
+    );
 }
 
 #[test]
@@ -144,7 +153,10 @@ fn race_checker_in_error_mode_refuses_the_racing_operation() {
     let s2 = b.stream_create().unwrap();
     b.memset_d8_async(x, 1, 1 << 20, s1).unwrap();
     let err = b.memset_d8_async(x, 2, 1 << 20, s2).unwrap_err();
-    assert!(err.to_string().contains("stream-ordering violation"), "{err}");
+    assert!(
+        err.to_string().contains("stream-ordering violation"),
+        "{err}"
+    );
     b.synchronize().unwrap();
     // After a host synchronisation, everything before it is ordered.
     b.memset_d8_async(x, 2, 1 << 20, s2).unwrap();
@@ -199,7 +211,10 @@ fn pinned_copy_returns_before_the_transfer_ends_and_pageable_does_not() {
     let pageable = vec![0u8; len as usize];
     // SAFETY: pageable copies complete before returning.
     unsafe { b.copy_htod_async(x, pageable.as_ptr(), len, s).unwrap() };
-    assert!(b.stream_query(s).unwrap(), "a pageable copy is complete when the call returns");
+    assert!(
+        b.stream_query(s).unwrap(),
+        "a pageable copy is complete when the call returns"
+    );
     let c = b.device().counters();
     assert_eq!(c.pageable_copies, 1);
     assert_eq!(c.copies_h2d, 2);
@@ -221,7 +236,10 @@ fn bandwidth_model_lets_the_two_directions_overlap() {
     });
     let len = 40u64 << 20; // 21 ms each way
     let (x, y) = (b.alloc(len).unwrap(), b.alloc(len).unwrap());
-    let (h1, h2) = (b.host_alloc_pinned(len).unwrap(), b.host_alloc_pinned(len).unwrap());
+    let (h1, h2) = (
+        b.host_alloc_pinned(len).unwrap(),
+        b.host_alloc_pinned(len).unwrap(),
+    );
     let (s1, s2) = (b.stream_create().unwrap(), b.stream_create().unwrap());
     let t = Instant::now();
     // SAFETY: synchronised before the buffers are freed.
@@ -241,8 +259,14 @@ fn bandwidth_model_lets_the_two_directions_overlap() {
     let same = t.elapsed();
     // Not a timing assertion on the machine: the model serialises one direction by
     // construction, so the same-direction pair takes at least two transfer times.
-    assert!(same.as_secs_f64() >= 2.0 * len as f64 / 2e9 * 0.99, "{same:?}");
-    assert!(both < same, "opposite directions overlap: {both:?} vs {same:?}");
+    assert!(
+        same.as_secs_f64() >= 2.0 * len as f64 / 2e9 * 0.99,
+        "{same:?}"
+    );
+    assert!(
+        both < same,
+        "opposite directions overlap: {both:?} vs {same:?}"
+    );
     // SAFETY: nothing in flight.
     unsafe {
         b.host_free_pinned(h1).unwrap();
@@ -280,7 +304,10 @@ fn device_cannot_write_read_only_registered_memory() {
     assert_eq!(err.driver_name(), Some("CUDA_ERROR_NOT_PERMITTED"), "{err}");
     // Reading from it is fine.
     // SAFETY: synchronised right after.
-    unsafe { b.copy_htod_async(x, buf.as_ptr(), 8192, Stream::DEFAULT).unwrap() };
+    unsafe {
+        b.copy_htod_async(x, buf.as_ptr(), 8192, Stream::DEFAULT)
+            .unwrap()
+    };
     b.synchronize().unwrap();
     // SAFETY: no copy in flight.
     unsafe { b.host_unregister(buf.as_mut_ptr()).unwrap() };
@@ -293,7 +320,11 @@ fn stale_device_pointer_is_an_illegal_address() {
     let x = b.alloc(4096).unwrap();
     b.free(x).unwrap();
     let err = backend::upload(&b, x, &[1, 2, 3], Stream::DEFAULT).unwrap_err();
-    assert_eq!(err.driver_name(), Some("CUDA_ERROR_ILLEGAL_ADDRESS"), "{err}");
+    assert_eq!(
+        err.driver_name(),
+        Some("CUDA_ERROR_ILLEGAL_ADDRESS"),
+        "{err}"
+    );
 }
 
 #[test]
