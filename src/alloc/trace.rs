@@ -145,15 +145,15 @@ impl TransformerShape {
         }
     }
 
-    /// A 7B-like layer shape with prompt lengths that vary between passes.
+    /// A wider model with prompt lengths that vary between passes.
     pub fn mixed_lengths() -> Self {
         TransformerShape {
             name: "mixed".into(),
             layers: 8,
             batch: 2,
             seq: vec![512, 128, 1024, 384],
-            hidden: 4096,
-            heads: 32,
+            hidden: 2048,
+            heads: 16,
             ffn_mult: 3,
             dtype_bytes: 2,
             passes: 8,
@@ -161,15 +161,15 @@ impl TransformerShape {
         }
     }
 
-    /// Long prompts in a big batch: attention scores dominate.
+    /// Long prompts: attention scores dominate.
     pub fn long_context() -> Self {
         TransformerShape {
             name: "long".into(),
             layers: 4,
-            batch: 8,
+            batch: 2,
             seq: vec![2048],
-            hidden: 2048,
-            heads: 16,
+            hidden: 1024,
+            heads: 8,
             ffn_mult: 4,
             dtype_bytes: 2,
             passes: 3,

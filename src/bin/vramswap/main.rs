@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use vramswap::backend::{self, BackendChoice};
 
 mod info;
+mod replay;
 
 /// GPU memory for many models on one GPU.
 #[derive(Parser)]
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Backend, device name, memory, VMM support and copy engines.
     Info(info::Args),
+    /// Replays an allocation trace through the caching allocator: peaks, fragmentation, hits.
+    Replay(replay::Args),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +36,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(args) => {
             backend::open(cli.backend, cli.device).and_then(|(b, why)| info::run(b, &why, &args))
+        }
+        Command::Replay(args) => {
+            backend::open(cli.backend, cli.device).and_then(|(b, _)| replay::run(b, &args))
         }
     };
     match result {
