@@ -15,6 +15,6 @@ cargo test --workspace
 EMU="$PWD/target/debug/libvramswap_cuda_emu.so"
 if [ -f "$EMU" ] && nm -D --defined-only "$EMU" 2>/dev/null | grep -q ' cuInit$'; then
   echo "== tests on the cuda backend over the emulated driver ($EMU)"
-  VRAMSWAP_TEST_BACKEND=cuda VRAMSWAP_CUDA_DRIVER="$EMU" cargo test -p vramswap --test conformance
+  VRAMSWAP_TEST_BACKEND=cuda VRAMSWAP_CUDA_DRIVER="$EMU" cargo test -p vramswap --test conformance --test alloc_backends
 fi
 echo "== all test stages passed"

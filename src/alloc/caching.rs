@@ -403,26 +403,43 @@ impl CachingAllocator {
     }
 
     fn finish_pending(&self, st: &mut State, p: Pending) -> Result<()> {
+        let mut result = Ok(());
         for e in p.events {
-            // Complete already; this tells the backend the host observed it, which orders the
-            // block's next use after that work.
-            self.backend.event_synchronize(e)?;
+            // Complete already (or waited for here, on a cache release); this tells the
+            // backend the host observed it, which orders the block's next use after that work.
+            if let Err(err) = self.backend.event_synchronize(e) {
+                result = Err(err);
+            }
             st.spare_events.push(e);
         }
-        let size = st.pool.block(p.block).size;
+        let (addr, size, stream) = {
+            let b = st.pool.block(p.block);
+            (b.addr, b.size, b.stream)
+        };
+        let filled = if self.config.poison {
+            // The other streams' work is done; the fill is ordered before reuse on `stream`.
+            self.backend
+                .fill_u32_async(DevicePtr(addr), size, POISON_PATTERN, Stream(stream))
+        } else {
+            Ok(())
+        };
         st.stats.active_bytes.sub(size);
         st.stats.active.sub(1);
         st.pool.release(p.block);
         self.update_split_stats(st);
-        Ok(())
+        result.and(filled)
     }
 
     /// Waits for pending blocks and the device, then returns every empty segment (and every
     /// free tail page of expandable segments) to the backend.
     fn release_cached(&self, st: &mut State) -> Result<()> {
+        let mut result = Ok(());
         for p in std::mem::take(&mut st.pending) {
-            self.finish_pending(st, p)?;
+            if let Err(e) = self.finish_pending(st, p) {
+                result = Err(e);
+            }
         }
+        result?;
         self.backend.synchronize()?;
         st.stats.num_sync_all_streams += 1;
         st.pool.merge_all_free();
