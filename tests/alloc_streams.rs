@@ -112,3 +112,26 @@ fn expandable_segments_under_many_threads_and_streams_without_a_race() {
         100,
     );
 }
+
+#[test]
+fn using_a_block_on_another_stream_without_record_stream_is_reported_as_a_race() {
+    let sb = Arc::new(SimBackend::with_capacity(64 * MIB));
+    let b: SharedBackend = sb.clone();
+    let (s1, s2) = (b.stream_create().unwrap(), b.stream_create().unwrap());
+    let a = CachingAllocator::new(b.clone(), AllocatorConfig::default()).unwrap();
+    let p = a.allocate(MIB, s1).unwrap();
+    b.memset_d8_async(p, 1, MIB, s1).unwrap();
+    let ev = b.event_create(false).unwrap();
+    b.event_record(ev, s1).unwrap();
+    b.stream_wait_event(s2, ev).unwrap();
+    b.memset_d8_async(p, 2, MIB, s2).unwrap();
+    // The user forgets `record_stream(p, s2)`: the block is reused on s1 at once.
+    a.free(p).unwrap();
+    let q = a.allocate(MIB, s1).unwrap();
+    assert_eq!(q, p);
+    b.memset_d8_async(q, 3, MIB, s1).unwrap();
+    b.synchronize().unwrap();
+    assert!(!sb.device().violations().is_empty());
+    a.free(q).unwrap();
+    b.event_destroy(ev).unwrap();
+}
