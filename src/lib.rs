@@ -28,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub mod arena;
 pub mod backend;
 pub mod bench;

@@ -10,6 +10,7 @@ mod bench;
 mod info;
 mod inspect;
 mod load;
+mod replay;
 mod swap_bench;
 
 /// GPU memory for many models on one GPU.
@@ -40,6 +41,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Loads a checkpoint into a pinned host arena and reports the time and throughput.
     Load(load::Args),
+    /// Replays an allocation trace through the caching allocator: peaks, fragmentation, hits.
+    Replay(replay::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Soak(args) => open().and_then(|(b, _)| swap_bench::soak(b, &args)),
         Command::Inspect(args) => inspect::run(&args),
         Command::Load(args) => open().and_then(|(b, _)| load::run(b, &args)),
+        Command::Replay(args) => open().and_then(|(b, _)| replay::run(b, &args)),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,200 @@
+//! Configuration of the caching allocator, in code or from `VRAMSWAP_ALLOC_CONF`.
+
+use crate::error::{Error, Result};
+
+/// The environment variable [`AllocatorConfig::from_env`] reads.
+pub const ALLOC_CONF_VAR: &str = "VRAMSWAP_ALLOC_CONF";
+
+/// A memory limit for the allocator's reserved bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub enum MemoryLimit {
+    /// No limit beyond the device.
+    #[default]
+    None,
+    /// At most this many bytes.
+    Bytes(u64),
+    /// At most this fraction (0 < f ≤ 1) of the device's total memory.
+    Fraction(f64),
+}
+
+/// How the caching allocator behaves. `Default` matches PyTorch's defaults.
+///
+/// ```
+/// use vramswap::alloc::{AllocatorConfig, MemoryLimit};
+/// let c = AllocatorConfig::parse("max_split_size_mb:128,expandable_segments:true,limit_mb:4096")
+///     .unwrap();
+/// assert_eq!(c.max_split_size, 128 << 20);
+/// assert!(c.expandable_segments);
+/// assert_eq!(c.limit, MemoryLimit::Bytes(4096 << 20));
+/// assert!(AllocatorConfig::parse("no_such_key:1").is_err());
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct AllocatorConfig {
+    /// Blocks of at least this size are never split, and serve only requests within 20 MiB of
+    /// their size (`u64::MAX`: no limit).
+    pub max_split_size: u64,
+    /// Large-pool memory comes from one growable virtual range per stream, mapped in
+    /// granularity-sized pages, instead of fixed segments.
+    pub expandable_segments: bool,
+    /// Cap on reserved bytes.
+    pub limit: MemoryLimit,
+    /// Round requests up to this many equal steps between powers of two (0 or 1: off).
+    pub roundup_power2_divisions: u32,
+    /// Events kept in the history ring (0: no history).
+    pub history: usize,
+    /// Fill freed blocks with [`POISON_PATTERN`] on their stream (debugging use after free).
+    pub poison: bool,
+}
+
+/// The pattern freed blocks are filled with when [`AllocatorConfig::poison`] is on.
+pub const POISON_PATTERN: u32 = 0xDEAD_BEEF;
+
+impl Default for AllocatorConfig {
+    fn default() -> Self {
+        AllocatorConfig {
+            max_split_size: u64::MAX,
+            expandable_segments: false,
+            limit: MemoryLimit::None,
+            roundup_power2_divisions: 0,
+            history: 0,
+            poison: false,
+        }
+    }
+}
+
+fn bad(key: &str, problem: impl Into<String>) -> Error {
+    Error::Config {
+        key: key.to_string(),
+        problem: problem.into(),
+    }
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool> {
+    match v {
+        "true" | "True" | "1" | "on" | "yes" => Ok(true),
+        "false" | "False" | "0" | "off" | "no" => Ok(false),
+        _ => Err(bad(key, format!("`{v}` is not true or false"))),
+    }
+}
+
+fn parse_mb(key: &str, v: &str) -> Result<u64> {
+    v.parse::<u64>()
+        .ok()
+        .filter(|&m| m > 0)
+        .and_then(|m| m.checked_mul(1 << 20))
+        .ok_or_else(|| bad(key, format!("`{v}` is not a positive whole number of MiB")))
+}
+
+impl AllocatorConfig {
+    /// Parses `key:value` pairs separated by commas. Keys: `max_split_size_mb`,
+    /// `expandable_segments` (true/false), `limit_mb`, `limit_fraction` (0 < f ≤ 1),
+    /// `roundup_power2_divisions` (0 or a power of two up to 64), `history` (ring size),
+    /// `poison` (true/false). Unknown keys and bad values are [`Error::Config`].
+    pub fn parse(spec: &str) -> Result<AllocatorConfig> {
+        let mut c = AllocatorConfig::default();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once(':')
+                .ok_or_else(|| bad(ALLOC_CONF_VAR, format!("`{part}` is not key:value")))?;
+            let (k, v) = (k.trim(), v.trim());
+            match k {
+                "max_split_size_mb" => {
+                    let b = parse_mb(k, v)?;
+                    if b <= 20 << 20 {
+                        return Err(bad(k, "must be more than 20 MiB"));
+                    }
+                    c.max_split_size = b;
+                }
+                "expandable_segments" => c.expandable_segments = parse_bool(k, v)?,
+                "limit_mb" => c.limit = MemoryLimit::Bytes(parse_mb(k, v)?),
+                "limit_fraction" => {
+                    let f = v
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|f| *f > 0.0 && *f <= 1.0)
+                        .ok_or_else(|| bad(k, format!("`{v}` is not a number in (0, 1]")))?;
+                    c.limit = MemoryLimit::Fraction(f);
+                }
+                "roundup_power2_divisions" => {
+                    let d = v
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|d| *d == 0 || (d.is_power_of_two() && *d <= 64))
+                        .ok_or_else(|| bad(k, format!("`{v}` is not 0 or a power of two ≤ 64")))?;
+                    c.roundup_power2_divisions = d;
+                }
+                "history" => {
+                    c.history = v
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| *n <= 1 << 24)
+                        .ok_or_else(|| bad(k, format!("`{v}` is not a ring size ≤ 16777216")))?
+                }
+                "poison" => c.poison = parse_bool(k, v)?,
+                _ => {
+                    return Err(bad(
+                        k,
+                        "unknown key (known: max_split_size_mb, expandable_segments, limit_mb, \
+                         limit_fraction, roundup_power2_divisions, history, poison)",
+                    ))
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// The configuration in `VRAMSWAP_ALLOC_CONF`, or the default when it is unset.
+    pub fn from_env() -> Result<AllocatorConfig> {
+        match std::env::var(ALLOC_CONF_VAR) {
+            Ok(v) => Self::parse(&v),
+            Err(std::env::VarError::NotPresent) => Ok(Self::default()),
+            Err(e) => Err(bad(ALLOC_CONF_VAR, e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_spec_is_the_default() {
+        assert_eq!(
+            AllocatorConfig::parse("").unwrap(),
+            AllocatorConfig::default()
+        );
+    }
+
+    #[test]
+    fn every_key_parses() {
+        let c = AllocatorConfig::parse(
+            "max_split_size_mb:64, expandable_segments:true, limit_fraction:0.5, \
+             roundup_power2_divisions:4, history:100, poison:true",
+        )
+        .unwrap();
+        assert_eq!(c.max_split_size, 64 << 20);
+        assert!(c.expandable_segments && c.poison);
+        assert_eq!(c.limit, MemoryLimit::Fraction(0.5));
+        assert_eq!(c.roundup_power2_divisions, 4);
+        assert_eq!(c.history, 100);
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_name_the_key() {
+        for (spec, key) in [
+            ("limit_mb:-3", "limit_mb"),
+            ("limit_fraction:1.5", "limit_fraction"),
+            ("expandable_segments:maybe", "expandable_segments"),
+            ("roundup_power2_divisions:3", "roundup_power2_divisions"),
+            ("max_split_size_mb:4", "max_split_size_mb"),
+            ("limit_mb:99999999999999999", "limit_mb"),
+            ("colour:blue", "colour"),
+        ] {
+            match AllocatorConfig::parse(spec) {
+                Err(Error::Config { key: k, .. }) => assert_eq!(k, key, "{spec}"),
+                other => panic!("{spec}: {other:?}"),
+            }
+        }
+        assert!(AllocatorConfig::parse("limit_mb").is_err());
+    }
+}

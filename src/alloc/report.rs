@@ -1,0 +1,127 @@
+//! Reports of the caching allocator (statistics, snapshot, history) and its teardown.
+
+use super::CachingAllocator;
+use crate::alloc::history::{to_trace, HistoryEvent};
+use crate::alloc::stats::{AllocatorStats, BlockInfo, SegmentInfo, Snapshot};
+use crate::alloc::trace::{write_trace, TraceOp};
+use crate::backend::{DevicePtr, Event};
+
+impl CachingAllocator {
+    /// Statistics now.
+    pub fn stats(&self) -> AllocatorStats {
+        self.lock().stats.clone()
+    }
+
+    /// Resets every peak statistic to its current value.
+    pub fn reset_peak(&self) {
+        self.lock().stats.reset_peak();
+    }
+
+    /// Segments and blocks now.
+    pub fn snapshot(&self) -> Snapshot {
+        let st = self.lock();
+        let mut segments: Vec<SegmentInfo> = st
+            .pool
+            .segments()
+            .map(|(i, s)| {
+                let blocks: Vec<BlockInfo> = st
+                    .pool
+                    .blocks_of(i)
+                    .map(|(_, b)| BlockInfo {
+                        address: b.addr,
+                        size: b.size,
+                        requested_size: b.requested,
+                        state: BlockInfo::state_name(b.state),
+                        stream: b.stream,
+                    })
+                    .collect();
+                let sum = |f: &dyn Fn(&&BlockInfo) -> bool| {
+                    blocks.iter().filter(f).map(|b| b.size).sum::<u64>()
+                };
+                SegmentInfo {
+                    address: s.base,
+                    total_size: s.size,
+                    reserved_range: s.capacity,
+                    allocated_size: sum(&|b| b.state == "active_allocated"),
+                    active_size: sum(&|b| b.state != "inactive"),
+                    stream: s.stream,
+                    segment_type: s.kind,
+                    expandable: s.expandable,
+                    blocks,
+                }
+            })
+            .collect();
+        segments.sort_by_key(|s| s.address);
+        Snapshot {
+            segments,
+            stats: st.stats.clone(),
+        }
+    }
+
+    /// The history ring's events, oldest first (empty unless `history` is configured).
+    pub fn history(&self) -> Vec<HistoryEvent> {
+        self.lock().history.events()
+    }
+
+    /// The history as a trace (JSON lines) that `vramswap replay` reads.
+    pub fn history_trace(&self) -> String {
+        let ops: Vec<TraceOp> = to_trace(&self.history());
+        write_trace(&ops)
+    }
+
+    /// Current allocated and reserved bytes (cheaper than [`CachingAllocator::stats`]).
+    pub fn current_bytes(&self) -> (u64, u64) {
+        let st = self.lock();
+        (
+            st.stats.allocated_bytes.current,
+            st.stats.reserved_bytes.current,
+        )
+    }
+
+    /// Bytes of the block at `ptr`, for live blocks.
+    pub fn block_size(&self, ptr: DevicePtr) -> Option<u64> {
+        let st = self.lock();
+        st.live.get(&ptr.0).map(|&i| st.pool.block(i).size)
+    }
+}
+
+impl Drop for CachingAllocator {
+    fn drop(&mut self) {
+        let backend = self.backend.clone();
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let mut events: Vec<Event> = Vec::new();
+        for p in std::mem::take(&mut st.pending) {
+            for e in p.events {
+                let _ = backend.event_synchronize(e);
+                events.push(e);
+            }
+        }
+        if let Err(e) = backend.synchronize() {
+            tracing::warn!("caching allocator drop: synchronize failed: {e}");
+        }
+        let segs: Vec<u32> = st.pool.segments().map(|(i, _)| i).collect();
+        for seg in segs {
+            let s = st.pool.forget_segment(seg);
+            let r = if s.expandable {
+                let g = self.granularity;
+                let mut off = 0;
+                let mut r = Ok(());
+                while off < s.size && r.is_ok() {
+                    r = backend.unmap(DevicePtr(s.base + off), g);
+                    off += g;
+                }
+                r.and_then(|_| backend.free_reservation(DevicePtr(s.base), s.capacity))
+            } else {
+                backend.free(DevicePtr(s.base))
+            };
+            if let Err(e) = r {
+                tracing::warn!("caching allocator drop: returning segment failed: {e}");
+            }
+        }
+        events.append(&mut st.spare_events);
+        events.extend(st.stream_events.drain(..).map(|(_, e)| e));
+        for e in events {
+            let _ = backend.event_destroy(e);
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Property tests over random operation sequences on several streams: live blocks never
+//! overlap, the statistics equal what a simple model computes, and everything returns to the
+//! backend after `empty_cache`.
+
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use vramswap::alloc::{round_size, AllocatorConfig, CachingAllocator};
+use vramswap::backend::{sim::SimBackend, DevicePtr, SharedBackend};
+
+const MIB: u64 = 1 << 20;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Alloc { size: u64, stream: usize },
+    Free(usize),
+    RecordStream(usize, usize),
+    EmptyCache,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (prop_oneof![1u64..4096, 4096u64..MIB, MIB..24 * MIB], 0usize..3)
+            .prop_map(|(size, stream)| Op::Alloc { size, stream }),
+        4 => any::<usize>().prop_map(Op::Free),
+        1 => (any::<usize>(), 0usize..3).prop_map(|(i, s)| Op::RecordStream(i, s)),
+        1 => Just(Op::EmptyCache),
+    ]
+}
+
+fn run(ops: Vec<Op>, expandable: bool) -> Result<(), TestCaseError> {
+    let sb = Arc::new(SimBackend::with_capacity(512 * MIB));
+    let b: SharedBackend = sb.clone();
+    let streams: Vec<_> = (0..3).map(|_| b.stream_create().unwrap()).collect();
+    let a = CachingAllocator::new(
+        b.clone(),
+        AllocatorConfig {
+            expandable_segments: expandable,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // The model: live blocks (address, rounded size, requested size).
+    let mut live: Vec<(DevicePtr, u64, u64)> = Vec::new();
+    for op in ops {
+        match op {
+            Op::Alloc { size, stream } => {
+                let p = a.allocate(size, streams[stream]).unwrap();
+                let bs = a.block_size(p).unwrap();
+                prop_assert!(bs >= round_size(size, 0).unwrap());
+                for &(q, qs, _) in &live {
+                    prop_assert!(p.0 + bs <= q.0 || q.0 + qs <= p.0, "overlap {p:?} {q:?}");
+                }
+                live.push((p, bs, size));
+            }
+            Op::Free(i) if !live.is_empty() => {
+                let (p, _, _) = live.swap_remove(i % live.len());
+                a.free(p).unwrap();
+            }
+            Op::RecordStream(i, s) if !live.is_empty() => {
+                a.record_stream(live[i % live.len()].0, streams[s]).unwrap();
+            }
+            Op::EmptyCache => a.empty_cache().unwrap(),
+            _ => {}
+        }
+        let st = a.stats();
+        prop_assert_eq!(
+            st.allocated_bytes.current,
+            live.iter().map(|l| l.1).sum::<u64>()
+        );
+        prop_assert_eq!(
+            st.requested_bytes.current,
+            live.iter().map(|l| l.2).sum::<u64>()
+        );
+        prop_assert_eq!(st.allocation.current, live.len() as u64);
+        prop_assert!(st.active.current >= st.allocation.current);
+        prop_assert!(st.reserved_bytes.current >= st.active_bytes.current);
+        prop_assert!(st.active_bytes.current >= st.allocated_bytes.current);
+        prop_assert_eq!(st.cache_hits + st.cache_misses, st.allocation.allocated);
+    }
+    for (p, _, _) in live.drain(..) {
+        a.free(p).unwrap();
+    }
+    a.empty_cache().unwrap();
+    let st = a.stats();
+    prop_assert_eq!(st.reserved_bytes.current, 0);
+    prop_assert_eq!(st.segment.current, 0);
+    prop_assert_eq!(st.active.current, 0);
+    prop_assert_eq!(sb.device().leaks().device_bytes, 0);
+    prop_assert!(sb.device().violations().is_empty());
+    drop(a);
+    for s in streams {
+        b.stream_destroy(s).unwrap();
+    }
+    prop_assert!(sb.device().leaks().is_clean(), "{:?}", sb.device().leaks());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn random_ops_keep_blocks_disjoint_stats_exact_and_return_everything(
+        ops in proptest::collection::vec(op(), 1..80)
+    ) {
+        run(ops, false)?;
+    }
+
+    #[test]
+    fn random_ops_on_expandable_segments_do_the_same(
+        ops in proptest::collection::vec(op(), 1..80)
+    ) {
+        run(ops, true)?;
+    }
+}
