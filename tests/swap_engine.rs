@@ -555,3 +555,36 @@ fn verified_swaps_keep_every_byte_over_many_cycles() {
     drop(e);
     assert_clean(&b);
 }
+
+#[test]
+fn allocator_pressure_offloads_idle_sets_and_swap_ins_reclaim_the_allocator_cache() {
+    use vramswap::alloc::{AllocatorConfig, CachingAllocator};
+    let m = model(20, 512);
+    let probe = SwapEngine::new(sim(256 << 20), SwapConfig::default()).unwrap();
+    register(&probe, "x", &m);
+    drop(probe.acquire("x").unwrap());
+    let one = probe.status().sets[0].device_bytes;
+    drop(probe);
+    let b = sim(3 * one);
+    let alloc = Arc::new(CachingAllocator::new(b.clone(), AllocatorConfig::default()).unwrap());
+    let e = SwapEngine::new(b.clone(), SwapConfig::default()).unwrap();
+    e.attach_allocator(&alloc);
+    register(&e, "a", &m);
+    register(&e, "b", &m);
+    drop(e.acquire("a").unwrap());
+    drop(e.acquire("b").unwrap());
+    // Activations need more than what is free: the allocator's ladder asks the engine, which
+    // offloads the least recently used idle set.
+    let p = alloc.allocate(one + one / 2, Stream::DEFAULT).unwrap();
+    assert_eq!(state(&e, "a"), Residency::InHost);
+    assert_eq!(e.status().counters.evictions, 1);
+    alloc.free(p).unwrap();
+    // The freed block stays cached in the allocator; a swap-in that needs the room gets it back
+    // by asking the allocator to release its cache.
+    drop(e.acquire("a").unwrap());
+    assert_eq!(state(&e, "b"), Residency::OnDevice);
+    assert_eq!(state(&e, "a"), Residency::OnDevice);
+    drop(e);
+    drop(alloc);
+    assert_clean(&b);
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::backend::{self, DevicePtr, Stream};
 use crate::error::{Error, Result};
 use crate::transfer::{Group, Transfer};
-use crate::weights::{TensorInfo, WeightSetDesc};
+use crate::weights::{HostWeights, TensorInfo, WeightSetDesc};
 
 use super::{Inner, Layout};
 
@@ -22,6 +22,7 @@ pub struct WeightGuard {
     layout: Arc<Layout>,
     transfer: Option<Arc<Transfer>>,
     stable: bool,
+    host: Arc<HostWeights>,
 }
 
 impl std::fmt::Debug for WeightGuard {
@@ -42,6 +43,7 @@ impl WeightGuard {
         layout: Arc<Layout>,
         transfer: Option<Arc<Transfer>>,
         stable: bool,
+        host: Arc<HostWeights>,
     ) -> WeightGuard {
         WeightGuard {
             inner,
@@ -50,7 +52,23 @@ impl WeightGuard {
             layout,
             transfer,
             stable,
+            host,
         }
+    }
+
+    /// The host copy of the set (in the pinned arena, or the mapped files in direct mode). It
+    /// holds what the device holds, unless the set was changed on the device (dirty) and not
+    /// yet copied back. A CPU compute path reads its weights from here.
+    pub fn host(&self) -> &HostWeights {
+        &self.host
+    }
+
+    /// The host copy of one tensor's bytes.
+    pub fn host_tensor(&self, name: &str) -> Result<&[u8]> {
+        self.host.tensor(name).ok_or_else(|| Error::NotFound {
+            kind: "tensor",
+            name: format!("{}/{name}", self.name),
+        })
     }
 
     /// The set's name.

@@ -31,6 +31,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::alloc::{CachingAllocator, PressureHandlerId};
 use crate::arena::{ArenaConfig, PinnedArena};
 use crate::backend::{Event, SharedBackend, Stream};
 use crate::error::{Error, Result};
@@ -238,6 +239,9 @@ pub(crate) struct Inner {
     changed: Condvar,
     stop: Mutex<bool>,
     stop_cv: Condvar,
+    allocators: Mutex<Vec<(Weak<CachingAllocator>, PressureHandlerId)>>,
+    /// Background loads started by `prefetch`; joined when the last engine handle goes.
+    prefetchers: Mutex<Vec<thread::JoinHandle<()>>>,
 }
 
 /// Named weight sets shared by one device. Cheap to clone; safe to use from many threads.
@@ -266,6 +270,11 @@ impl Drop for IdleThread {
         if let Some(inner) = self.inner.upgrade() {
             *inner.stop.lock().expect("stop lock") = true;
             inner.stop_cv.notify_all();
+            let loads = std::mem::take(&mut *inner.prefetchers.lock().expect("prefetchers lock"));
+            drop(inner);
+            for h in loads {
+                let _ = h.join();
+            }
         }
         if let Some(h) = self.handle.lock().expect("idle handle lock").take() {
             let _ = h.join();
@@ -310,6 +319,8 @@ impl SwapEngine {
             changed: Condvar::new(),
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
+            allocators: Mutex::new(Vec::new()),
+            prefetchers: Mutex::new(Vec::new()),
         });
         let idle = IdleThread {
             inner: Arc::downgrade(&inner),
@@ -426,6 +437,22 @@ impl SwapEngine {
         Ok(())
     }
 
+    /// Shares the device with a caching allocator: when the allocator runs out of memory it
+    /// asks this engine to offload idle sets (its pressure-handler rung), and when a swap-in
+    /// finds the device full, the allocator's unused cached segments are released first.
+    pub fn attach_allocator(&self, alloc: &Arc<CachingAllocator>) {
+        let weak = Arc::downgrade(&self.inner);
+        let id = alloc.add_pressure_handler(Box::new(move |needed| {
+            weak.upgrade()
+                .map_or(0, |inner| inner.relieve(needed, true))
+        }));
+        self.inner
+            .allocators
+            .lock()
+            .expect("allocators lock")
+            .push((Arc::downgrade(alloc), id));
+    }
+
     /// Names of the registered sets.
     pub fn names(&self) -> Vec<String> {
         self.inner.lock().sets.keys().cloned().collect()
@@ -474,7 +501,7 @@ impl SwapEngine {
         if needs_load {
             let inner = self.inner.clone();
             let name = name.to_string();
-            thread::Builder::new()
+            let h = thread::Builder::new()
                 .name("vramswap-prefetch".into())
                 .spawn(move || {
                     if let Err(e) = inner.bring(&name, Bring::Prefetch) {
@@ -482,6 +509,9 @@ impl SwapEngine {
                     }
                 })
                 .map_err(|e| Error::InvalidState(format!("cannot start a prefetch thread: {e}")))?;
+            let mut loads = self.inner.prefetchers.lock().expect("prefetchers lock");
+            loads.retain(|h| !h.is_finished());
+            loads.push(h);
         }
         Ok(())
     }
@@ -578,8 +608,9 @@ impl SwapEngine {
         Ok(names.len())
     }
 
-    /// Frees device memory for `needed` bytes by offloading least recently used idle sets;
-    /// returns the bytes freed. This is what the caching allocator's pressure handler calls.
+    /// Makes room for an allocation of `needed` bytes by offloading least recently used idle
+    /// sets (counting memory already free); returns the bytes freed. This is what the caching
+    /// allocator's pressure handler calls.
     pub fn relieve(&self, needed: u64) -> u64 {
         self.inner.relieve(needed, false)
     }
@@ -748,6 +779,7 @@ impl Inner {
             .and_then(|s| s.base())
             .expect("resident sets are backed");
         let stable = e.space.as_ref().is_some_and(|s| s.stable());
+        let host = e.host.clone().expect("resident sets have a host copy");
         drop(st);
         Ok(WeightGuard::new(
             self.clone(),
@@ -756,6 +788,7 @@ impl Inner {
             layout,
             transfer,
             stable,
+            host,
         ))
     }
 
@@ -844,11 +877,37 @@ impl Inner {
         }
     }
 
+    /// Asks attached allocators to return their unused cached memory; true if any freed some.
+    fn release_allocator_cache(&self) -> bool {
+        let allocs: Vec<Arc<CachingAllocator>> = self
+            .allocators
+            .lock()
+            .expect("allocators lock")
+            .iter()
+            .filter_map(|(w, _)| w.upgrade())
+            .collect();
+        let mut freed = false;
+        for a in allocs {
+            let before = a.stats().reserved_bytes.current;
+            if a.empty_cache().is_ok() && a.stats().reserved_bytes.current < before {
+                freed = true;
+            }
+        }
+        freed
+    }
+
+    /// Offloads idle sets until `needed` bytes could be allocated on the device (counting what
+    /// is already free); returns the bytes freed.
     fn relieve(&self, needed: u64, _from_allocator: bool) -> u64 {
+        let free = self.backend.mem_info().map_or(0, |m| m.free);
+        let deficit = needed.saturating_sub(free);
+        if deficit == 0 {
+            return 0;
+        }
         // `try_lock`: the allocator may call this while this engine holds its own lock (through
         // a plain allocation that ran out of memory); then there is nothing to do here.
         match self.state.try_lock() {
-            Ok(mut st) => self.evict(&mut st, needed, "", true),
+            Ok(mut st) => self.evict(&mut st, deficit, "", true),
             Err(_) => 0,
         }
     }
@@ -890,6 +949,9 @@ impl Inner {
             match r {
                 Ok(p) => break p,
                 Err(err) if err.is_out_of_memory() => {
+                    if self.release_allocator_cache() {
+                        continue;
+                    }
                     if self.evict(st, need, name, true) == 0 {
                         st.entry(name)?.last_error = Some(err.to_string());
                         return Err(err);
@@ -1028,6 +1090,16 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        for (w, id) in self
+            .allocators
+            .get_mut()
+            .expect("allocators lock")
+            .drain(..)
+        {
+            if let Some(a) = w.upgrade() {
+                a.remove_pressure_handler(id);
+            }
+        }
         let b = self.backend.clone();
         let st = self.state.get_mut().expect("engine lock poisoned");
         for (_, mut e) in std::mem::take(&mut st.sets) {
