@@ -23,7 +23,7 @@ rm -f target/emu-report.json
 # The three kernel checks wait on the kernels work (PTX built by build.rs and launched by the
 # cuda backend); until it lands the cuda backend has no kernels. Remove these skips with it.
 VRAMSWAP_TEST_BACKEND=cuda VRAMSWAP_CUDA_DRIVER="$EMU" VRAMSWAP_EMU_REPORT="$PWD/target/emu-report.json" \
-  cargo test -p vramswap --test conformance -- \
+  cargo test -p vramswap --test conformance --test backend_parity -- \
   --skip checksum_kernel --skip fill_kernel --skip cast_kernels
 # Everything the suite allocated, mapped, pinned or registered was released, and the
 # stream-ordering checker saw no race.
