@@ -11,6 +11,9 @@ use serde::Serialize;
 use crate::backend::{self, Backend, CastType, DevicePtr, Stream};
 use crate::error::{Error, Result};
 
+mod threads;
+use threads::backend_is_usable_from_any_thread;
+
 /// One conformance check.
 #[derive(Clone, Copy)]
 pub struct Check {
@@ -58,6 +61,7 @@ pub fn checks() -> Vec<Check> {
         vmm_partial_unmap_is_rejected,
         stream_ordered_allocation_round_trips,
         registered_host_memory_copies_asynchronously,
+        backend_is_usable_from_any_thread,
         checksum_kernel_matches_host,
         fill_kernel_matches_host,
         cast_kernels_match_half,

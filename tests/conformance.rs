@@ -61,6 +61,7 @@ conformance_tests![
     vmm_partial_unmap_is_rejected,
     stream_ordered_allocation_round_trips,
     registered_host_memory_copies_asynchronously,
+    backend_is_usable_from_any_thread,
     checksum_kernel_matches_host,
     fill_kernel_matches_host,
     cast_kernels_match_half,

@@ -122,11 +122,19 @@ pub unsafe extern "C" fn cuStreamWaitEvent(
         let d = ctx("cuStreamWaitEvent")?;
         let s = stream_id("cuStreamWaitEvent", stream)?;
         let e = event_id("cuStreamWaitEvent", event)?;
+        // CU_EVENT_WAIT_DEFAULT (0) and CU_EVENT_WAIT_EXTERNAL (1) are the defined flags.
+        if flags > 1 {
+            return Err(fail(
+                "cuStreamWaitEvent",
+                CUDA_ERROR_INVALID_VALUE,
+                "unknown flags",
+            ));
+        }
         if flags != 0 {
             return Err(fail(
                 "cuStreamWaitEvent",
                 CUDA_ERROR_NOT_SUPPORTED,
-                "only flags 0 are emulated",
+                "CU_EVENT_WAIT_EXTERNAL is not emulated",
             ));
         }
         d.dev
