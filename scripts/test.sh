@@ -91,4 +91,6 @@ if ! grep -q 'emulated' <<<"$INFO"; then
   echo "error: vramswap info over the emulated driver does not say the device is emulated" >&2
   exit 1
 fi
+echo "== vramswap selftest on the cuda backend over the emulated driver"
+VRAMSWAP_CUDA_DRIVER="$EMU" target/debug/vramswap selftest --backend cuda --size-mb 32 --no-bandwidth
 echo "== all test stages passed"

@@ -35,6 +35,7 @@ pub mod bench;
 pub mod conformance;
 pub mod error;
 pub mod load;
+pub mod selftest;
 pub mod svg;
 pub mod swap;
 pub mod transfer;

@@ -588,3 +588,23 @@ fn allocator_pressure_offloads_idle_sets_and_swap_ins_reclaim_the_allocator_cach
     drop(alloc);
     assert_clean(&b);
 }
+
+#[test]
+fn a_verified_set_changed_on_the_device_verifies_against_its_new_bytes() {
+    let b = backend(256 << 20);
+    let mut cfg = SwapConfig::default();
+    cfg.transfer.verify = true;
+    let e = SwapEngine::new(b.clone(), cfg).unwrap();
+    register(&e, "a", &model(21, 4));
+    let g = e.acquire("a").unwrap();
+    backend::upload(b.as_ref(), g.base(), &[1, 2, 3, 4], Stream::DEFAULT).unwrap();
+    drop(g);
+    e.mark_dirty("a").unwrap();
+    e.offload("a").unwrap();
+    // The swap-in is verified against the host copy as it is now, changes included.
+    let g = e.acquire("a").unwrap();
+    assert_eq!(g.read(0, 4).unwrap(), [1, 2, 3, 4]);
+    drop(g);
+    drop(e);
+    assert_clean(&b);
+}

@@ -1059,6 +1059,14 @@ impl Inner {
             }
             copied = layout.desc.total_bytes;
             e.dirty = false;
+            if layout.checksums.is_some() {
+                // The host copy changed: later verified swap-ins compare against its new sums.
+                e.layout = Some(Arc::new(Layout {
+                    desc: layout.desc.clone(),
+                    plan: layout.plan.clone(),
+                    checksums: Some(group_checksums(&host, &layout.plan.groups)),
+                }));
+            }
         }
         e.space.as_mut().expect("resident").unback(b)?;
         e.state = Residency::InHost;

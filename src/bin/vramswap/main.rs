@@ -11,6 +11,7 @@ mod info;
 mod inspect;
 mod load;
 mod replay;
+mod selftest;
 mod swap_bench;
 
 /// GPU memory for many models on one GPU.
@@ -41,6 +42,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Loads a checkpoint into a pinned host arena and reports the time and throughput.
     Load(load::Args),
+    /// Verifies vramswap on this machine: conformance suite, engine round trip, bandwidth.
+    Selftest(selftest::Args),
     /// Replays an allocation trace through the caching allocator: peaks, fragmentation, hits.
     Replay(replay::Args),
 }
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Soak(args) => open().and_then(|(b, _)| swap_bench::soak(b, &args)),
         Command::Inspect(args) => inspect::run(&args),
         Command::Load(args) => open().and_then(|(b, _)| load::run(b, &args)),
+        Command::Selftest(args) => open().and_then(|(b, _)| selftest::run(b, &args)),
         Command::Replay(args) => open().and_then(|(b, _)| replay::run(b, &args)),
     };
     match result {
