@@ -431,7 +431,7 @@ impl CachingAllocator {
     }
 
     /// Waits for pending blocks and the device, then returns every empty segment (and every
-    /// free tail page of expandable segments) to the backend.
+    /// whole free page of expandable segments) to the backend.
     fn release_cached(&self, st: &mut State) -> Result<()> {
         let mut result = Ok(());
         for p in std::mem::take(&mut st.pending) {
@@ -466,11 +466,10 @@ impl CachingAllocator {
             .collect();
         for seg in expandable {
             let s = st.pool.segment(seg).clone();
-            let (start, cut) = st.pool.trim_tail(seg, self.granularity);
-            if cut > 0 {
-                self.unmap_pages(st, start, cut)?;
+            for (start, bytes) in st.pool.carve_unmappable(seg, self.granularity) {
+                self.unmap_pages(st, start, bytes)?;
             }
-            if st.pool.segments().all(|(i, _)| i != seg) {
+            if st.pool.drop_unmapped_tail(seg) {
                 self.backend
                     .free_reservation(DevicePtr(s.base), s.capacity)?;
                 st.stats.segment.sub(1);
