@@ -16,6 +16,11 @@ use crate::error::{Error, Result};
 /// A pressure handler: given the bytes needed, frees what it can and returns the bytes freed.
 pub type PressureHandler = Box<dyn Fn(u64) -> u64 + Send + Sync>;
 
+thread_local! {
+    /// Set while this thread runs pressure handlers.
+    static IN_HANDLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 type SharedHandler = Arc<dyn Fn(u64) -> u64 + Send + Sync>;
 
 /// Identifies a registered pressure handler.
@@ -226,15 +231,26 @@ impl CachingAllocator {
             .iter()
             .map(|(_, h)| h.clone())
             .collect();
-        if !handlers.is_empty() {
+        // A handler that allocates and runs short does not call the handlers again.
+        if !handlers.is_empty() && !IN_HANDLER.with(|f| f.get()) {
             drop(st);
             let mut freed = 0u64;
+            IN_HANDLER.with(|f| f.set(true));
+            // Cleared on the way out, a panicking handler included.
+            struct Clear;
+            impl Drop for Clear {
+                fn drop(&mut self) {
+                    IN_HANDLER.with(|f| f.set(false));
+                }
+            }
+            let clear = Clear;
             for h in &handlers {
                 freed = freed.saturating_add(h(rounded.saturating_sub(freed)));
                 if freed >= rounded {
                     break;
                 }
             }
+            drop(clear);
             st = self.lock();
             st.stats.num_pressure_calls += handlers.len() as u64;
             st.stats.num_alloc_retries += 1;
