@@ -306,8 +306,14 @@ impl CachingAllocator {
                 // Order `stream` after everything queued so far on the block's stream.
                 let from = Stream(st.pool.block(i).stream);
                 let ev = self.stream_event(st, from)?;
-                self.backend.event_record(ev, from)?;
-                self.backend.stream_wait_event(stream, ev)?;
+                if self.backend.event_record(ev, from).is_ok() {
+                    self.backend.stream_wait_event(stream, ev)?;
+                } else {
+                    // The block's stream is gone (destroyed by its user): nothing can be
+                    // recorded on it any more, so wait for the device instead.
+                    self.backend.synchronize()?;
+                    st.stats.num_sync_all_streams += 1;
+                }
                 st.pool.retag(i, stream.0);
                 st.stats.cross_stream_reuses += 1;
                 i
