@@ -26,7 +26,7 @@ pub enum SlabSource {
 pub struct ArenaConfig {
     /// Most bytes pinned at once; `None` for no limit.
     pub budget: Option<u64>,
-    /// Size of an ordinary slab (rounded up to [`SLAB_GRANULE`]); larger requests get a slab of
+    /// Size of an ordinary slab (rounded up to [`SLAB_GRANULE`](super::SLAB_GRANULE)); larger requests get a slab of
     /// their own size.
     pub slab_size: u64,
     /// Where slabs come from.
