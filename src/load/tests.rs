@@ -293,3 +293,30 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn header_only_file_loads_as_an_empty_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("empty.safetensors");
+    save(&file, &[]).unwrap();
+    let (_b, arena) = setup();
+    let w = load(&file, &arena, &LoadOptions::default()).unwrap();
+    assert_eq!((w.total_bytes(), w.desc().tensors.len()), (0, 0));
+    assert_eq!(arena.stats().slabs, 0);
+}
+
+#[test]
+fn failed_registration_in_direct_mode_unregisters_the_files_already_registered() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model();
+    write(&dir.path().join("a.safetensors"), &m[..3]);
+    write(&dir.path().join("b.safetensors"), &m[3..]);
+    let (b, arena) = setup();
+    b.inject_fault(vramswap_sim::FaultOp::HostRegister, 2);
+    let opts = LoadOptions {
+        direct: true,
+        ..Default::default()
+    };
+    assert!(load(dir.path(), &arena, &opts).is_err());
+    assert_eq!(b.device().leaks().registered_ranges, 0);
+}
