@@ -151,3 +151,11 @@ mod layout_properties {
         }
     }
 }
+
+#[test]
+fn weight_sets_and_ranges_can_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<HostWeights>();
+    send_sync::<crate::arena::HostRange>();
+    send_sync::<crate::arena::PinnedArena>();
+}
