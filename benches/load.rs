@@ -7,7 +7,7 @@
 //!   + `to_vec` per tensor.
 //!
 //! ```text
-//! cargo bench --bench load                      # 512 MB file, best of 5
+//! cargo bench --bench load                      # 512 MiB of tensors, best of 7
 //! VRAMSWAP_BENCH_MB=256 VRAMSWAP_BENCH_RUNS=3 VRAMSWAP_BENCH_THREADS=4 cargo bench --bench load
 //! ```
 //!
@@ -27,10 +27,6 @@ fn env(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn best(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
-    (0..runs).map(|_| f()).min().unwrap_or_default()
 }
 
 fn gbs(bytes: u64, d: Duration) -> f64 {
@@ -55,7 +51,7 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing special. Either way
     // the program runs once.
     let mb = env("VRAMSWAP_BENCH_MB", 512);
-    let runs = env("VRAMSWAP_BENCH_RUNS", 5).max(1);
+    let runs = env("VRAMSWAP_BENCH_RUNS", 7).max(1);
     let threads = env(
         "VRAMSWAP_BENCH_THREADS",
         std::thread::available_parallelism()
@@ -101,40 +97,54 @@ fn main() {
         threads,
         ..Default::default()
     };
-    // Warm the page cache and pin the arena's slab once; later loads reuse the slab.
-    drop(load(&path, &arena, &opts).expect("load"));
-    let pinned_once = arena.stats().pin_time;
-
-    let t_load = best(runs, || {
-        let t = Instant::now();
-        let w = load(&path, &arena, &opts).expect("load");
-        let d = t.elapsed();
-        std::hint::black_box(w.total_bytes());
-        d
-    });
-
+    let cast = LoadOptions {
+        cast: Some(DType::BF16),
+        ..opts.clone()
+    };
+    // The memcpy ceiling's source (the same bytes, in memory) and destination (an arena range,
+    // faulted when its slab was pinned).
     let src = std::fs::read(&path).expect("read");
     let mut range = arena.alloc(src.len() as u64).expect("arena range");
-    let t_memcpy = best(runs, || {
-        let t = Instant::now();
-        parallel_memcpy(&src, range.as_mut_slice(), threads);
-        t.elapsed()
-    });
-    drop((range, src));
+    // Warm the page cache and pin the load's slab once; later loads reuse the slab.
+    let before = arena.stats().pin_time;
+    drop(load(&path, &arena, &opts).expect("load"));
+    let pinned_once = arena.stats().pin_time - before;
 
-    let t_st = best(runs, || {
+    // Interleaved, so that every path sees the same load from the rest of the machine; the best
+    // of `runs` for each.
+    let time = |f: &mut dyn FnMut()| {
         let t = Instant::now();
-        let bytes = std::fs::read(&path).expect("read");
-        let st = safetensors::SafeTensors::deserialize(&bytes).expect("deserialize");
-        let vecs: Vec<Vec<u8>> = st
-            .tensors()
-            .iter()
-            .map(|(_, v)| v.data().to_vec())
-            .collect();
-        let d = t.elapsed();
-        std::hint::black_box(vecs.len());
-        d
-    });
+        f();
+        t.elapsed()
+    };
+    let mut t_memcpy = Duration::MAX;
+    let mut t_load = Duration::MAX;
+    let mut t_cast = Duration::MAX;
+    let mut t_st = Duration::MAX;
+    for _ in 0..runs {
+        t_memcpy = t_memcpy.min(time(&mut || {
+            parallel_memcpy(&src, range.as_mut_slice(), threads)
+        }));
+        t_load = t_load.min(time(&mut || {
+            let w = load(&path, &arena, &opts).expect("load");
+            std::hint::black_box(w.total_bytes());
+        }));
+        t_cast = t_cast.min(time(&mut || {
+            let w = load(&path, &arena, &cast).expect("load with cast");
+            std::hint::black_box(w.total_bytes());
+        }));
+        t_st = t_st.min(time(&mut || {
+            let bytes = std::fs::read(&path).expect("read");
+            let st = safetensors::SafeTensors::deserialize(&bytes).expect("deserialize");
+            let vecs: Vec<Vec<u8>> = st
+                .tensors()
+                .iter()
+                .map(|(_, v)| v.data().to_vec())
+                .collect();
+            std::hint::black_box(vecs.len());
+        }));
+    }
+    drop((range, src));
 
     let (load_gbs, ceil_gbs, st_gbs) = (
         gbs(payload, t_load),
@@ -147,7 +157,7 @@ fn main() {
         names.len()
     );
     println!(
-        "  arena slab pinned once (mmap + prefault + register): {:.3} s",
+        "  pinning one slab of the file's size (mmap + prefault + register): {:.3} s",
         pinned_once.as_secs_f64()
     );
     println!("  path                                   time      GB/s   vs ceiling");
@@ -161,6 +171,13 @@ fn main() {
         t_load.as_secs_f64(),
         load_gbs,
         load_gbs / ceil_gbs * 100.0
+    );
+    let cast_gbs = gbs(payload, t_cast);
+    println!(
+        "  vramswap load, cast F16 -> BF16        {:>7.3} s {:>7.2}   {:>5.1}%",
+        t_cast.as_secs_f64(),
+        cast_gbs,
+        cast_gbs / ceil_gbs * 100.0
     );
     println!(
         "  safetensors read + to_vec              {:>7.3} s {:>7.2}   {:>5.1}%",

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -31,7 +31,7 @@ pub const OTHER_GROUP: &str = "other";
 const LAYER_WORDS: [&str; 5] = ["layers", "layer", "h", "blocks", "block"];
 
 /// One tensor of a set.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TensorInfo {
     /// Its name, e.g. `model.layers.0.self_attn.q_proj.weight`.
     pub name: String,
@@ -68,7 +68,7 @@ pub fn byte_len(dtype: DType, shape: &[u64]) -> Option<u64> {
 }
 
 /// Tensors of one layer (or the tensors outside any layer), for layer-wise readiness.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerGroup {
     /// The layer prefix (`model.layers.3`), or [`OTHER_GROUP`].
     pub name: String,
@@ -82,7 +82,7 @@ pub struct LayerGroup {
 }
 
 /// A weight set's tensors and size.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WeightSetDesc {
     /// Tensors, by offset for a laid-out set.
     pub tensors: Vec<TensorInfo>,

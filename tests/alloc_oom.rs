@@ -109,3 +109,20 @@ fn rung4_failure_reports_requested_allocated_reserved_free_limit_and_fragmentati
     a.free(p).unwrap();
     assert!(matches!(a.free(DevicePtr(1)), Err(Error::NotFound { .. })));
 }
+
+#[test]
+fn a_handler_that_allocates_and_runs_short_does_not_recurse() {
+    let (_b, a, s) = setup();
+    let _held = a.allocate(40 * MIB, s).unwrap();
+    let a2 = a.clone();
+    let calls = Arc::new(AtomicU64::new(0));
+    let calls2 = calls.clone();
+    a.add_pressure_handler(Box::new(move |_| {
+        calls2.fetch_add(1, Ordering::SeqCst);
+        assert!(a2.allocate(30 * MIB, s).is_err());
+        0
+    }));
+    assert!(a.allocate(30 * MIB, s).is_err());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(a.stats().num_ooms, 2);
+}

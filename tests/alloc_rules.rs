@@ -412,3 +412,74 @@ fn stream_default_is_accepted() {
     let p = a.allocate(10, Stream::DEFAULT).unwrap();
     a.free(p).unwrap();
 }
+
+#[test]
+fn expandable_segments_unmap_free_holes_in_the_middle_and_map_them_again() {
+    let (b, sb) = sim(256 * MIB);
+    let s = b.stream_create().unwrap();
+    let a = alloc_with(
+        &b,
+        AllocatorConfig {
+            expandable_segments: true,
+            ..Default::default()
+        },
+    );
+    let free0 = b.mem_info().unwrap().free;
+    let x = a.allocate(4 * MIB, s).unwrap();
+    let y = a.allocate(8 * MIB, s).unwrap();
+    let z = a.allocate(2 * MIB, s).unwrap();
+    assert_eq!(a.stats().reserved_bytes.current, 14 * MIB);
+    a.free(y).unwrap();
+    a.empty_cache().unwrap();
+    assert_eq!(
+        a.stats().reserved_bytes.current,
+        6 * MIB,
+        "the 8 MiB hole is unmapped"
+    );
+    assert_eq!(free0 - b.mem_info().unwrap().free, 6 * MIB);
+    let snap = a.snapshot();
+    assert!(snap.segments[0]
+        .blocks
+        .iter()
+        .any(|b| b.state == "unmapped"));
+    let w = a.allocate(6 * MIB, s).unwrap();
+    assert_eq!(w, y, "the hole is mapped again and reused");
+    assert_eq!(a.stats().reserved_bytes.current, 14 * MIB);
+    let data = vec![0x42u8; 4096];
+    vramswap::backend::upload(b.as_ref(), w, &data, s).unwrap();
+    for p in [x, z, w] {
+        a.free(p).unwrap();
+    }
+    a.empty_cache().unwrap();
+    assert_eq!(b.mem_info().unwrap().free, free0);
+    let leaks = sb.device().leaks();
+    assert_eq!(
+        (leaks.mappings, leaks.reservations, leaks.device_bytes),
+        (0, 0, 0)
+    );
+}
+
+#[test]
+fn dropping_an_allocator_with_unmapped_holes_returns_everything() {
+    let (b, sb) = sim(256 * MIB);
+    let s = b.stream_create().unwrap();
+    {
+        let a = alloc_with(
+            &b,
+            AllocatorConfig {
+                expandable_segments: true,
+                ..Default::default()
+            },
+        );
+        let x = a.allocate(4 * MIB, s).unwrap();
+        let y = a.allocate(8 * MIB, s).unwrap();
+        let z = a.allocate(2 * MIB, s).unwrap();
+        a.free(y).unwrap();
+        a.empty_cache().unwrap();
+        a.free(x).unwrap();
+        a.free(z).unwrap();
+    }
+    b.stream_destroy(s).unwrap();
+    let leaks = sb.device().leaks();
+    assert!(leaks.is_clean(), "{leaks:?}");
+}

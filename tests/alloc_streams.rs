@@ -135,3 +135,26 @@ fn using_a_block_on_another_stream_without_record_stream_is_reported_as_a_race()
     a.free(q).unwrap();
     b.event_destroy(ev).unwrap();
 }
+
+/// The simulator's checker does not learn that a destroyed stream's work finished when the
+/// device is synchronised (its clock goes with the stream), so this test checks the ordering
+/// through the bytes instead of `violations()`.
+#[test]
+fn blocks_freed_on_a_destroyed_stream_are_reused_after_a_device_sync() {
+    let b: SharedBackend = Arc::new(SimBackend::with_capacity(64 * MIB));
+    let (s1, s2) = (b.stream_create().unwrap(), b.stream_create().unwrap());
+    let a = CachingAllocator::new(b.clone(), AllocatorConfig::default()).unwrap();
+    let p = a.allocate(MIB, s1).unwrap();
+    b.memset_d8_async(p, 1, MIB, s1).unwrap();
+    a.free(p).unwrap();
+    b.stream_destroy(s1).unwrap();
+    let q = a.allocate(MIB, s2).unwrap();
+    assert_eq!(q, p);
+    assert_eq!(a.stats().num_sync_all_streams, 1);
+    b.memset_d8_async(q, 2, MIB, s2).unwrap();
+    let mut back = vec![0u8; MIB as usize];
+    vramswap::backend::download(b.as_ref(), &mut back, q, s2).unwrap();
+    assert!(back.iter().all(|&x| x == 2));
+    a.free(q).unwrap();
+    b.stream_destroy(s2).unwrap();
+}

@@ -16,6 +16,11 @@ use crate::error::{Error, Result};
 /// A pressure handler: given the bytes needed, frees what it can and returns the bytes freed.
 pub type PressureHandler = Box<dyn Fn(u64) -> u64 + Send + Sync>;
 
+thread_local! {
+    /// Set while this thread runs pressure handlers.
+    static IN_HANDLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 type SharedHandler = Arc<dyn Fn(u64) -> u64 + Send + Sync>;
 
 /// Identifies a registered pressure handler.
@@ -226,15 +231,26 @@ impl CachingAllocator {
             .iter()
             .map(|(_, h)| h.clone())
             .collect();
-        if !handlers.is_empty() {
+        // A handler that allocates and runs short does not call the handlers again.
+        if !handlers.is_empty() && !IN_HANDLER.with(|f| f.get()) {
             drop(st);
             let mut freed = 0u64;
+            IN_HANDLER.with(|f| f.set(true));
+            // Cleared on the way out, a panicking handler included.
+            struct Clear;
+            impl Drop for Clear {
+                fn drop(&mut self) {
+                    IN_HANDLER.with(|f| f.set(false));
+                }
+            }
+            let clear = Clear;
             for h in &handlers {
                 freed = freed.saturating_add(h(rounded.saturating_sub(freed)));
                 if freed >= rounded {
                     break;
                 }
             }
+            drop(clear);
             st = self.lock();
             st.stats.num_pressure_calls += handlers.len() as u64;
             st.stats.num_alloc_retries += 1;
@@ -290,8 +306,14 @@ impl CachingAllocator {
                 // Order `stream` after everything queued so far on the block's stream.
                 let from = Stream(st.pool.block(i).stream);
                 let ev = self.stream_event(st, from)?;
-                self.backend.event_record(ev, from)?;
-                self.backend.stream_wait_event(stream, ev)?;
+                if self.backend.event_record(ev, from).is_ok() {
+                    self.backend.stream_wait_event(stream, ev)?;
+                } else {
+                    // The block's stream is gone (destroyed by its user): nothing can be
+                    // recorded on it any more, so wait for the device instead.
+                    self.backend.synchronize()?;
+                    st.stats.num_sync_all_streams += 1;
+                }
                 st.pool.retag(i, stream.0);
                 st.stats.cross_stream_reuses += 1;
                 i
@@ -381,57 +403,8 @@ impl CachingAllocator {
         Ok(Some(self.hand_out(st, idx, size, rounded)))
     }
 
-    /// Returns blocks whose `record_stream` events have all completed to the free lists.
-    fn process_events(&self, st: &mut State) -> Result<()> {
-        let mut i = 0;
-        while i < st.pending.len() {
-            let mut done = true;
-            for &e in &st.pending[i].events {
-                if !self.backend.event_query(e)? {
-                    done = false;
-                    break;
-                }
-            }
-            if done {
-                let p = st.pending.swap_remove(i);
-                self.finish_pending(st, p)?;
-            } else {
-                i += 1;
-            }
-        }
-        Ok(())
-    }
-
-    fn finish_pending(&self, st: &mut State, p: Pending) -> Result<()> {
-        let mut result = Ok(());
-        for e in p.events {
-            // Complete already (or waited for here, on a cache release); this tells the
-            // backend the host observed it, which orders the block's next use after that work.
-            if let Err(err) = self.backend.event_synchronize(e) {
-                result = Err(err);
-            }
-            st.spare_events.push(e);
-        }
-        let (addr, size, stream) = {
-            let b = st.pool.block(p.block);
-            (b.addr, b.size, b.stream)
-        };
-        let filled = if self.config.poison {
-            // The other streams' work is done; the fill is ordered before reuse on `stream`.
-            self.backend
-                .fill_u32_async(DevicePtr(addr), size, POISON_PATTERN, Stream(stream))
-        } else {
-            Ok(())
-        };
-        st.stats.active_bytes.sub(size);
-        st.stats.active.sub(1);
-        st.pool.release(p.block);
-        self.update_split_stats(st);
-        result.and(filled)
-    }
-
     /// Waits for pending blocks and the device, then returns every empty segment (and every
-    /// free tail page of expandable segments) to the backend.
+    /// whole free page of expandable segments) to the backend.
     fn release_cached(&self, st: &mut State) -> Result<()> {
         let mut result = Ok(());
         for p in std::mem::take(&mut st.pending) {
@@ -466,11 +439,10 @@ impl CachingAllocator {
             .collect();
         for seg in expandable {
             let s = st.pool.segment(seg).clone();
-            let (start, cut) = st.pool.trim_tail(seg, self.granularity);
-            if cut > 0 {
-                self.unmap_pages(st, start, cut)?;
+            for (start, bytes) in st.pool.carve_unmappable(seg, self.granularity) {
+                self.unmap_pages(st, start, bytes)?;
             }
-            if st.pool.segments().all(|(i, _)| i != seg) {
+            if st.pool.drop_unmapped_tail(seg) {
                 self.backend
                     .free_reservation(DevicePtr(s.base), s.capacity)?;
                 st.stats.segment.sub(1);
@@ -537,58 +509,6 @@ impl CachingAllocator {
         result
     }
 
-    /// Records an event on each of `streams` and parks the block until all complete.
-    fn free_after(&self, st: &mut State, idx: u32, streams: &[Stream]) -> Result<()> {
-        let mut events = Vec::with_capacity(streams.len());
-        for &s in streams {
-            let e = match st.spare_events.pop() {
-                Some(e) => e,
-                None => match self.backend.event_create(false) {
-                    Ok(e) => e,
-                    Err(err) => {
-                        st.spare_events.extend(events);
-                        return Err(err);
-                    }
-                },
-            };
-            if let Err(err) = self.backend.event_record(e, s) {
-                st.spare_events.push(e);
-                st.spare_events.extend(events);
-                return Err(err);
-            }
-            events.push(e);
-        }
-        st.pool.set_pending(idx);
-        st.pending.push(Pending { block: idx, events });
-        Ok(())
-    }
-
-    /// Marks a live block as used on `stream` too: when freed, it returns to the pool only
-    /// after the work queued on `stream` up to the free has completed.
-    pub fn record_stream(&self, ptr: DevicePtr, stream: Stream) -> Result<()> {
-        let mut st = self.lock();
-        let idx = *st.live.get(&ptr.0).ok_or_else(|| Error::NotFound {
-            kind: "allocation",
-            name: ptr.to_string(),
-        })?;
-        let b = st.pool.block(idx);
-        if b.stream == stream.0 {
-            return Ok(());
-        }
-        let id = b.tag;
-        let list = st.used_on.entry(idx).or_default();
-        if !list.contains(&stream) {
-            list.push(stream);
-        }
-        if st.history.enabled() {
-            st.history.push(HistoryEvent::RecordStream {
-                id,
-                stream: stream.0,
-            });
-        }
-        Ok(())
-    }
-
     /// Returns every unused cached byte to the backend (after waiting for the device).
     pub fn empty_cache(&self) -> Result<()> {
         let mut st = self.lock();
@@ -618,6 +538,8 @@ impl CachingAllocator {
     }
 }
 
+#[path = "events.rs"]
+mod events;
 #[path = "expandable.rs"]
 mod expandable;
 #[path = "report.rs"]

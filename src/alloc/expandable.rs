@@ -26,6 +26,28 @@ impl CachingAllocator {
             }
             None => (0, 0, 0),
         };
+        // A hole left by an earlier cache release, mapped again, may be enough.
+        if let Some((hole, addr, bytes)) = seg.and_then(|s| st.pool.find_hole(s, stream.0, rounded))
+        {
+            let reserved = st.stats.reserved_bytes.current;
+            if self
+                .limit
+                .is_some_and(|l| reserved.saturating_add(bytes) > l)
+            {
+                return Ok(None);
+            }
+            if !self.map_pages(st, addr, bytes)? {
+                return Ok(None);
+            }
+            st.pool.fill_hole(hole, stream.0);
+            let idx = st.pool.find_free(
+                PoolKind::Large,
+                stream.0,
+                rounded,
+                self.config.max_split_size,
+            );
+            return Ok(idx.map(|i| self.hand_out(st, i, size, rounded)));
+        }
         let need = (rounded - have.min(rounded)).div_ceil(g) * g;
         if need == 0 {
             if let Some((i, _)) = seg.and_then(|s| st.pool.free_tail(s, stream.0)) {

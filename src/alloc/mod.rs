@@ -15,7 +15,7 @@
 //! - [`CachingAllocator`]: the pool over a [`crate::Backend`], with events, limits, the
 //!   out-of-memory ladder and expandable segments;
 //! - [`stats`], [`history`]: statistics, snapshots, the event ring;
-//! - [`trace`], [`replay`]: the trace format, a transformer trace generator, replay and SVG.
+//! - [`trace`], [`mod@replay`]: the trace format, a transformer trace generator, replay and SVG.
 //!
 //! Configuration: [`AllocatorConfig`], or `VRAMSWAP_ALLOC_CONF` such as
 //! `max_split_size_mb:128,expandable_segments:true,limit_mb:4096`.

@@ -23,6 +23,8 @@ pub enum BlockState {
     PendingFree,
     /// In a free list.
     Free,
+    /// A hole in an expandable segment whose pages were unmapped.
+    Unmapped,
 }
 
 /// One block: a range inside a segment.

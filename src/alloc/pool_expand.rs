@@ -101,6 +101,134 @@ impl BlockPool {
         (keep_end, cut)
     }
 
+    /// Splits block `idx` after its first `first` bytes; the new upper block (same segment,
+    /// stream and state, in no free list) is returned. `idx` must be in no free list.
+    fn split_at(&mut self, idx: u32, first: u64) -> u32 {
+        let b = self.blocks[idx as usize].clone();
+        let up = self.new_block(Block {
+            addr: b.addr + first,
+            size: b.size - first,
+            requested: 0,
+            segment: b.segment,
+            stream: b.stream,
+            state: b.state,
+            tag: 0,
+            prev: idx,
+            next: b.next,
+            fprev: NIL,
+            fnext: NIL,
+        });
+        if b.next != NIL {
+            self.blocks[b.next as usize].prev = up;
+        }
+        let blk = &mut self.blocks[idx as usize];
+        blk.next = up;
+        blk.size = first;
+        up
+    }
+
+    /// Marks the whole granules inside every free block of an expandable segment as
+    /// [`BlockState::Unmapped`] (splitting off the unaligned ends, which stay free) and returns
+    /// their ranges `(start, bytes)`, which the caller unmaps.
+    pub fn carve_unmappable(&mut self, seg: u32, granule: u64) -> Vec<(u64, u64)> {
+        let base = self.segments[seg as usize].base;
+        let free: Vec<u32> = self
+            .blocks_of(seg)
+            .filter(|(_, b)| b.state == BlockState::Free)
+            .map(|(i, _)| i)
+            .collect();
+        let mut out = Vec::new();
+        self.unaccount(seg);
+        for i in free {
+            let (addr, size) = (self.blocks[i as usize].addr, self.blocks[i as usize].size);
+            let lo = base + (addr - base).div_ceil(granule) * granule;
+            let hi = base + (addr + size - base) / granule * granule;
+            if hi <= lo {
+                continue;
+            }
+            self.unlink_free(i);
+            let mut mid = i;
+            if lo > addr {
+                mid = self.split_at(i, lo - addr);
+                self.push_free(i);
+            }
+            if hi < addr + size {
+                let up = self.split_at(mid, hi - lo);
+                self.push_free(up);
+            }
+            self.blocks[mid as usize].state = BlockState::Unmapped;
+            out.push((lo, hi - lo));
+        }
+        self.account(seg);
+        out
+    }
+
+    /// Cuts unmapped blocks off the end of a segment; a segment left empty is removed (true).
+    pub fn drop_unmapped_tail(&mut self, seg: u32) -> bool {
+        self.unaccount(seg);
+        while let Some((i, b)) = self.blocks_of(seg).last().map(|(i, b)| (i, b.clone())) {
+            if b.state != BlockState::Unmapped {
+                break;
+            }
+            if b.prev != NIL {
+                self.blocks[b.prev as usize].next = NIL;
+            } else {
+                self.segments[seg as usize].first = NIL;
+            }
+            self.segments[seg as usize].size -= b.size;
+            self.free_slots.push(i);
+        }
+        if self.segments[seg as usize].first == NIL {
+            self.segments[seg as usize].live = false;
+            self.free_segment_slots.push(seg);
+            return true;
+        }
+        self.account(seg);
+        false
+    }
+
+    /// An unmapped hole of a segment that, mapped again and joined with its free neighbours on
+    /// `stream`, would hold `rounded` bytes.
+    pub fn find_hole(&self, seg: u32, stream: u64, rounded: u64) -> Option<(u32, u64, u64)> {
+        let side = |i: u32| -> u64 {
+            if i == NIL {
+                return 0;
+            }
+            let b = &self.blocks[i as usize];
+            if b.state == BlockState::Free && b.stream == stream {
+                b.size
+            } else {
+                0
+            }
+        };
+        self.blocks_of(seg)
+            .filter(|(_, b)| b.state == BlockState::Unmapped)
+            .find(|(_, b)| side(b.prev) + b.size + side(b.next) >= rounded)
+            .map(|(i, b)| (i, b.addr, b.size))
+    }
+
+    /// Marks a hole mapped again (its pages were mapped by the caller): it becomes a free block
+    /// on `stream`, merged with its free neighbours on that stream. Returns the merged block.
+    pub fn fill_hole(&mut self, idx: u32, stream: u64) -> u32 {
+        self.blocks[idx as usize].stream = stream;
+        self.release(idx)
+    }
+
+    /// The mapped ranges of a segment (everything but its unmapped holes).
+    pub fn mapped_ranges(&self, seg: u32) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (_, b) in self.blocks_of(seg) {
+            if b.state == BlockState::Unmapped {
+                continue;
+            }
+            match out.last_mut() {
+                Some((s, n)) if *s + *n == b.addr => *n += b.size,
+                _ => out.push((b.addr, b.size)),
+            }
+        }
+        out
+    }
+
     /// Checks every invariant; returns the first violation. For tests.
     pub fn check(&self) -> Result<(), String> {
         let mut free_bytes = 0;

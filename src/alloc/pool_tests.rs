@@ -150,3 +150,48 @@ proptest! {
         prop_assert_eq!(p.free_bytes(), 0);
     }
 }
+
+#[test]
+fn whole_free_granules_are_carved_out_and_filled_again() {
+    let mut p = BlockPool::new();
+    let b = p.add_segment(0x1000_0000, 8 * MIB, 64 * MIB, 1, PoolKind::Large, true);
+    let a = p.take(b, 3 * MIB / 2, MAX);
+    let rest = p.find_free(PoolKind::Large, 1, 4 * MIB, MAX).unwrap();
+    let c = p.take(rest, 4 * MIB + MIB / 2, MAX);
+    let _ = c;
+    p.release(a);
+    // Free: [0, 1.5 MiB) and [6, 8 MiB). Whole 2 MiB granules: none in the first, [6, 8) in
+    // the second.
+    let holes = p.carve_unmappable(0, 2 * MIB);
+    assert_eq!(holes, vec![(0x1000_0000 + 6 * MIB, 2 * MIB)]);
+    p.check().unwrap();
+    assert!(!p.drop_unmapped_tail(0));
+    assert_eq!(p.segment(0).size, 6 * MIB);
+    p.check().unwrap();
+    assert_eq!(p.mapped_ranges(0), vec![(0x1000_0000, 6 * MIB)]);
+}
+
+#[test]
+fn a_middle_hole_is_found_and_merges_with_its_free_neighbours() {
+    let mut p = BlockPool::new();
+    let b = p.add_segment(0x1000_0000, 8 * MIB, 64 * MIB, 1, PoolKind::Large, true);
+    let a = p.take(b, 2 * MIB, MAX);
+    let mid = p.find_free(PoolKind::Large, 1, 4 * MIB, MAX).unwrap();
+    let m = p.take(mid, 4 * MIB, MAX);
+    let _tail = p.take(
+        p.find_free(PoolKind::Large, 1, 2 * MIB, MAX).unwrap(),
+        2 * MIB,
+        MAX,
+    );
+    p.release(m);
+    let holes = p.carve_unmappable(0, 2 * MIB);
+    assert_eq!(holes, vec![(0x1000_0000 + 2 * MIB, 4 * MIB)]);
+    assert_eq!(p.free_bytes(), 0);
+    assert_eq!(p.mapped_ranges(0).len(), 2);
+    let (h, addr, size) = p.find_hole(0, 1, 3 * MIB).unwrap();
+    assert_eq!((addr, size), (0x1000_0000 + 2 * MIB, 4 * MIB));
+    p.fill_hole(h, 1);
+    p.check().unwrap();
+    assert_eq!(p.free_bytes(), 4 * MIB);
+    let _ = a;
+}

@@ -101,14 +101,17 @@ impl Drop for CachingAllocator {
         }
         let segs: Vec<u32> = st.pool.segments().map(|(i, _)| i).collect();
         for seg in segs {
+            let mapped = st.pool.mapped_ranges(seg);
             let s = st.pool.forget_segment(seg);
             let r = if s.expandable {
                 let g = self.granularity;
-                let mut off = 0;
                 let mut r = Ok(());
-                while off < s.size && r.is_ok() {
-                    r = backend.unmap(DevicePtr(s.base + off), g);
-                    off += g;
+                for (start, bytes) in mapped {
+                    let mut off = 0;
+                    while off < bytes && r.is_ok() {
+                        r = backend.unmap(DevicePtr(start + off), g);
+                        off += g;
+                    }
                 }
                 r.and_then(|_| backend.free_reservation(DevicePtr(s.base), s.capacity))
             } else {

@@ -131,7 +131,8 @@ pub struct BlockInfo {
     pub size: u64,
     /// Bytes the user asked for (0 when free).
     pub requested_size: u64,
-    /// `active_allocated`, `active_pending_free` or `inactive`.
+    /// `active_allocated`, `active_pending_free`, `inactive`, or `unmapped` (a hole in an
+    /// expandable segment).
     pub state: &'static str,
     /// Stream whose work last used the block.
     pub stream: u64,
@@ -143,6 +144,7 @@ impl BlockInfo {
             BlockState::Allocated => "active_allocated",
             BlockState::PendingFree => "active_pending_free",
             BlockState::Free => "inactive",
+            BlockState::Unmapped => "unmapped",
         }
     }
 }

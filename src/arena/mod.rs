@@ -38,10 +38,12 @@ use serde::Serialize;
 use crate::backend::SharedBackend;
 use crate::error::{Error, Result};
 
+mod config;
 mod freelist;
 mod range;
 mod slab;
 
+pub use config::{parse_arena_config, ArenaConfig, SlabSource, ARENA_ENV};
 pub use freelist::FreeList;
 pub use range::HostRange;
 use slab::Slab;
@@ -58,48 +60,6 @@ pub const ARENA_ALIGN: u64 = 4096;
 
 /// Granule of slab sizes: 2 MiB, a huge page.
 pub const SLAB_GRANULE: u64 = 2 << 20;
-
-/// Where slabs come from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SlabSource {
-    /// The backend's pinned allocation (`cuMemHostAlloc`).
-    #[default]
-    HostAlloc,
-    /// An anonymous mapping pre-faulted by several threads, then registered
-    /// (`cuMemHostRegister`) in chunks.
-    MmapRegister,
-}
-
-/// How the arena pins and limits memory.
-#[derive(Clone, Debug, Serialize)]
-pub struct ArenaConfig {
-    /// Most bytes pinned at once; `None` for no limit.
-    pub budget: Option<u64>,
-    /// Size of an ordinary slab (rounded up to [`SLAB_GRANULE`]); larger requests get a slab of
-    /// their own size.
-    pub slab_size: u64,
-    /// Where slabs come from.
-    pub source: SlabSource,
-    /// Threads that pre-fault a mapped slab ([`SlabSource::MmapRegister`]).
-    pub pin_threads: usize,
-    /// Largest single registration of a mapped slab, capped at [`MAX_REGISTER_BYTES`].
-    pub register_chunk: u64,
-}
-
-impl Default for ArenaConfig {
-    fn default() -> Self {
-        ArenaConfig {
-            budget: None,
-            slab_size: 256 << 20,
-            source: SlabSource::HostAlloc,
-            pin_threads: std::thread::available_parallelism()
-                .map_or(4, |n| n.get())
-                .min(8),
-            register_chunk: MAX_REGISTER_BYTES,
-        }
-    }
-}
 
 /// A snapshot of the arena.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

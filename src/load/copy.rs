@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use crate::weights::DType;
@@ -108,36 +109,69 @@ pub(crate) fn copy_all(
     progress(done.load(Ordering::Relaxed));
 }
 
+/// Elements converted per block through an `f32` buffer on the stack.
+const BLOCK: usize = 2048;
+
 /// Converts `src` (elements of `from`) into `dst` (as many elements of `to`). Types other than
 /// F32/F16/BF16 are copied only when `from == to`.
+///
+/// Float casts go through blocks of `f32`, converted by `half`'s slice functions (F16C
+/// instructions where the CPU has them), rounding to nearest even; the source may be unaligned
+/// (a mapped file), so elements are decoded from little-endian bytes.
 pub(crate) fn convert(src: &[u8], from: DType, dst: &mut [u8], to: DType) {
-    use DType::{BF16, F16, F32};
-    fn each<const A: usize, const B: usize>(
-        src: &[u8],
-        dst: &mut [u8],
-        f: impl Fn([u8; A]) -> [u8; B],
-    ) {
-        for (s, d) in src.chunks_exact(A).zip(dst.chunks_exact_mut(B)) {
-            let mut a = [0u8; A];
-            a.copy_from_slice(s);
-            d.copy_from_slice(&f(a));
-        }
+    if from == to {
+        dst.copy_from_slice(&src[..dst.len()]);
+        return;
     }
-    let h = |b: [u8; 2]| f16::from_bits(u16::from_le_bytes(b)).to_f32();
-    let bh = |b: [u8; 2]| bf16::from_bits(u16::from_le_bytes(b)).to_f32();
-    match (from, to) {
-        (a, b) if a == b => dst.copy_from_slice(&src[..dst.len()]),
-        (F32, F16) => each(src, dst, |b| {
-            f16::from_f32(f32::from_le_bytes(b)).to_le_bytes()
-        }),
-        (F32, BF16) => each(src, dst, |b| {
-            bf16::from_f32(f32::from_le_bytes(b)).to_le_bytes()
-        }),
-        (F16, F32) => each(src, dst, |b| h(b).to_le_bytes()),
-        (BF16, F32) => each(src, dst, |b| bh(b).to_le_bytes()),
-        (F16, BF16) => each(src, dst, |b| bf16::from_f32(h(b)).to_le_bytes()),
-        (BF16, F16) => each(src, dst, |b| f16::from_f32(bh(b)).to_le_bytes()),
-        _ => tracing::error!("no cast from {from} to {to}"),
+    if !(from.is_castable_float() && to.is_castable_float()) {
+        tracing::error!("no cast from {from} to {to}");
+        return;
+    }
+    let (fs, ts) = (from.size_bytes() as usize, to.size_bytes() as usize);
+    let mut wide = [0f32; BLOCK];
+    let mut halves = [f16::ZERO; BLOCK];
+    let mut brains = [bf16::ZERO; BLOCK];
+    for (s, d) in src.chunks(BLOCK * fs).zip(dst.chunks_mut(BLOCK * ts)) {
+        let n = (s.len() / fs).min(d.len() / ts);
+        let w = &mut wide[..n];
+        match from {
+            DType::F32 => {
+                for (x, b) in w.iter_mut().zip(s.chunks_exact(4)) {
+                    *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            DType::F16 => {
+                for (x, b) in halves[..n].iter_mut().zip(s.chunks_exact(2)) {
+                    *x = f16::from_bits(u16::from_le_bytes([b[0], b[1]]));
+                }
+                halves[..n].convert_to_f32_slice(w);
+            }
+            _ => {
+                for (x, b) in brains[..n].iter_mut().zip(s.chunks_exact(2)) {
+                    *x = bf16::from_bits(u16::from_le_bytes([b[0], b[1]]));
+                }
+                brains[..n].convert_to_f32_slice(w);
+            }
+        }
+        match to {
+            DType::F32 => {
+                for (x, b) in w.iter().zip(d.chunks_exact_mut(4)) {
+                    b.copy_from_slice(&x.to_le_bytes());
+                }
+            }
+            DType::F16 => {
+                halves[..n].convert_from_f32_slice(w);
+                for (x, b) in halves[..n].iter().zip(d.chunks_exact_mut(2)) {
+                    b.copy_from_slice(&x.to_bits().to_le_bytes());
+                }
+            }
+            _ => {
+                brains[..n].convert_from_f32_slice(w);
+                for (x, b) in brains[..n].iter().zip(d.chunks_exact_mut(2)) {
+                    b.copy_from_slice(&x.to_bits().to_le_bytes());
+                }
+            }
+        }
     }
 }
 
@@ -156,6 +190,27 @@ mod tests {
         let y = 1.0f32 + 3.0 * f32::powi(2.0, -11);
         convert(&y.to_le_bytes(), DType::F32, &mut out, DType::F16);
         assert_eq!(f16::from_le_bytes(out).to_f32(), 1.0 + f32::powi(2.0, -9));
+    }
+
+    proptest::proptest! {
+        /// Block conversion agrees with `half`'s scalar conversion for every bit pattern,
+        /// whatever the length (blocks and their tails).
+        #[test]
+        fn block_casts_match_scalar_casts(bits in proptest::collection::vec(proptest::prelude::any::<u32>(), 0..5000)) {
+            let src: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+            let mut h = vec![0u8; bits.len() * 2];
+            convert(&src, DType::F32, &mut h, DType::F16);
+            let mut bb = vec![0u8; bits.len() * 2];
+            convert(&h, DType::F16, &mut bb, DType::BF16);
+            for (i, &b) in bits.iter().enumerate() {
+                let want = f16::from_f32(f32::from_bits(b));
+                let got = f16::from_le_bytes([h[2 * i], h[2 * i + 1]]);
+                proptest::prop_assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()));
+                let want_b = bf16::from_f32(want.to_f32());
+                let got_b = bf16::from_le_bytes([bb[2 * i], bb[2 * i + 1]]);
+                proptest::prop_assert!(got_b.to_bits() == want_b.to_bits() || (got_b.is_nan() && want_b.is_nan()));
+            }
+        }
     }
 
     #[test]

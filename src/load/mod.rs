@@ -68,7 +68,10 @@ pub type ProgressFn = Arc<dyn Fn(LoadProgress) + Send + Sync>;
 pub struct LoadOptions {
     /// Cast every F32/F16/BF16 tensor to this type (one of those three); other dtypes are kept.
     pub cast: Option<DType>,
-    /// Register the mapped files read-only instead of copying into the arena. No cast.
+    /// Register the mapped files read-only instead of copying into the arena. No cast. The set
+    /// then keeps each file's tensor order (file `k`'s data section starts at a 256-byte
+    /// aligned offset after file `k - 1`'s), so layer groups need not be contiguous: copy it by
+    /// [`HostWeights::segments`]. The files stay mapped and registered until the set is dropped.
     pub direct: bool,
     /// Copy threads.
     pub threads: usize,

@@ -293,3 +293,70 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn header_only_file_loads_as_an_empty_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("empty.safetensors");
+    save(&file, &[]).unwrap();
+    let (_b, arena) = setup();
+    let w = load(&file, &arena, &LoadOptions::default()).unwrap();
+    assert_eq!((w.total_bytes(), w.desc().tensors.len()), (0, 0));
+    assert_eq!(arena.stats().slabs, 0);
+}
+
+#[test]
+fn failed_registration_in_direct_mode_unregisters_the_files_already_registered() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model();
+    write(&dir.path().join("a.safetensors"), &m[..3]);
+    write(&dir.path().join("b.safetensors"), &m[3..]);
+    let (b, arena) = setup();
+    b.inject_fault(vramswap_sim::FaultOp::HostRegister, 2);
+    let opts = LoadOptions {
+        direct: true,
+        ..Default::default()
+    };
+    assert!(load(dir.path(), &arena, &opts).is_err());
+    assert_eq!(b.device().leaks().registered_ranges, 0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// Any set of tensors saved and loaded comes back byte for byte, in either mode.
+    #[test]
+    fn saved_tensors_load_back_byte_for_byte(
+        tensors in proptest::collection::btree_map(
+            "(model\\.layers\\.[0-3]\\.)?[a-z]{1,6}",
+            (0usize..4, proptest::collection::vec(0u64..40, 0..3), any::<u8>()),
+            0..12,
+        ),
+        direct in any::<bool>(),
+    ) {
+        let dtypes = [DType::U8, DType::BF16, DType::F32, DType::I64];
+        let owned: Vec<(String, DType, Vec<u64>, Vec<u8>)> = tensors
+            .into_iter()
+            .map(|(n, (d, shape, seed))| {
+                let dtype = dtypes[d];
+                let len = crate::weights::byte_len(dtype, &shape).unwrap() as usize;
+                let bytes = (0..len).map(|i| (i as u8).wrapping_mul(seed)).collect();
+                (n, dtype, shape, bytes)
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.safetensors");
+        write(&file, &owned);
+        let (b, arena) = setup();
+        let opts = LoadOptions { direct, threads: 2, ..Default::default() };
+        let w = load(&file, &arena, &opts).unwrap();
+        prop_assert_eq!(w.desc().tensors.len(), owned.len());
+        for (name, dtype, shape, bytes) in &owned {
+            prop_assert_eq!(w.tensor(name).unwrap(), &bytes[..]);
+            let t = w.desc().find(name).unwrap();
+            prop_assert_eq!((t.dtype, &t.shape), (*dtype, shape));
+        }
+        drop(w);
+        prop_assert_eq!(arena.stats().used_bytes, 0);
+        prop_assert_eq!(b.device().leaks().registered_ranges, 0);
+    }
+}

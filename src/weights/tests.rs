@@ -105,3 +105,57 @@ fn from_arrays_copies_each_tensor_and_zeroes_padding() {
     drop(w);
     assert_eq!(arena.stats().used_bytes, 0);
 }
+
+mod layout_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u64..6, 0u8..4).prop_map(|(l, w)| format!("model.layers.{l}.w{w}")),
+            (0u64..3, 0u8..3).prop_map(|(l, w)| format!("transformer.h.{l}.p{w}")),
+            (0u8..5).prop_map(|w| format!("embed{w}")),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the tensors, a laid-out set validates, every tensor is aligned, and the layer
+        /// groups are disjoint, in order, and each covers only its own tensors.
+        #[test]
+        fn layout_groups_are_contiguous_aligned_and_disjoint(
+            specs in proptest::collection::btree_map(name(), (0usize..4, proptest::collection::vec(0u64..9, 0..3)), 0..30)
+        ) {
+            let dtypes = [DType::U8, DType::F16, DType::F32, DType::F64];
+            let specs: Vec<TensorSpec> = specs
+                .into_iter()
+                .map(|(n, (d, shape))| TensorSpec { name: n, dtype: dtypes[d], shape })
+                .collect();
+            let desc = WeightSetDesc::layout(specs.clone()).unwrap();
+            prop_assert_eq!(desc.tensors.len(), specs.len());
+            prop_assert!(validate(&desc.tensors, desc.total_bytes).is_ok());
+            let groups = desc.layers();
+            for t in &desc.tensors {
+                prop_assert_eq!(t.offset % TENSOR_ALIGN, 0);
+            }
+            for w in groups.windows(2) {
+                prop_assert!(w[0].end <= w[1].start);
+            }
+            for g in &groups {
+                for (i, t) in desc.tensors.iter().enumerate() {
+                    let inside = t.len > 0 && t.offset >= g.start && t.end() <= g.end;
+                    if inside {
+                        prop_assert!(g.tensor_indices.contains(&i), "{} inside {}", t.name, g.name);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn weight_sets_and_ranges_can_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<HostWeights>();
+    send_sync::<crate::arena::HostRange>();
+    send_sync::<crate::arena::PinnedArena>();
+}

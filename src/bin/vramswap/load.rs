@@ -36,10 +36,10 @@ pub struct Args {
     /// Copy threads (default: up to 8, one per core).
     #[arg(long)]
     threads: Option<usize>,
-    /// How the arena pins its slabs.
-    #[arg(long, value_enum, default_value = "host-alloc")]
-    source: Source,
-    /// Host budget of the arena in bytes.
+    /// How the arena pins its slabs (default: host-alloc, or as `VRAMSWAP_ARENA` says).
+    #[arg(long, value_enum)]
+    source: Option<Source>,
+    /// Host budget of the arena in bytes (default: none, or as `VRAMSWAP_ARENA` says).
     #[arg(long)]
     budget: Option<u64>,
     /// Print one JSON object.
@@ -51,14 +51,15 @@ pub struct Args {
 const BAR_AFTER: Duration = Duration::from_millis(300);
 
 pub fn run(backend: SharedBackend, args: &Args) -> Result<ExitCode> {
-    let config = ArenaConfig {
-        budget: args.budget,
-        source: match args.source {
-            Source::HostAlloc => SlabSource::HostAlloc,
-            Source::MmapRegister => SlabSource::MmapRegister,
-        },
-        ..Default::default()
-    };
+    let mut config = ArenaConfig::from_env()?;
+    if args.budget.is_some() {
+        config.budget = args.budget;
+    }
+    match args.source {
+        Some(Source::HostAlloc) => config.source = SlabSource::HostAlloc,
+        Some(Source::MmapRegister) => config.source = SlabSource::MmapRegister,
+        None => {}
+    }
     let arena = PinnedArena::new(backend, config)?;
     let bar: Arc<OnceLock<ProgressBar>> = Arc::new(OnceLock::new());
     let b2 = bar.clone();
