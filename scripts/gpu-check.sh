@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Builds everything a GPU machine needs to verify and measure vramswap, into one folder small
+# enough for the device tool to carry (64 MiB), and prints the one command to run there.
+#
+#   bash scripts/gpu-check.sh [BUNDLE_DIR]      # default: gpu-bundle (git-ignored)
+#
+# On the GPU machine (no Rust toolchain needed):
+#   bash gpu-bundle/run.sh [OUT_DIR]            # writes OUT_DIR/gpu-results.md (+ raw JSON)
+#
+# run.sh runs: the backend conformance suite and the backend-generic test suites on `cuda`,
+# `vramswap selftest`, `vramswap bench`, `vramswap swap-bench`, the demo on `cuda` where it was
+# built, and scripts/torch_baseline.py (PyTorch on the same GPU), then writes one Markdown report
+# with every figure side by side. Commit it as docs/gpu-results.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUNDLE="${1:-gpu-bundle}"
+
+# PTX for the kernels needs nvcc at build time.
+if [ -z "${NVCC:-}" ]; then
+  NVCC="$(scripts/ensure-nvcc.sh)"
+  export NVCC
+fi
+
+echo "== building the release binary and the release test binaries (NVCC=$NVCC)" >&2
+cargo build --release --workspace
+SUITES=(conformance backend_parity swap_engine alloc_backends)
+ARGS=()
+for s in "${SUITES[@]}"; do ARGS+=(--test "$s"); done
+mapfile -t TESTS < <(cargo test --release -p vramswap "${ARGS[@]}" --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys
+for l in sys.stdin:
+    try: m=json.loads(l)
+    except Exception: continue
+    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["kind"]==["test"]:
+        print(m["target"]["name"]+" "+m["executable"])')
+
+rm -rf "$BUNDLE"
+mkdir -p "$BUNDLE/tests" "$BUNDLE/scripts" "$BUNDLE/examples"
+cp target/release/vramswap "$BUNDLE/"
+[ -f target/release/libvramswap.so ] && cp target/release/libvramswap.so "$BUNDLE/"
+for t in "${TESTS[@]}"; do
+  name="${t%% *}"; exe="${t#* }"
+  cp "$exe" "$BUNDLE/tests/$name"
+done
+strip "$BUNDLE/vramswap" "$BUNDLE"/tests/* 2>/dev/null || true
+[ -f "$BUNDLE/libvramswap.so" ] && strip --strip-debug "$BUNDLE/libvramswap.so" 2>/dev/null || true
+cp scripts/torch_baseline.py scripts/gpu_report.py "$BUNDLE/scripts/"
+[ -f examples/torch_pluggable.py ] && cp examples/torch_pluggable.py "$BUNDLE/examples/"
+cp scripts/gpu-run.sh "$BUNDLE/run.sh"
+( cd "$BUNDLE" && git -C .. rev-parse --short HEAD > COMMIT 2>/dev/null || true )
+
+size=$(du -sm "$BUNDLE" | cut -f1)
+echo "== bundle $BUNDLE: ${size} MiB" >&2
+if [ "$size" -gt 60 ]; then
+  echo "warning: the bundle is over 60 MiB; the device tool carries at most 64 MiB" >&2
+fi
+echo "run on the GPU machine (carry $BUNDLE):" >&2
+echo "bash $BUNDLE/run.sh \"\${OUT:-gpu-out}\""

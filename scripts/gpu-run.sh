@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine from the bundle scripts/gpu-check.sh made. Needs no Rust toolchain.
+#   bash run.sh [OUT_DIR]
+# Every step runs even if an earlier one failed; the report says which failed, and the script
+# exits non-zero if any did.
+set -uo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+OUT="${1:-$HERE/out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+VS="$HERE/vramswap"
+STATUS="$OUT/steps.txt"
+: > "$STATUS"
+step() { # step NAME COMMAND...: runs it, logs to OUT/NAME.log, records pass/fail
+  local name="$1"; shift
+  echo "== $name" >&2
+  if "$@" > "$OUT/$name.log" 2>&1; then echo "$name pass" >> "$STATUS"; else echo "$name FAIL($?)" >> "$STATUS"; fi
+  tail -n 5 "$OUT/$name.log" >&2
+}
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
+step info "$VS" info --backend cuda --json
+cp "$OUT/info.log" "$OUT/info.json" 2>/dev/null || true
+for t in "$HERE"/tests/*; do
+  step "test-$(basename "$t")" env VRAMSWAP_TEST_BACKEND=cuda "$t" --test-threads=1
+done
+step selftest sh -c "'$VS' selftest --backend cuda --json > '$OUT/selftest.json'"
+step bench sh -c "'$VS' bench --backend cuda --json --svg '$OUT' > '$OUT/bench.json'"
+step swap-bench sh -c "'$VS' swap-bench --backend cuda --size-mb 4096 --json > '$OUT/swap-bench.json'"
+if "$VS" demo --help > /dev/null 2>&1; then
+  step demo "$VS" demo --backend cuda
+fi
+step torch-baseline python3 "$HERE/scripts/torch_baseline.py" --size-mb 4096 --json "$OUT/torch.json"
+if [ -f "$HERE/examples/torch_pluggable.py" ] && [ -f "$HERE/libvramswap.so" ]; then
+  step torch-pluggable python3 "$HERE/examples/torch_pluggable.py" --lib "$HERE/libvramswap.so"
+fi
+python3 "$HERE/scripts/gpu_report.py" "$OUT" > "$OUT/gpu-results.md"
+echo "report: $OUT/gpu-results.md" >&2
+! grep -q FAIL "$STATUS"
