@@ -1,0 +1,528 @@
+//! The engine's internals: bringing sets to the device, eviction under budgets and pressure,
+//! uploads and offloads, and the idle-timeout loop. Everything here runs under the engine's
+//! lock except loads from disk and waits for copies.
+
+use std::path::Path;
+use std::sync::{Arc, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use super::layout::{group_checksums, pieces, Layout};
+use super::{DeviceSpace, Inner, Origin, Residency, State, WeightGuard};
+use crate::alloc::CachingAllocator;
+use crate::backend::Stream;
+use crate::error::{Error, Result};
+use crate::load::{self, LoadOptions};
+use crate::transfer::{Direction, Transfer};
+use crate::weights::HostWeights;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Bring {
+    Prefetch,
+    Guard { wait: bool },
+}
+
+impl Inner {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("engine lock poisoned")
+    }
+
+    /// Locks, waiting until `name` is not busy.
+    pub(super) fn wait_idle(&self, name: &str) -> Result<MutexGuard<'_, State>> {
+        let mut st = self.lock();
+        loop {
+            if !st.entry(name)?.busy {
+                return Ok(st);
+            }
+            st = self.changed.wait(st).expect("engine lock poisoned");
+        }
+    }
+
+    /// Brings a set to the device; in guard mode returns a guard.
+    pub(super) fn bring(self: &Arc<Self>, name: &str, mode: Bring) -> Result<Option<WeightGuard>> {
+        let mut st = self.lock();
+        loop {
+            let e = st.entry(name)?;
+            if e.busy {
+                st = self.changed.wait(st).expect("engine lock poisoned");
+                continue;
+            }
+            match e.state {
+                Residency::OnDisk => {
+                    let Origin::Path(path, opts) = &e.origin else {
+                        return Err(Error::InvalidState(format!(
+                            "weight set `{name}` has no host copy and no source"
+                        )));
+                    };
+                    let (path, opts) = (path.clone(), opts.clone());
+                    e.busy = true;
+                    drop(st);
+                    let t = Instant::now();
+                    let loaded = self.load_with_room(&path, &opts);
+                    st = self.lock();
+                    let e = st.entry(name)?;
+                    e.busy = false;
+                    self.changed.notify_all();
+                    match loaded {
+                        Ok((host, layout)) => {
+                            e.host = Some(Arc::new(host));
+                            e.layout = Some(Arc::new(layout));
+                            e.state = Residency::InHost;
+                            e.last_error = None;
+                            st.counters.loads += 1;
+                            st.counters.last_load_ms = t.elapsed().as_secs_f64() * 1e3;
+                        }
+                        Err(err) => {
+                            e.last_error = Some(err.to_string());
+                            return Err(err);
+                        }
+                    }
+                }
+                Residency::InHost => {
+                    if let Err(err) = self.start_upload(&mut st, name) {
+                        st.entry(name)?.last_error = Some(err.to_string());
+                        return Err(err);
+                    }
+                }
+                Residency::Uploading => {
+                    let Bring::Guard { wait } = mode else {
+                        return Ok(None);
+                    };
+                    e.guards += 1;
+                    let t = e.transfer.clone().expect("uploading sets have a transfer");
+                    st.touch(name);
+                    if !wait {
+                        drop(st);
+                        return Ok(Some(self.guard(name, Some(t))?));
+                    }
+                    drop(st);
+                    let waited = t.wait();
+                    st = self.lock();
+                    let finished = waited.and_then(|_| self.finish_upload(&mut st, name, &t));
+                    if let Err(err) = finished {
+                        let e = st.entry(name)?;
+                        e.guards -= 1;
+                        e.last_error = Some(err.to_string());
+                        self.changed.notify_all();
+                        return Err(err);
+                    }
+                    drop(st);
+                    return Ok(Some(self.guard(name, None)?));
+                }
+                Residency::OnDevice => {
+                    let Bring::Guard { .. } = mode else {
+                        return Ok(None);
+                    };
+                    e.guards += 1;
+                    st.touch(name);
+                    drop(st);
+                    return Ok(Some(self.guard(name, None)?));
+                }
+                Residency::Downloading => {
+                    st = self.changed.wait(st).expect("engine lock poisoned");
+                }
+            }
+        }
+    }
+
+    pub(super) fn guard(
+        self: &Arc<Self>,
+        name: &str,
+        transfer: Option<Arc<Transfer>>,
+    ) -> Result<WeightGuard> {
+        let st = self.lock();
+        let e = st.sets.get(name).expect("guarded sets stay registered");
+        let layout = e.layout.clone().expect("resident sets have a layout");
+        let base = e
+            .space
+            .as_ref()
+            .and_then(|s| s.base())
+            .expect("resident sets are backed");
+        let stable = e.space.as_ref().is_some_and(|s| s.stable());
+        let host = e.host.clone().expect("resident sets have a host copy");
+        drop(st);
+        Ok(WeightGuard::new(
+            self.clone(),
+            name.to_string(),
+            base,
+            layout,
+            transfer,
+            stable,
+            host,
+        ))
+    }
+
+    /// Loads a file into the arena, releasing least recently used idle host copies that can be
+    /// reloaded when the host budget is in the way.
+    pub(super) fn load_with_room(
+        &self,
+        path: &Path,
+        opts: &LoadOptions,
+    ) -> Result<(HostWeights, Layout)> {
+        loop {
+            match load::load(path, &self.arena, opts) {
+                Ok(host) => {
+                    let layout = Layout::new(
+                        &host,
+                        self.config.transfer.chunk_bytes,
+                        self.config.transfer.verify,
+                    )?;
+                    return Ok((host, layout));
+                }
+                Err(e @ Error::HostBudgetExceeded { .. }) => {
+                    let mut st = self.lock();
+                    let victim = st
+                        .sets
+                        .iter()
+                        .filter(|(_, e)| {
+                            e.state == Residency::InHost
+                                && e.guards == 0
+                                && !e.busy
+                                && matches!(e.origin, Origin::Path(..))
+                        })
+                        .min_by_key(|(_, e)| e.tick)
+                        .map(|(n, _)| n.clone());
+                    match victim {
+                        Some(v) => self.release_locked(&mut st, &v),
+                        None => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub(super) fn release_locked(&self, st: &mut State, name: &str) {
+        if let Some(e) = st.sets.get_mut(name) {
+            e.transfer = None;
+            e.host = None;
+            e.state = Residency::OnDisk;
+            st.counters.releases += 1;
+        }
+    }
+
+    /// Offloads least recently used idle sets until `needed` more bytes fit the budget (or, with
+    /// `ignore_budget`, until `needed` bytes were freed). Returns the bytes freed.
+    pub(super) fn evict(
+        &self,
+        st: &mut State,
+        needed: u64,
+        except: &str,
+        ignore_budget: bool,
+    ) -> u64 {
+        let mut freed = 0;
+        loop {
+            let fits = if ignore_budget {
+                freed >= needed
+            } else {
+                match self.config.device_budget {
+                    None => true,
+                    Some(b) => st.device_used() + needed <= b,
+                }
+            };
+            if fits {
+                return freed;
+            }
+            let victim = st
+                .sets
+                .iter()
+                .filter(|(n, e)| n.as_str() != except && e.evictable())
+                .min_by_key(|(_, e)| e.tick)
+                .map(|(n, _)| n.clone());
+            let Some(v) = victim else { return freed };
+            let size = st.sets[&v].space.as_ref().map_or(0, |s| s.size());
+            match self.offload_locked(st, &v) {
+                Ok(()) => {
+                    freed += size;
+                    st.counters.evictions += 1;
+                }
+                Err(e) => {
+                    tracing::warn!("evicting `{v}` failed: {e}");
+                    if let Some(e2) = st.sets.get_mut(&v) {
+                        e2.last_error = Some(e.to_string());
+                    }
+                    return freed;
+                }
+            }
+        }
+    }
+
+    /// Asks attached allocators to return their unused cached memory; true if any freed some.
+    pub(super) fn release_allocator_cache(&self) -> bool {
+        let allocs: Vec<Arc<CachingAllocator>> = self
+            .allocators
+            .lock()
+            .expect("allocators lock")
+            .iter()
+            .filter_map(|(w, _)| w.upgrade())
+            .collect();
+        let mut freed = false;
+        for a in allocs {
+            let before = a.stats().reserved_bytes.current;
+            if a.empty_cache().is_ok() && a.stats().reserved_bytes.current < before {
+                freed = true;
+            }
+        }
+        freed
+    }
+
+    /// Offloads idle sets until `needed` bytes could be allocated on the device (counting what
+    /// is already free); returns the bytes freed.
+    pub(super) fn relieve(&self, needed: u64, _from_allocator: bool) -> u64 {
+        let free = self.backend.mem_info().map_or(0, |m| m.free);
+        let deficit = needed.saturating_sub(free);
+        if deficit == 0 {
+            return 0;
+        }
+        // `try_lock`: the allocator may call this while this engine holds its own lock (through
+        // a plain allocation that ran out of memory); then there is nothing to do here.
+        match self.state.try_lock() {
+            Ok(mut st) => self.evict(&mut st, deficit, "", true),
+            Err(_) => 0,
+        }
+    }
+
+    /// Backs device memory for an in-host set and queues the upload.
+    pub(super) fn start_upload(&self, st: &mut State, name: &str) -> Result<()> {
+        let b = self.backend.as_ref();
+        let (bytes, has_space) = {
+            let e = st.entry(name)?;
+            let layout = e.layout.clone().expect("in-host sets have a layout");
+            (layout.desc.total_bytes, e.space.is_some())
+        };
+        if !has_space {
+            let space = DeviceSpace::new(b, bytes, self.vmm)?;
+            st.entry(name)?.space = Some(space);
+        }
+        let need = st.sets[name].space.as_ref().map_or(0, |s| s.size());
+        if let Some(budget) = self.config.device_budget {
+            self.evict(st, need, name, false);
+            let used = st.device_used();
+            if used + need > budget {
+                let pinned: u64 = st
+                    .sets
+                    .values()
+                    .filter(|e| e.resident() && !e.evictable())
+                    .map(|e| e.space.as_ref().map_or(0, |s| s.size()))
+                    .sum();
+                return Err(Error::DeviceBudgetExceeded {
+                    requested: need,
+                    pinned,
+                    budget,
+                });
+            }
+        }
+        // Back the range, evicting idle sets while the device itself is out of memory.
+        let base = loop {
+            let e = st.entry(name)?;
+            let r = e.space.as_mut().expect("made above").back(b);
+            match r {
+                Ok(p) => break p,
+                Err(err) if err.is_out_of_memory() => {
+                    if self.release_allocator_cache() {
+                        continue;
+                    }
+                    if self.evict(st, need, name, true) == 0 {
+                        st.entry(name)?.last_error = Some(err.to_string());
+                        return Err(err);
+                    }
+                }
+                Err(err) => {
+                    st.entry(name)?.last_error = Some(err.to_string());
+                    return Err(err);
+                }
+            }
+        };
+        let e = st.entry(name)?;
+        let host = e.host.clone().expect("in-host sets have a host copy");
+        let layout = e.layout.clone().expect("in-host sets have a layout");
+        // SAFETY: the host copy is kept alive by the entry until the transfer is dropped
+        // (release and offload drop the transfer first), and nothing writes it meanwhile.
+        let started = unsafe {
+            self.copy
+                .start(Direction::HostToDevice, &pieces(&host), base, &layout.plan)
+        };
+        match started {
+            Ok(t) => {
+                e.transfer = Some(Arc::new(t));
+                e.upload_started = Some(Instant::now());
+                e.state = Residency::Uploading;
+                e.dirty = false;
+                Ok(())
+            }
+            Err(err) => {
+                // Never half-valid: the partly written range goes back to the device.
+                let _ = e.space.as_mut().expect("made above").unback(b);
+                e.last_error = Some(err.to_string());
+                Err(err)
+            }
+        }
+    }
+
+    /// Marks an upload complete after its transfer was waited for (verifying it if asked).
+    pub(super) fn finish_upload(
+        &self,
+        st: &mut State,
+        name: &str,
+        t: &Arc<Transfer>,
+    ) -> Result<()> {
+        let e = st.entry(name)?;
+        if e.state != Residency::Uploading
+            || !e.transfer.as_ref().is_some_and(|x| Arc::ptr_eq(x, t))
+        {
+            return Ok(()); // another thread finished it
+        }
+        let layout = e.layout.clone().expect("uploading sets have a layout");
+        if let Some(sums) = &layout.checksums {
+            if let Err(err) = t.verify(sums, Stream::DEFAULT) {
+                e.transfer = None;
+                let _ = e
+                    .space
+                    .as_mut()
+                    .expect("uploading sets have space")
+                    .unback(self.backend.as_ref());
+                e.state = Residency::InHost;
+                return Err(err);
+            }
+        }
+        let elapsed = t
+            .elapsed_ms()
+            .ok()
+            .flatten()
+            .map(|ms| Duration::from_secs_f64(ms as f64 / 1e3))
+            .unwrap_or_else(|| e.upload_started.map_or(Duration::ZERO, |s| s.elapsed()));
+        e.transfer = None;
+        e.state = Residency::OnDevice;
+        st.counters.swap_in(layout.desc.total_bytes, elapsed);
+        Ok(())
+    }
+
+    /// Takes a set off the device (copying it back first if dirty). No-op if not resident.
+    pub(super) fn offload_locked(&self, st: &mut State, name: &str) -> Result<()> {
+        let b = self.backend.as_ref();
+        let e = st.entry(name)?;
+        if !e.resident() {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        if let Some(t) = e.transfer.take() {
+            // An upload nobody waited for (a prefetch): let it land before unmapping.
+            t.wait()?;
+        }
+        for ev in e.uses.drain(..) {
+            b.event_synchronize(ev)?;
+            b.event_destroy(ev)?;
+        }
+        let mut copied = 0;
+        if e.dirty {
+            e.state = Residency::Downloading;
+            let host = e.host.clone().expect("resident sets have a host copy");
+            let layout = e.layout.clone().expect("resident sets have a layout");
+            let base = e.space.as_ref().and_then(|s| s.base()).expect("resident");
+            // SAFETY: no guard holds the set, so nothing reads the host copy while the device
+            // writes it; the transfer is waited for before `host` can go away.
+            let r = unsafe {
+                self.copy
+                    .start(Direction::DeviceToHost, &pieces(&host), base, &layout.plan)
+            }
+            .and_then(|t| t.wait());
+            if let Err(err) = r {
+                // The device copy is still good; keep the set resident and dirty.
+                e.state = Residency::OnDevice;
+                e.last_error = Some(err.to_string());
+                return Err(err);
+            }
+            copied = layout.desc.total_bytes;
+            e.dirty = false;
+            if layout.checksums.is_some() {
+                // The host copy changed: later verified swap-ins compare against its new sums.
+                e.layout = Some(Arc::new(Layout {
+                    desc: layout.desc.clone(),
+                    plan: layout.plan.clone(),
+                    checksums: Some(group_checksums(&host, &layout.plan.groups)),
+                }));
+            }
+        }
+        e.space.as_mut().expect("resident").unback(b)?;
+        e.state = Residency::InHost;
+        st.counters.swap_out(copied, t0.elapsed());
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    pub(super) fn release_guard(&self, name: &str) {
+        let mut st = self.lock();
+        if let Some(e) = st.sets.get_mut(name) {
+            e.guards = e.guards.saturating_sub(1);
+        }
+        st.touch(name);
+        self.changed.notify_all();
+    }
+
+    pub(super) fn record_use(&self, name: &str, stream: Stream) -> Result<()> {
+        let ev = self.backend.event_create(false)?;
+        if let Err(e) = self.backend.event_record(ev, stream) {
+            let _ = self.backend.event_destroy(ev);
+            return Err(e);
+        }
+        let mut st = self.lock();
+        st.entry(name)?.uses.push(ev);
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for (w, id) in self
+            .allocators
+            .get_mut()
+            .expect("allocators lock")
+            .drain(..)
+        {
+            if let Some(a) = w.upgrade() {
+                a.remove_pressure_handler(id);
+            }
+        }
+        let b = self.backend.clone();
+        let st = self.state.get_mut().expect("engine lock poisoned");
+        for (_, mut e) in std::mem::take(&mut st.sets) {
+            e.transfer = None;
+            for ev in e.uses.drain(..) {
+                let _ = b.event_synchronize(ev);
+                let _ = b.event_destroy(ev);
+            }
+            if let Some(space) = e.space.take() {
+                let _ = space.destroy(b.as_ref());
+            }
+        }
+    }
+}
+
+pub(super) fn idle_loop(weak: Weak<Inner>, timeout: Duration) {
+    let tick = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        {
+            let stop = inner.stop.lock().expect("stop lock");
+            if *stop {
+                return;
+            }
+            let (stop, _) = inner.stop_cv.wait_timeout(stop, tick).expect("stop lock");
+            if *stop {
+                return;
+            }
+        }
+        let mut st = inner.lock();
+        let now = Instant::now();
+        let idle: Vec<String> = st
+            .sets
+            .iter()
+            .filter(|(_, e)| e.evictable() && now - e.last_use >= timeout)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in idle {
+            if let Err(e) = inner.offload_locked(&mut st, &n) {
+                tracing::warn!("idle offload of `{n}` failed: {e}");
+            }
+        }
+    }
+}
