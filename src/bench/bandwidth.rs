@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::backend::{Backend, DevicePtr, SharedBackend, Stream};
 use crate::error::Result;
 use crate::transfer::{CopyEngine, CopyPlan, Direction, HostPiece, TransferConfig};
+use vramswap_sim::LinkDir;
 
 /// What to measure.
 #[derive(Clone, Debug, Serialize)]
@@ -170,15 +171,68 @@ impl Drop for Buffers {
     }
 }
 
-fn time(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
-    f()?; // warm-up
-    let mut v = Vec::with_capacity(reps);
-    for _ in 0..reps.max(1) {
-        let t = Instant::now();
-        f()?;
-        v.push(t.elapsed());
+/// How a measurement is timed: by the host clock, or, on the simulator's bandwidth model, by the
+/// model's own schedule of the copies (what the link was reserved for), which no load on the
+/// host can skew towards a better figure.
+#[derive(Clone, Copy)]
+enum Clock<'a> {
+    Host,
+    Model(&'a vramswap_sim::SimDevice),
+}
+
+impl<'a> Clock<'a> {
+    fn of(b: &'a dyn Backend) -> Clock<'a> {
+        match b.sim_device() {
+            Some(sim) if sim.config().bandwidth.is_some() => Clock::Model(sim),
+            _ => Clock::Host,
+        }
     }
-    Ok(median(v))
+
+    /// Times one run of `f`, which uses the links `links`.
+    fn time(&self, links: &[LinkDir], f: &mut dyn FnMut() -> Result<()>) -> Result<Duration> {
+        match self {
+            Clock::Host => {
+                let t = Instant::now();
+                f()?;
+                Ok(t.elapsed())
+            }
+            Clock::Model(sim) => {
+                let before: Vec<usize> =
+                    links.iter().map(|&l| sim.link_intervals(l).len()).collect();
+                f()?;
+                // Each link's busy span, from its first copy's start to its last copy's end; the
+                // run took as long as the busiest link (links run independently, so a host
+                // thread that starts one direction a little late does not count as link time).
+                let mut longest = None::<Duration>;
+                for (&l, n) in links.iter().zip(before) {
+                    let iv: Vec<_> = sim.link_intervals(l).into_iter().skip(n).collect();
+                    let first = iv.iter().map(|i| i.0).min();
+                    let last = iv.iter().map(|i| i.1).max();
+                    if let (Some(s), Some(e)) = (first, last) {
+                        longest = Some(longest.map_or(e - s, |d: Duration| d.max(e - s)));
+                    }
+                }
+                longest.ok_or_else(|| {
+                    crate::Error::InvalidState("the bandwidth model recorded no copy".into())
+                })
+            }
+        }
+    }
+
+    /// The median of `reps` timed runs after a warm-up run.
+    fn median(
+        &self,
+        reps: usize,
+        links: &[LinkDir],
+        mut f: impl FnMut() -> Result<()>,
+    ) -> Result<Duration> {
+        f()?; // warm-up
+        let mut v = Vec::with_capacity(reps);
+        for _ in 0..reps.max(1) {
+            v.push(self.time(links, &mut f)?);
+        }
+        Ok(median(v))
+    }
 }
 
 /// Runs the measurements on `backend`, reporting progress lines through `progress`.
@@ -201,17 +255,17 @@ pub fn run(
         b.stream_synchronize(buf.stream)
     };
     let pageable_ptr = buf.pageable.as_ptr() as *mut u8;
+    let clock = Clock::of(b);
     let mut dirs = Vec::new();
     for dir in [Direction::HostToDevice, Direction::DeviceToHost] {
-        let label = if dir == Direction::HostToDevice {
-            "h2d"
-        } else {
-            "d2h"
+        let (label, link) = match dir {
+            Direction::HostToDevice => ("h2d", [LinkDir::HostToDevice]),
+            Direction::DeviceToHost => ("d2h", [LinkDir::DeviceToHost]),
         };
         progress(&format!("{label}: ceiling (one pinned copy)"));
-        let ceiling = gbps(n, time(cfg.reps, || one(dir, buf.pinned))?);
+        let ceiling = gbps(n, clock.median(cfg.reps, &link, || one(dir, buf.pinned))?);
         progress(&format!("{label}: pageable"));
-        let pageable = gbps(n, time(cfg.reps, || one(dir, pageable_ptr))?);
+        let pageable = gbps(n, clock.median(cfg.reps, &link, || one(dir, pageable_ptr))?);
         let mut sweep = Vec::new();
         for &streams in &cfg.stream_counts {
             let engine = Arc::new(CopyEngine::new(
@@ -228,7 +282,7 @@ pub fn run(
                     chunk >> 20
                 ));
                 let plan = CopyPlan::whole(n, chunk)?;
-                let t = time(cfg.reps, || {
+                let t = clock.median(cfg.reps, &link, || {
                     // SAFETY: the pinned buffer outlives the transfer, which is waited for.
                     let tr = unsafe {
                         engine.start(dir, &HostPiece::whole(buf.pinned, n), buf.dev, &plan)?
@@ -262,19 +316,23 @@ pub fn run(
         });
     }
     progress("bidirectional");
-    let bidir_t = time(cfg.reps, || {
-        // SAFETY: both pinned buffers outlive the copies, which are synchronised.
-        unsafe {
-            b.copy_htod_async(buf.dev, buf.pinned, n, buf.stream)?;
-            b.copy_dtoh_async(buf.pinned2, buf.dev2, n, buf.stream2)?;
-        }
-        b.stream_synchronize(buf.stream)?;
-        b.stream_synchronize(buf.stream2)
-    })?;
+    let bidir_t = clock.median(
+        cfg.reps,
+        &[LinkDir::HostToDevice, LinkDir::DeviceToHost],
+        || {
+            // SAFETY: both pinned buffers outlive the copies, which are synchronised.
+            unsafe {
+                b.copy_htod_async(buf.dev, buf.pinned, n, buf.stream)?;
+                b.copy_dtoh_async(buf.pinned2, buf.dev2, n, buf.stream2)?;
+            }
+            b.stream_synchronize(buf.stream)?;
+            b.stream_synchronize(buf.stream2)
+        },
+    )?;
     let bidir = gbps(2 * n, bidir_t);
     let best_one = dirs[0].pinned.gbps.max(dirs[1].pinned.gbps);
     progress("device to device");
-    let d2d_t = time(cfg.reps, || {
+    let d2d_t = clock.median(cfg.reps, &[LinkDir::DeviceToDevice], || {
         b.copy_dtod_async(buf.dev2, buf.dev, n, buf.stream)?;
         b.stream_synchronize(buf.stream)
     })?;
