@@ -78,19 +78,7 @@ impl SimDevice {
             // "For transfers from pageable host memory to device memory, ... the function will
             // return once the pageable buffer has been copied" and device-to-pageable copies are
             // synchronous (CUDA Runtime/Driver API, "API synchronization behavior").
-            let s = self.stream(stream)?;
-            s.shared.wait_for(seq);
-            let clock = self
-                .inner
-                .checker
-                .lock()
-                .expect("checker lock")
-                .clock_of(stream);
-            self.inner
-                .checker
-                .lock()
-                .expect("checker lock")
-                .host_observed(&clock);
+            self.host_wait(stream, seq)?;
         }
         Ok(())
     }

@@ -57,22 +57,21 @@ impl SimDevice {
         Ok(())
     }
 
+    /// Blocks the host until `stream` has completed `seq` operations, and records that the host
+    /// has seen them complete (so later work is ordered after them).
+    pub(crate) fn host_wait(&self, stream: u64, seq: u64) -> SimResult<()> {
+        self.stream(stream)?.shared.wait_for(seq);
+        let mut checker = self.inner.checker.lock().expect("checker lock");
+        let clock = checker.clock_of(stream);
+        checker.host_observed(&clock);
+        Ok(())
+    }
+
     /// Waits for all work queued on `stream` (`cuStreamSynchronize`).
     pub fn stream_synchronize(&self, stream: u64) -> SimResult<()> {
         let s = self.stream(stream)?;
         let seq = s.submit.lock().expect("submit lock").seq;
-        s.shared.wait_for(seq);
-        let clock = self
-            .inner
-            .checker
-            .lock()
-            .expect("checker lock")
-            .clock_of(stream);
-        self.inner
-            .checker
-            .lock()
-            .expect("checker lock")
-            .host_observed(&clock);
+        self.host_wait(stream, seq)?;
         let err = s
             .shared
             .progress
