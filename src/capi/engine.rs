@@ -300,7 +300,9 @@ pub unsafe extern "C" fn vramswap_engine_unregister(
 }
 
 /// Writes the engine's status as JSON (each set's state, bytes, guards; the counters of loads,
-/// swaps and bytes moved) into `buf`, like `vramswap_stats_json`.
+/// swaps and bytes moved) into `buf`, like `vramswap_stats_json`. The text changes between
+/// calls (idle times grow), so after a size query allow some slack, or ask again while the
+/// result is `VRAMSWAP_BUFFER_TOO_SMALL`.
 ///
 /// # Safety
 /// `ctx` is NULL or live; `buf` is NULL or valid for `buf_len` bytes; `needed` is NULL or

@@ -362,3 +362,56 @@ pub extern "C" fn vramswap_version() -> *const c_char {
         };
     VERSION.as_ptr()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last() -> String {
+        // SAFETY: never NULL, NUL-terminated.
+        unsafe { CStr::from_ptr(vramswap_last_error_message()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn a_panic_in_an_entry_point_becomes_a_status_and_a_message() {
+        let st = guarded("vramswap_test", || panic!("boom {}", 42));
+        assert_eq!(st, vramswap_status::VRAMSWAP_PANIC);
+        assert_eq!(last(), "vramswap_test: internal error (panic): boom 42");
+        let v = guarded_value("vramswap_test", 7u8, || panic!("again"));
+        assert_eq!(v, 7);
+        assert!(last().contains("again"));
+    }
+
+    #[test]
+    fn every_error_kind_has_its_own_status() {
+        let kinds = [
+            ErrorKind::Driver,
+            ErrorKind::OutOfMemory,
+            ErrorKind::BackendUnavailable,
+            ErrorKind::InvalidArgument,
+            ErrorKind::Malformed,
+            ErrorKind::Io,
+            ErrorKind::NotFound,
+            ErrorKind::AlreadyExists,
+            ErrorKind::InvalidState,
+            ErrorKind::ChecksumMismatch,
+            ErrorKind::Unsupported,
+        ];
+        let mut seen: Vec<_> = kinds
+            .iter()
+            .map(|k| vramswap_status::from_kind(*k))
+            .collect();
+        assert!(!seen.contains(&vramswap_status::VRAMSWAP_OK));
+        seen.sort_by_key(|s| *s as i32);
+        seen.dedup();
+        assert_eq!(seen.len(), kinds.len());
+    }
+
+    #[test]
+    fn messages_with_interior_nuls_survive() {
+        set_last_error("a\0b");
+        assert_eq!(last(), "a\\0b");
+    }
+}
