@@ -6,8 +6,11 @@
 #   3. the CUDA kernels: compiled to PTX by nvcc 13.0 (installed from PyPI by
 #      scripts/ensure-nvcc.sh) and embedded by build.rs, then validated with ptxas for sm_80 and
 #      sm_90; their header and the kernels themselves are checked on the host against the Rust
-#      implementations by tests/kernels_host.rs and tests/kernels_grid.rs (in stage 1).
-# Later stages (C/C++ consumers, Python package) are added here as they land.
+#      implementations by tests/kernels_host.rs and tests/kernels_grid.rs (in stage 1);
+#   4. the C ABI: tests/capi.rs on both backends, and in stage 1 tests/capi_header.rs (the
+#      committed header is what cbindgen generates) and tests/capi_consumers.rs (the C and C++
+#      programs of ffi/examples/ compiled against libvramswap.a and run on sim).
+# Later stages (Python package) are added here as they land.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
