@@ -6,8 +6,11 @@
 #   3. the CUDA kernels: compiled to PTX by nvcc 13.0 (installed from PyPI by
 #      scripts/ensure-nvcc.sh) and embedded by build.rs, then validated with ptxas for sm_80 and
 #      sm_90; their header and the kernels themselves are checked on the host against the Rust
-#      implementations by tests/kernels_host.rs and tests/kernels_grid.rs (in stage 1).
-# Later stages (C/C++ consumers, Python package) are added here as they land.
+#      implementations by tests/kernels_host.rs and tests/kernels_grid.rs (in stage 1);
+#   4. the C ABI: tests/capi.rs on both backends, and in stage 1 tests/capi_header.rs (the
+#      committed header is what cbindgen generates) and tests/capi_consumers.rs (the C and C++
+#      programs of ffi/examples/ compiled against libvramswap.a and run on sim).
+# Later stages (Python package) are added here as they land.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,7 +74,7 @@ fi
 echo "== tests on the cuda backend over the emulated driver ($EMU)"
 # The suites that take a backend, one process each so each gets the emulator's exit report. One
 # test at a time: they share the one emulated device, and some assert on its free memory.
-for SUITE in conformance backend_parity swap_engine alloc_backends; do
+for SUITE in conformance backend_parity swap_engine alloc_backends capi capi_engine; do
   REPORT="$PWD/target/emu-report-$SUITE.json"
   rm -f "$REPORT"
   VRAMSWAP_TEST_BACKEND=cuda VRAMSWAP_CUDA_DRIVER="$EMU" VRAMSWAP_EMU_REPORT="$REPORT" \
@@ -93,4 +96,32 @@ if ! grep -q 'emulated' <<<"$INFO"; then
 fi
 echo "== vramswap selftest on the cuda backend over the emulated driver"
 VRAMSWAP_CUDA_DRIVER="$EMU" target/debug/vramswap selftest --backend cuda --size-mb 32 --no-bandwidth
+echo "== C packaging: scripts/install-c.sh, pkg-config, static and shared links (debug build)"
+C_PREFIX="$(mktemp -d)"
+VRAMSWAP_PROFILE=debug scripts/install-c.sh "$C_PREFIX/prefix" >/dev/null
+export PKG_CONFIG_PATH="$C_PREFIX/prefix/lib/pkgconfig"
+pkg-config --exists --print-errors vramswap
+# shellcheck disable=SC2046 # word splitting of pkg-config's flags is intended
+cc -std=c99 -Wall -Werror ffi/examples/misuse.c $(pkg-config --cflags vramswap) \
+  "$C_PREFIX/prefix/lib/libvramswap.a" -lpthread -ldl -lm -o "$C_PREFIX/misuse_static"
+# shellcheck disable=SC2046
+c++ -std=c++17 -Wall -Werror ffi/examples/alloc_and_engine.cpp $(pkg-config --cflags --libs vramswap) \
+  -Wl,-rpath,"$C_PREFIX/prefix/lib" -o "$C_PREFIX/engine_shared"
+# shellcheck disable=SC2046
+cc -std=c99 -Wall -Werror ffi/examples/misuse.c $(pkg-config --cflags --libs vramswap) \
+  -Wl,-rpath,"$C_PREFIX/prefix/lib" -o "$C_PREFIX/misuse_shared"
+VRAMSWAP_BACKEND=sim "$C_PREFIX/misuse_static"
+VRAMSWAP_BACKEND=sim "$C_PREFIX/misuse_shared"
+if ! ldd "$C_PREFIX/engine_shared" | grep -q "$C_PREFIX/prefix/lib/libvramswap.so"; then
+  echo "error: the shared-library build does not load the installed libvramswap.so" >&2
+  exit 1
+fi
+rm -rf "$C_PREFIX"
+echo "== PyTorch pluggable allocator (skipped, status 77, without PyTorch, CUDA and a GPU)"
+TORCH_RC=0
+python3 examples/torch_pluggable.py || TORCH_RC=$?
+if [ "$TORCH_RC" -ne 0 ] && [ "$TORCH_RC" -ne 77 ]; then
+  echo "error: examples/torch_pluggable.py failed (status $TORCH_RC)" >&2
+  exit 1
+fi
 echo "== all test stages passed"

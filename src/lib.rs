@@ -32,6 +32,7 @@ pub mod alloc;
 pub mod arena;
 pub mod backend;
 pub mod bench;
+pub mod capi;
 pub mod conformance;
 pub mod error;
 pub mod load;

@@ -1,6 +1,8 @@
 //! Shared helpers of the integration tests.
 #![allow(dead_code)]
 
+pub mod capi;
+
 use std::sync::Arc;
 
 use vramswap::backend::{cuda::CudaBackend, sim::SimBackend, SharedBackend};

@@ -1,0 +1,461 @@
+//! `vramswap_context`: a backend, a caching allocator and a swap engine; the allocator calls.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::sync::Arc;
+
+use super::{check_non_null, guarded, str_arg, vramswap_status, write_json, CResult, Failure};
+use crate::alloc::{AllocatorConfig, CachingAllocator};
+use crate::backend::{self, cuda::CudaBackend, sim::SimBackend, BackendChoice, BackendKind};
+use crate::backend::{DevicePtr, SharedBackend, Stream};
+use crate::swap::{SwapConfig, SwapEngine};
+
+/// Which backend a context uses: `VRAMSWAP_BACKEND_AUTO` (0: CUDA when a device answers, the
+/// simulated device otherwise; `VRAMSWAP_BACKEND=cuda|sim` overrides), `VRAMSWAP_BACKEND_CUDA`
+/// (1) or `VRAMSWAP_BACKEND_SIM` (2). The C enum is written in `ffi/cbindgen.toml`; Rust
+/// receives a plain `int`, so that a value outside the enum is an error, not undefined
+/// behaviour.
+pub type vramswap_backend_kind = c_int;
+/// CUDA when a device answers, the simulated device otherwise.
+pub const VRAMSWAP_BACKEND_AUTO: vramswap_backend_kind = 0;
+/// The CUDA driver.
+pub const VRAMSWAP_BACKEND_CUDA: vramswap_backend_kind = 1;
+/// The simulated device (host memory; device pointers cannot be dereferenced).
+pub const VRAMSWAP_BACKEND_SIM: vramswap_backend_kind = 2;
+
+/// A backend, a caching allocator and a swap engine sharing one device (opaque). The engine
+/// has the allocator attached: when the allocator runs out of memory, idle weight sets are
+/// offloaded, and swap-ins release the allocator's unused cache. Thread-safe: one context may
+/// be used from several threads at once.
+pub struct vramswap_context {
+    pub(crate) inner: Arc<Context>,
+}
+
+/// What a context holds; shared with the process-wide contexts of the PyTorch entry points.
+pub(crate) struct Context {
+    // Declared (and so dropped) first: resident sets go back to the device before the cache.
+    pub(crate) engine: SwapEngine,
+    pub(crate) alloc: Arc<CachingAllocator>,
+    pub(crate) backend: SharedBackend,
+}
+
+impl Context {
+    /// Opens a backend and builds the allocator and engine over it. `None` configurations are
+    /// read from `VRAMSWAP_ALLOC_CONF` and `VRAMSWAP_SWAP_CONF`.
+    pub(crate) fn open(
+        kind: vramswap_backend_kind,
+        device: c_int,
+        sim_capacity: u64,
+        alloc_conf: Option<&str>,
+        swap_conf: Option<&str>,
+    ) -> CResult<Context> {
+        if device < 0 {
+            return Err(Failure::invalid(format!("device {device} is negative")));
+        }
+        let sim = || -> CResult<SharedBackend> {
+            Ok(if sim_capacity > 0 {
+                Arc::new(SimBackend::with_capacity(sim_capacity))
+            } else {
+                Arc::new(SimBackend::from_env()?)
+            })
+        };
+        let backend: SharedBackend = match kind {
+            VRAMSWAP_BACKEND_AUTO => {
+                let (b, _why) = backend::open(BackendChoice::Auto, device)?;
+                match b.kind() {
+                    BackendKind::Sim if sim_capacity > 0 => sim()?,
+                    _ => b,
+                }
+            }
+            VRAMSWAP_BACKEND_CUDA => Arc::new(CudaBackend::new(device)?),
+            VRAMSWAP_BACKEND_SIM => sim()?,
+            other => {
+                return Err(Failure::invalid(format!(
+                    "backend kind {other} is not VRAMSWAP_BACKEND_AUTO (0), _CUDA (1) or _SIM (2)"
+                )))
+            }
+        };
+        let aconf = match alloc_conf {
+            Some(s) => AllocatorConfig::parse(s)?,
+            None => AllocatorConfig::from_env()?,
+        };
+        let sconf = match swap_conf {
+            Some(s) => {
+                let mut c = SwapConfig::default();
+                c.apply(s)?;
+                c
+            }
+            None => SwapConfig::from_env()?,
+        };
+        let alloc = Arc::new(CachingAllocator::new(backend.clone(), aconf)?);
+        let engine = SwapEngine::new(backend.clone(), sconf)?;
+        engine.attach_allocator(&alloc);
+        Ok(Context {
+            engine,
+            alloc,
+            backend,
+        })
+    }
+}
+
+/// The context behind a handle.
+///
+/// # Safety
+/// `ctx`, when not NULL, was returned by `vramswap_context_create*` and not destroyed.
+pub(crate) unsafe fn context<'a>(ctx: *const vramswap_context) -> CResult<&'a Context> {
+    check_non_null(ctx, "ctx")?;
+    // SAFETY: not NULL, and the caller promises a live context from Box::into_raw; shared
+    // references are enough because Context is Sync.
+    Ok(unsafe { &*(*ctx).inner })
+}
+
+/// A C `stream` argument: a `CUstream` on CUDA, a stream handle on sim; NULL is the default.
+pub(crate) fn stream_arg(stream: *mut c_void) -> Stream {
+    Stream(stream as usize as u64)
+}
+
+/// A device address as the `void *` C sees (never dereferenced on the host).
+pub(crate) fn device_ptr_out(p: DevicePtr) -> *mut c_void {
+    std::ptr::without_provenance_mut(p.0 as usize)
+}
+
+/// A `void *` device address from C.
+pub(crate) fn device_ptr_arg(p: *mut c_void) -> DevicePtr {
+    DevicePtr(p as usize as u64)
+}
+
+/// Creates a context on `backend` (a `vramswap_backend_kind`) and device `device`, with the
+/// allocator configured by `VRAMSWAP_ALLOC_CONF` and the engine by `VRAMSWAP_SWAP_CONF`.
+/// `sim_capacity_bytes` is the simulated device's memory (0: `VRAMSWAP_SIM_CONF` or 8 GiB);
+/// other backends ignore it. On success `*out` holds the context, to be released with
+/// `vramswap_context_destroy`; on failure `*out` is NULL.
+///
+/// # Safety
+/// `out` is NULL or valid for writing a pointer.
+#[no_mangle]
+pub unsafe extern "C" fn vramswap_context_create(
+    backend: vramswap_backend_kind,
+    device: c_int,
+    sim_capacity_bytes: u64,
+    out: *mut *mut vramswap_context,
+) -> vramswap_status {
+    // SAFETY: the same contract, with NULL configuration strings.
+    unsafe {
+        vramswap_context_create_with_config(
+            backend,
+            device,
+            sim_capacity_bytes,
+            std::ptr::null(),
+            std::ptr::null(),
+            out,
+        )
+    }
+}
+
+/// Like `vramswap_context_create`, with the allocator configuration `alloc_conf` (the syntax
+/// of `VRAMSWAP_ALLOC_CONF`, e.g. `"limit_mb:512,max_split_size_mb:64"`) and the engine's
+/// `swap_conf` (the syntax of `VRAMSWAP_SWAP_CONF`, e.g. `"device_budget:4GiB,streams:2"`).
+/// A NULL string means: read the environment variable.
+///
+/// # Safety
+/// `out` is NULL or valid for writing a pointer; each string is NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn vramswap_context_create_with_config(
+    backend: vramswap_backend_kind,
+    device: c_int,
+    sim_capacity_bytes: u64,
+    alloc_conf: *const c_char,
+    swap_conf: *const c_char,
+    out: *mut *mut vramswap_context,
+) -> vramswap_status {
+    guarded("vramswap_context_create", || {
+        check_non_null(out, "out")?;
+        // SAFETY: not NULL and valid for a pointer write (caller's contract).
+        unsafe { out.write(std::ptr::null_mut()) };
+        let opt = |p: *const c_char, what| -> CResult<Option<&str>> {
+            // SAFETY: NULL-checked here; otherwise NUL-terminated (caller's contract).
+            (!p.is_null())
+                .then(|| unsafe { str_arg(p, what) })
+                .transpose()
+        };
+        let (aconf, sconf) = (opt(alloc_conf, "alloc_conf")?, opt(swap_conf, "swap_conf")?);
+        let inner = Context::open(backend, device, sim_capacity_bytes, aconf, sconf)?;
+        let handle = Box::new(vramswap_context {
+            inner: Arc::new(inner),
+        });
+        // SAFETY: as above.
+        unsafe { out.write(Box::into_raw(handle)) };
+        Ok(())
+    })
+}
+
+/// Destroys a context: frees the engine's device memory and the allocator's cache. Blocks the
+/// allocator handed out and not freed are released with the device memory. NULL is ignored.
+/// Release every guard first: a live guard keeps its weight set on the device until it is
+/// released.
+///
+/// # Safety
+/// `ctx` is NULL or a live context; it must not be used again.
+#[no_mangle]
+pub unsafe extern "C" fn vramswap_context_destroy(ctx: *mut vramswap_context) {
+    guarded("vramswap_context_destroy", || {
+        if !ctx.is_null() {
+            // SAFETY: a live context from Box::into_raw, given up by the caller.
+            drop(unsafe { Box::from_raw(ctx) });
+        }
+        Ok(())
+    });
+}
+
+/// Allocates `size` bytes of device memory for use on `stream` (NULL: the default stream)
+/// from the caching allocator. `size` 0, or a size too large to round, is
+/// `VRAMSWAP_INVALID_ARGUMENT`. On failure `*out_ptr` is NULL.
+///
+/// # Safety
+/// `ctx` is NULL or live; `out_ptr` is NULL or valid for writing a pointer.
+#[no_mangle]
+pub unsafe extern "C" fn vramswap_malloc(
+    ctx: *mut vramswap_context,
+    size: usize,
+    stream: *mut c_void,
+    out_ptr: *mut *mut c_void,
+) -> vramswap_status {
+    guarded("vramswap_malloc", || {
+        check_non_null(out_ptr, "out_ptr")?;
+        // SAFETY: not NULL and valid for a pointer write (caller's contract).
+        unsafe { out_ptr.write(std::ptr::null_mut()) };
+        // SAFETY: NULL-checked inside; live otherwise (caller's contract).
+        let c = unsafe { context(ctx) }?;
+        let p = allocate(c, size as u64, stream_arg(stream))?;
+        // SAFETY: as above.
+        unsafe { out_ptr.write(device_ptr_out(p)) };
+        Ok(())
+    })
+}
+
+/// The size checks shared by `vramswap_malloc` and `vramswap_torch_malloc`.
+pub(crate) fn allocate(c: &Context, size: u64, stream: Stream) -> CResult<DevicePtr> {
+    if size == 0 {
+        return Err(Failure::invalid("size is 0"));
+    }
+    if size > isize::MAX as u64 {
+        return Err(Failure::invalid(format!(
+            "size {size} is larger than PTRDIFF_MAX (a negative size cast to size_t?)"
+        )));
+    }
+    Ok(c.alloc.allocate(size, stream)?)
+}
+
+/// Frees a block from `vramswap_malloc`. NULL is `VRAMSWAP_NULL_POINTER`; a pointer this
+/// context never handed out is `VRAMSWAP_NOT_FOUND`; freeing a block twice is
+/// `VRAMSWAP_INVALID_STATE` (or `VRAMSWAP_NOT_FOUND` once its bytes were merged into a
+/// neighbour), and a double free after the address was handed out again frees the new block:
+/// the allocator cannot tell those apart.
+///
+/// # Safety
+/// `ctx` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn vramswap_free(
+    ctx: *mut vramswap_context,
+    ptr: *mut c_void,
+) -> vramswap_status {
+    guarded("vramswap_free", || {
+        // SAFETY: NULL-checked inside; live otherwise (caller's contract).
+        let c = unsafe { context(ctx) }?;
+        check_non_null(ptr, "ptr")?;
+        Ok(c.alloc.free(device_ptr_arg(ptr))?)
+    })
+}
+
+/// Marks a live block as used on `stream` too: once freed, it is reused only after the work
+/// queued on `stream` before the free has completed.
+///
+/// # Safety
+/// `ctx` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn vramswap_record_stream(
+    ctx: *mut vramswap_context,
+    ptr: *mut c_void,
+    stream: *mut c_void,
+) -> vramswap_status {
+    guarded("vramswap_record_stream", || {
+        // SAFETY: NULL-checked inside; live otherwise (caller's contract).
+        let c = unsafe { context(ctx) }?;
+        check_non_null(ptr, "ptr")?;
+        Ok(c.alloc
+            .record_stream(device_ptr_arg(ptr), stream_arg(stream))?)
+    })
+}
+
+/// Returns every cached, unused block to the device.
+///
+/// # Safety
+/// `ctx` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn vramswap_empty_cache(ctx: *mut vramswap_context) -> vramswap_status {
+    guarded("vramswap_empty_cache", || {
+        // SAFETY: NULL-checked inside; live otherwise (caller's contract).
+        let c = unsafe { context(ctx) }?;
+        Ok(c.alloc.empty_cache()?)
+    })
+}
+
+/// Writes the allocator's statistics as JSON (current and peak allocated and reserved bytes,
+/// hits, misses, segments, OOMs) and a NUL into `buf` of `buf_len` bytes. `*needed` (when
+/// `needed` is not NULL) receives the bytes required, NUL included; a buffer too small is
+/// `VRAMSWAP_BUFFER_TOO_SMALL` and leaves `buf` untouched. Call with `buf` NULL and `buf_len` 0
+/// to ask for the size.
+///
+/// # Safety
+/// `ctx` is NULL or live; `buf` is NULL or valid for `buf_len` bytes; `needed` is NULL or
+/// valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn vramswap_stats_json(
+    ctx: *mut vramswap_context,
+    buf: *mut c_char,
+    buf_len: usize,
+    needed: *mut usize,
+) -> vramswap_status {
+    guarded("vramswap_stats_json", || {
+        // SAFETY: NULL-checked inside; live otherwise (caller's contract).
+        let c = unsafe { context(ctx) }?;
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { write_json(&c.alloc.stats(), buf, buf_len, needed) }
+    })
+}
+
+/// Writes the device's properties as JSON (`backend` `"cuda"` or `"sim"`, `name`, `ordinal`,
+/// `emulated`, total memory, ...), like `vramswap_stats_json`.
+///
+/// # Safety
+/// As for `vramswap_stats_json`.
+#[no_mangle]
+pub unsafe extern "C" fn vramswap_device_json(
+    ctx: *mut vramswap_context,
+    buf: *mut c_char,
+    buf_len: usize,
+    needed: *mut usize,
+) -> vramswap_status {
+    guarded("vramswap_device_json", || {
+        // SAFETY: NULL-checked inside; live otherwise (caller's contract).
+        let c = unsafe { context(ctx) }?;
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { write_json(c.backend.properties(), buf, buf_len, needed) }
+    })
+}
+
+/// Copies `bytes` bytes from host memory `src` to device memory `dst` on `stream` and waits
+/// for the copy. The way to fill device memory on the simulated device, whose pointers the
+/// host cannot dereference.
+///
+/// # Safety
+/// `ctx` is NULL or live; `src` is NULL or valid for reading `bytes` bytes; `dst` is a device
+/// range of `bytes` bytes (checked by the backend).
+#[no_mangle]
+pub unsafe extern "C" fn vramswap_copy_to_device(
+    ctx: *mut vramswap_context,
+    dst: *mut c_void,
+    src: *const c_void,
+    bytes: usize,
+    stream: *mut c_void,
+) -> vramswap_status {
+    guarded("vramswap_copy_to_device", || {
+        // SAFETY: NULL-checked inside; live otherwise (caller's contract).
+        let c = unsafe { context(ctx) }?;
+        check_non_null(dst, "dst")?;
+        check_non_null(src, "src")?;
+        check_len(bytes)?;
+        // SAFETY: not NULL, valid for `bytes` bytes (caller's contract), bytes <= isize::MAX.
+        let data = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), bytes) };
+        Ok(backend::upload(
+            &*c.backend,
+            device_ptr_arg(dst),
+            data,
+            stream_arg(stream),
+        )?)
+    })
+}
+
+/// Copies `bytes` bytes from device memory `src` to host memory `dst` on `stream` and waits
+/// for the copy.
+///
+/// # Safety
+/// `ctx` is NULL or live; `dst` is NULL or valid for writing `bytes` bytes; `src` is a device
+/// range of `bytes` bytes (checked by the backend).
+#[no_mangle]
+pub unsafe extern "C" fn vramswap_copy_to_host(
+    ctx: *mut vramswap_context,
+    dst: *mut c_void,
+    src: *const c_void,
+    bytes: usize,
+    stream: *mut c_void,
+) -> vramswap_status {
+    guarded("vramswap_copy_to_host", || {
+        // SAFETY: NULL-checked inside; live otherwise (caller's contract).
+        let c = unsafe { context(ctx) }?;
+        check_non_null(dst, "dst")?;
+        check_non_null(src, "src")?;
+        check_len(bytes)?;
+        // SAFETY: not NULL, valid for writing `bytes` bytes (caller's contract), no Rust
+        // reference aliases it, bytes <= isize::MAX.
+        let out = unsafe { std::slice::from_raw_parts_mut(dst.cast::<u8>(), bytes) };
+        let src = DevicePtr(src as usize as u64);
+        Ok(backend::download(
+            &*c.backend,
+            out,
+            src,
+            stream_arg(stream),
+        )?)
+    })
+}
+
+fn check_len(bytes: usize) -> CResult {
+    if bytes == 0 || bytes > isize::MAX as usize {
+        return Err(Failure::invalid(format!(
+            "byte count {bytes} is 0 or overflows"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates a stream on the context's device (a `CUstream` on CUDA) into `*out`. Destroy it
+/// with `vramswap_stream_destroy`.
+///
+/// # Safety
+/// `ctx` is NULL or live; `out` is NULL or valid for writing a pointer.
+#[no_mangle]
+pub unsafe extern "C" fn vramswap_stream_create(
+    ctx: *mut vramswap_context,
+    out: *mut *mut c_void,
+) -> vramswap_status {
+    guarded("vramswap_stream_create", || {
+        check_non_null(out, "out")?;
+        // SAFETY: NULL-checked inside; live otherwise (caller's contract).
+        let c = unsafe { context(ctx) }?;
+        let s = c.backend.stream_create()?;
+        // SAFETY: not NULL and valid for a pointer write (caller's contract).
+        unsafe { out.write(std::ptr::without_provenance_mut(s.0 as usize)) };
+        Ok(())
+    })
+}
+
+/// Waits for the work on `stream` and destroys it. NULL (the default stream) is
+/// `VRAMSWAP_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `ctx` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn vramswap_stream_destroy(
+    ctx: *mut vramswap_context,
+    stream: *mut c_void,
+) -> vramswap_status {
+    guarded("vramswap_stream_destroy", || {
+        // SAFETY: NULL-checked inside; live otherwise (caller's contract).
+        let c = unsafe { context(ctx) }?;
+        if stream.is_null() {
+            return Err(Failure::invalid("the default stream cannot be destroyed"));
+        }
+        let s = stream_arg(stream);
+        c.backend.stream_synchronize(s)?;
+        Ok(c.backend.stream_destroy(s)?)
+    })
+}
