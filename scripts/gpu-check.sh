@@ -23,7 +23,7 @@ fi
 
 echo "== building the release binary and the release test binaries (NVCC=$NVCC)" >&2
 cargo build --release --workspace
-SUITES=(conformance backend_parity swap_engine alloc_backends)
+SUITES=(conformance backend_parity swap_engine alloc_backends capi capi_engine)
 ARGS=()
 for s in "${SUITES[@]}"; do ARGS+=(--test "$s"); done
 mapfile -t TESTS < <(cargo test --release -p vramswap "${ARGS[@]}" --no-run --message-format=json 2>/dev/null |
@@ -47,7 +47,7 @@ strip "$BUNDLE/vramswap" "$BUNDLE"/tests/* 2>/dev/null || true
 cp scripts/torch_baseline.py scripts/gpu_report.py "$BUNDLE/scripts/"
 [ -f examples/torch_pluggable.py ] && cp examples/torch_pluggable.py "$BUNDLE/examples/"
 cp scripts/gpu-run.sh "$BUNDLE/run.sh"
-( cd "$BUNDLE" && git -C .. rev-parse --short HEAD > COMMIT 2>/dev/null || true )
+git rev-parse --short HEAD > "$BUNDLE/COMMIT" 2>/dev/null || true
 
 size=$(du -sm "$BUNDLE" | cut -f1)
 echo "== bundle $BUNDLE: ${size} MiB" >&2

@@ -33,6 +33,6 @@ step torch-baseline python3 "$HERE/scripts/torch_baseline.py" --size-mb 4096 --j
 if [ -f "$HERE/examples/torch_pluggable.py" ] && [ -f "$HERE/libvramswap.so" ]; then
   step torch-pluggable python3 "$HERE/examples/torch_pluggable.py" --lib "$HERE/libvramswap.so"
 fi
-python3 "$HERE/scripts/gpu_report.py" "$OUT" > "$OUT/gpu-results.md"
+python3 "$HERE/scripts/gpu_report.py" "$OUT" "$HERE" > "$OUT/gpu-results.md"
 echo "report: $OUT/gpu-results.md" >&2
 ! grep -q FAIL "$STATUS"

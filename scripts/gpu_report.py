@@ -30,7 +30,9 @@ def main():
     steps = open(os.path.join(d, "steps.txt")).read().split("\n") if os.path.exists(os.path.join(d, "steps.txt")) else []
     dev = info.get("device", {})
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    commit = open(os.path.join(os.path.dirname(d.rstrip("/")), "COMMIT")).read().strip() if os.path.exists(os.path.join(os.path.dirname(d.rstrip("/")), "COMMIT")) else "?"
+    bundle = sys.argv[2] if len(sys.argv) > 2 else os.path.dirname(d.rstrip("/"))
+    commit_file = os.path.join(bundle, "COMMIT")
+    commit = open(commit_file).read().strip() if os.path.exists(commit_file) else "?"
     p = print
     p("# GPU results\n")
     p(f"- date: {now}")
