@@ -73,7 +73,10 @@ fn array_bytes(
     value: &Bound<'_, PyAny>,
     dtype: Option<String>,
 ) -> PyResult<ArrayBytes> {
-    let a = np.call_method1("ascontiguousarray", (value,))?;
+    let kw = pyo3::types::PyDict::new(py);
+    kw.set_item("order", "C")?;
+    // `asarray(order="C")`, not `ascontiguousarray`, which makes 0-d arrays 1-d.
+    let a = np.call_method("asarray", (value,), Some(&kw))?;
     let npdtype: String = a.getattr("dtype")?.getattr("str")?.extract()?;
     let itemsize: u64 = a.getattr("dtype")?.getattr("itemsize")?.extract()?;
     let dtype = match dtype {
