@@ -57,7 +57,7 @@ impl Engine {
 
 /// One contiguous array, referenced (so its memory stays) while the engine copies its bytes.
 /// The limited API of Python 3.9 has no buffer protocol; the array interface gives the address.
-struct ArrayBytes {
+pub struct ArrayBytes {
     name: String,
     dtype: DType,
     shape: Vec<u64>,
@@ -111,6 +111,51 @@ fn array_bytes(
         data,
         len,
     })
+}
+
+/// The arrays of a dict, with their safetensors dtypes (`dtypes` overrides by name).
+pub fn collect_arrays(
+    py: Python<'_>,
+    arrays: &Bound<'_, PyDict>,
+    dtypes: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Vec<ArrayBytes>> {
+    let np = py.import("numpy")?;
+    let mut held = Vec::with_capacity(arrays.len());
+    for (k, v) in arrays.iter() {
+        let key: String = k.extract()?;
+        let dtype: Option<String> = match dtypes {
+            Some(d) => d.get_item(&key)?.map(|x| x.extract()).transpose()?,
+            None => None,
+        };
+        held.push(array_bytes(py, &np, key, &v, dtype)?);
+    }
+    if let Some(d) = dtypes {
+        for k in d.keys() {
+            if !arrays.contains(&k)? {
+                return Err(to_py(Error::InvalidArgument(format!(
+                    "dtypes names `{k}`, which is not among the arrays"
+                ))));
+            }
+        }
+    }
+    Ok(held)
+}
+
+/// (name, dtype, shape, bytes) of each array, borrowing from `held`.
+pub fn as_list(held: &[ArrayBytes]) -> Vec<(String, DType, Vec<u64>, &[u8])> {
+    held.iter()
+        .map(|a| {
+            // SAFETY: `a._array` is a C-contiguous NumPy array whose `__array_interface__`
+            // gave `data`, the address of its `len` = `nbytes` bytes; the reference in `held`,
+            // which this borrow cannot outlive, keeps that memory alive (it is only read).
+            let bytes: &[u8] = if a.len == 0 {
+                &[]
+            } else {
+                unsafe { std::slice::from_raw_parts(a.data as *const u8, a.len) }
+            };
+            (a.name.clone(), a.dtype, a.shape.clone(), bytes)
+        })
+        .collect()
 }
 
 #[pymethods]
@@ -176,39 +221,8 @@ impl Engine {
         dtypes: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         let swap = self.swap()?;
-        let np = py.import("numpy")?;
-        let mut held = Vec::with_capacity(arrays.len());
-        for (k, v) in arrays.iter() {
-            let key: String = k.extract()?;
-            let dtype: Option<String> = match dtypes {
-                Some(d) => d.get_item(&key)?.map(|x| x.extract()).transpose()?,
-                None => None,
-            };
-            held.push(array_bytes(py, &np, key, &v, dtype)?);
-        }
-        if let Some(d) = dtypes {
-            for k in d.keys() {
-                if !arrays.contains(&k)? {
-                    return Err(to_py(Error::InvalidArgument(format!(
-                        "dtypes names `{k}`, which is not among the arrays"
-                    ))));
-                }
-            }
-        }
-        let list: Vec<(String, DType, Vec<u64>, &[u8])> = held
-            .iter()
-            .map(|a| {
-                // SAFETY: `a._array` is a C-contiguous NumPy array whose `__array_interface__`
-                // gave `data`, the address of its `len` = `nbytes` bytes; the reference in `held`
-                // keeps that memory alive until after the copy below (which only reads it).
-                let bytes: &[u8] = if a.len == 0 {
-                    &[]
-                } else {
-                    unsafe { std::slice::from_raw_parts(a.data as *const u8, a.len) }
-                };
-                (a.name.clone(), a.dtype, a.shape.clone(), bytes)
-            })
-            .collect();
+        let held = collect_arrays(py, arrays, dtypes)?;
+        let list = as_list(&held);
         py.allow_threads(|| swap.register_arrays(name, list)).py()?;
         drop(held);
         Ok(())

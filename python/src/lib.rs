@@ -60,6 +60,26 @@ fn check_free(
     .py()
 }
 
+/// Writes a dict of NumPy arrays to a `.safetensors` file (the crate's writer), e.g. to make a
+/// file-backed set that `Engine.release` can drop and reload.
+#[pyfunction]
+#[pyo3(signature = (path, arrays, dtypes=None))]
+fn save_safetensors(
+    py: Python<'_>,
+    path: std::path::PathBuf,
+    arrays: &Bound<'_, PyDict>,
+    dtypes: Option<&Bound<'_, PyDict>>,
+) -> PyResult<()> {
+    let held = engine::collect_arrays(py, arrays, dtypes)?;
+    let list = engine::as_list(&held);
+    let tensors: Vec<(&str, vramswap::weights::DType, &[u64], &[u8])> = list
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), *b))
+        .collect();
+    py.allow_threads(|| vramswap::load::save(&path, &tensors))
+        .py()
+}
+
 /// Rust-side timings of the calls the Python benchmark times from Python: nanoseconds per
 /// `acquire` + drop of a resident set, per `status()`, and per `status()` serialised to JSON.
 #[pyfunction]
@@ -124,6 +144,7 @@ fn _vramswap(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dlpack::DeviceTensor>()?;
     m.add_function(wrap_pyfunction!(info, m)?)?;
     m.add_function(wrap_pyfunction!(check_free, m)?)?;
+    m.add_function(wrap_pyfunction!(save_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(_bench_rust, m)?)?;
     m.add_function(wrap_pyfunction!(_raise_example, m)?)?;
     m.add_function(wrap_pyfunction!(_error_kinds, m)?)?;

@@ -33,6 +33,7 @@ from ._vramswap import (
     __version__,
     check_free,
     info,
+    save_safetensors,
 )
 
 __all__ = [
@@ -54,4 +55,5 @@ __all__ = [
     "__version__",
     "check_free",
     "info",
+    "save_safetensors",
 ]
