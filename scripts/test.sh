@@ -7,7 +7,9 @@
 #      scripts/ensure-nvcc.sh) and embedded by build.rs, then validated with ptxas for sm_80 and
 #      sm_90; their header and the kernels themselves are checked on the host against the Rust
 #      implementations by tests/kernels_host.rs and tests/kernels_grid.rs (in stage 1).
-# Later stages (C/C++ consumers, Python package) are added here as they land.
+#   4. the Python package: a fresh virtual environment, `pip install ./python` (maturin builds
+#      the PyO3 extension), then its pytest suite and examples on the `sim` backend.
+# Later stages (C/C++ consumers) are added here as they land.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -91,4 +93,19 @@ if ! grep -q 'emulated' <<<"$INFO"; then
   echo "error: vramswap info over the emulated driver does not say the device is emulated" >&2
   exit 1
 fi
+echo "== Python package: fresh venv, pip install ./python, pytest on the sim backend"
+# A fresh environment each run, so a missing dependency or packaging mistake fails here, not on
+# a user's machine. The extension is built with the dev profile (maturin's PEP 517 arguments):
+# the suite checks behaviour, not speed, and a release build of the crate and PyO3 takes
+# minutes on a small CI machine; `maturin build --release` (the wheel users get) is unchanged.
+# The cargo target dir persists under target/ so rebuilds are incremental. PyTorch is not
+# installed (gigabytes): its tests skip, saying so; `python -m vramswap.selftest` runs them on a GPU.
+PY="${PYTHON:-python3}"
+VENV="$PWD/target/py-venv"
+rm -rf "$VENV"
+"$PY" -m venv "$VENV"
+CARGO_TARGET_DIR="$PWD/target/python" MATURIN_PEP517_ARGS="--profile dev" \
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+  ./python pytest numpy fastapi httpx safetensors
+VRAMSWAP_BACKEND=sim "$VENV/bin/python" -m pytest python/tests -q -p no:cacheprovider
 echo "== all test stages passed"

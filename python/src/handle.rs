@@ -154,6 +154,15 @@ impl Handle {
         DeviceTensor::new(ptr.0, &t, self.ordinal, self.slot.clone())
     }
 
+    /// Records that work queued on `stream` (a `CUstream` handle, e.g. PyTorch's
+    /// `torch.cuda.current_stream().cuda_stream`) uses the set: a later offload waits for that
+    /// work before unmapping the memory.
+    fn record_stream(&self, py: Python<'_>, stream: u64) -> PyResult<()> {
+        let g = self.guard()?;
+        py.allow_threads(|| g.record_stream(vramswap::Stream(stream)))
+            .py()
+    }
+
     /// Lets the set go: it may be offloaded or evicted from now on. Idempotent.
     fn release(&self, py: Python<'_>) {
         let g = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();

@@ -69,6 +69,8 @@ class Handle:
         """A copy of the device bytes (bf16 as uint16 bit patterns)."""
     def tensor(self, tensor: str) -> DeviceTensor:
         """DLPack export; raises UnsupportedError on the sim backend."""
+    def record_stream(self, stream: int) -> None:
+        """Later offloads wait for the work queued on this CUstream now."""
     def release(self) -> None: ...
     def __enter__(self) -> "Handle": ...
     def __exit__(
