@@ -100,6 +100,8 @@ echo "== Python package: fresh venv, pip install ./python, pytest on the sim bac
 # minutes on a small CI machine; `maturin build --release` (the wheel users get) is unchanged.
 # The cargo target dir persists under target/ so rebuilds are incremental. PyTorch is not
 # installed (gigabytes): its tests skip, saying so; `python -m vramswap.selftest` runs them on a GPU.
+# The extension crate is outside the workspace, so `cargo fmt --all` does not see it.
+cargo fmt --manifest-path python/Cargo.toml --check
 PY="${PYTHON:-python3}"
 VENV="$PWD/target/py-venv"
 rm -rf "$VENV"
