@@ -240,6 +240,12 @@ impl Engine {
             hs.retain(|w| w.strong_count() > 0);
         }
         hs.push(Arc::downgrade(handle.slot()));
+        drop(hs);
+        if self.closed() {
+            // `close()` ran while this acquire waited: it could not see this handle.
+            handle.release(py);
+            return Err(closed());
+        }
         Ok(handle)
     }
 

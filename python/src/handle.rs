@@ -164,7 +164,7 @@ impl Handle {
     }
 
     /// Lets the set go: it may be offloaded or evicted from now on. Idempotent.
-    fn release(&self, py: Python<'_>) {
+    pub fn release(&self, py: Python<'_>) {
         let g = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
         py.allow_threads(move || drop(g));
     }

@@ -118,3 +118,27 @@ def test_several_threads_share_one_engine(tmp_path):
         assert errors == []
         assert all(s["guards"] == 0 for s in e.status()["sets"])
     assert e.leaks()["clean"]
+
+
+def test_a_long_acquire_releases_the_gil(monkeypatch):
+    # A slow simulated link (50 MB/s) makes the swap-in of 10 MB take a while; other Python
+    # threads must run meanwhile. Holding the GIL would allow at most a few switches.
+    monkeypatch.setenv("VRAMSWAP_SIM_CONF", "h2d_gbps:0.05")
+    with vramswap.Engine(backend="sim") as e:
+        e.register_arrays("big", {"w": np.zeros(10 << 20, np.uint8)})
+        in_acquire = threading.Event()
+        done = threading.Event()
+
+        def swap_in():
+            in_acquire.set()
+            e.acquire("big").release()
+            done.set()
+
+        t = threading.Thread(target=swap_in)
+        t.start()
+        in_acquire.wait()
+        spins = 0
+        while not done.is_set():
+            spins += 1
+        t.join()
+        assert spins > 1000, spins
