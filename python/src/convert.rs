@@ -42,15 +42,17 @@ pub fn to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
     })
 }
 
-/// Serialises `v` and converts it.
+/// Serialises `v` straight into Python objects (no intermediate JSON value): the same content as
+/// `serde_json::to_value(v)`, with maps as dicts and unit enum variants as strings.
 pub fn serde_to_py<'py, T: serde::Serialize>(
     py: Python<'py>,
     v: &T,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let j = serde_json::to_value(v)
-        .map_err(|e| Error::InvalidState(format!("cannot serialise: {e}")))
-        .py()?;
-    to_py(py, &j)
+    pythonize::pythonize(py, v).map_err(|e| {
+        crate::errors::to_py(Error::InvalidState(format!(
+            "cannot convert to Python: {e}"
+        )))
+    })
 }
 
 /// The NumPy dtype that holds a tensor of `d` (`bf16` as `uint16` bit patterns, 8-bit floats

@@ -119,6 +119,16 @@ fn _bench_rust<'py>(
     Ok(d)
 }
 
+/// The Rust status JSON as text (what the C ABI and the CLI print), for the test that
+/// `Engine.status()` has the same content.
+#[pyfunction]
+fn _status_json(engine: &engine::Engine) -> PyResult<String> {
+    let st = engine.live()?.swap.status();
+    serde_json::to_string(&st)
+        .map_err(|e| vramswap::Error::InvalidState(format!("cannot serialise: {e}")))
+        .py()
+}
+
 /// Raises the exception an example error of `kind` maps to (for the test suite).
 #[pyfunction]
 fn _raise_example(kind: &str) -> PyResult<()> {
@@ -146,6 +156,7 @@ fn _vramswap(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_free, m)?)?;
     m.add_function(wrap_pyfunction!(save_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(_bench_rust, m)?)?;
+    m.add_function(wrap_pyfunction!(_status_json, m)?)?;
     m.add_function(wrap_pyfunction!(_raise_example, m)?)?;
     m.add_function(wrap_pyfunction!(_error_kinds, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -245,3 +245,19 @@ def test_info_and_check_free_describe_the_device():
     assert vramswap.check_free(total // 2, backend="sim")
     assert vramswap.check_free("1MiB", backend="sim")
     assert not vramswap.check_free(total + 1, backend="sim")
+
+
+def test_status_has_the_content_of_the_rust_status_json(engine, tmp_path):
+    import json
+
+    from vramswap import _vramswap
+
+    engine.register("f", write_safetensors(tmp_path / "f.safetensors", random_arrays(2)))
+    engine.register_arrays("a", {"w": np.ones(8, np.float32)})
+    h = engine.acquire("a")
+    py, rust = engine.status(), json.loads(_vramswap._status_json(engine))
+    for st in (py, rust):
+        for s in st["sets"]:
+            s.pop("idle_secs")  # time passes between the two calls
+    assert py == rust
+    h.release()
