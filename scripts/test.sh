@@ -108,6 +108,8 @@ rm -rf "$VENV"
 "$PY" -m venv "$VENV"
 CARGO_TARGET_DIR="$PWD/target/python" MATURIN_PEP517_ARGS="--profile dev" \
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-  ./python pytest numpy fastapi httpx safetensors
+  ./python pytest numpy fastapi httpx safetensors mypy
+# The shipped type stubs match the extension module (names, signatures, classes).
+"$VENV/bin/python" -m mypy.stubtest vramswap._vramswap
 VRAMSWAP_BACKEND=sim "$VENV/bin/python" -m pytest python/tests -q -p no:cacheprovider
 echo "== all test stages passed"

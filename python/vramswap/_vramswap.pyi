@@ -2,14 +2,21 @@
 
 from os import PathLike
 from types import TracebackType
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union, final
 
 import numpy as np
 import numpy.typing as npt
 
 __version__: str
+__all__ = [
+    "Error", "DriverError", "OutOfMemoryError", "BackendUnavailableError", "InvalidArgumentError",
+    "MalformedFileError", "IoError", "NotFoundError", "AlreadyExistsError", "InvalidStateError",
+    "ChecksumMismatchError", "UnsupportedError", "Engine", "Handle", "DeviceTensor", "info",
+    "check_free", "save_safetensors", "_bench_rust", "_status_json", "_raise_example",
+    "_error_kinds", "__version__",
+]
 
-Bytes = Union[int, str]
+_Bytes = Union[int, str]
 """A byte size: an int, or a string such as ``"24GiB"``, ``"512MB"``."""
 
 class Error(Exception):
@@ -29,6 +36,7 @@ class InvalidStateError(Error, RuntimeError): ...
 class ChecksumMismatchError(Error): ...
 class UnsupportedError(Error, NotImplementedError): ...
 
+@final
 class DeviceTensor:
     """One tensor of a held set, exported zero-copy through DLPack (CUDA only)."""
 
@@ -48,6 +56,7 @@ class DeviceTensor:
     ) -> Any: ...
     def __dlpack_device__(self) -> Tuple[int, int]: ...
 
+@final
 class Handle:
     """A weight set held on the device; a context manager that releases on exit."""
 
@@ -80,17 +89,18 @@ class Handle:
         tb: Optional[TracebackType],
     ) -> bool: ...
 
+@final
 class Engine:
     """Named weight sets on one device, under optional device and host budgets."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         backend: str = "auto",
         device: int = 0,
-        device_budget: Optional[Bytes] = None,
-        host_budget: Optional[Bytes] = None,
+        device_budget: Optional[_Bytes] = None,
+        host_budget: Optional[_Bytes] = None,
         idle_timeout: Optional[float] = None,
-    ) -> None: ...
+    ) -> "Engine": ...
     def register(self, name: str, path: Union[str, "PathLike[str]"]) -> None: ...
     def register_arrays(
         self,
@@ -129,7 +139,7 @@ class Engine:
     ) -> bool: ...
 
 def info(backend: str = "auto", device: int = 0) -> Dict[str, Any]: ...
-def check_free(nbytes: Bytes, backend: str = "auto", device: int = 0) -> bool: ...
+def check_free(nbytes: _Bytes, backend: str = "auto", device: int = 0) -> bool: ...
 def save_safetensors(
     path: Union[str, "PathLike[str]"],
     arrays: Mapping[str, npt.ArrayLike],
