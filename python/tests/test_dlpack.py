@@ -89,3 +89,15 @@ def test_dlpack_capsules_describe_the_device_tensor_and_free_cleanly(tmp_path):
     assert out["guards_with_capsule"] == 1 and out["guards_after_capsule"] == 0
     assert out["copy_refused"] is True
     assert json.loads(report.read_text())["clean"] is True, report.read_text()
+
+
+@pytest.mark.skipif(not EMU.is_file(), reason=f"the emulated CUDA driver {EMU} is not built")
+def test_the_round_robin_example_runs_on_the_cuda_backend_and_leaks_nothing(tmp_path):
+    report = tmp_path / "emu-report.json"
+    env = dict(os.environ, VRAMSWAP_CUDA_DRIVER=str(EMU), VRAMSWAP_EMU_REPORT=str(report))
+    example = Path(__file__).resolve().parents[2] / "examples" / "python" / "round_robin.py"
+    r = subprocess.run([sys.executable, str(example), "--backend", "cuda", "--models", "3", "--mb", "4",
+                        "--fit", "2", "--rounds", "2"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "backend cuda" in r.stdout and "counters:" in r.stdout
+    assert json.loads(report.read_text())["clean"] is True, report.read_text()
