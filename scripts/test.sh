@@ -9,8 +9,9 @@
 #      implementations by tests/kernels_host.rs and tests/kernels_grid.rs (in stage 1);
 #   4. the C ABI: tests/capi.rs on both backends, and in stage 1 tests/capi_header.rs (the
 #      committed header is what cbindgen generates) and tests/capi_consumers.rs (the C and C++
-#      programs of ffi/examples/ compiled against libvramswap.a and run on sim).
-# Later stages (Python package) are added here as they land.
+#      programs of ffi/examples/ compiled against libvramswap.a and run on sim);
+#   5. the Python package: a fresh virtual environment, `pip install ./python` (maturin builds
+#      the PyO3 extension), then its pytest suite and examples on the `sim` backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -124,4 +125,23 @@ if [ "$TORCH_RC" -ne 0 ] && [ "$TORCH_RC" -ne 77 ]; then
   echo "error: examples/torch_pluggable.py failed (status $TORCH_RC)" >&2
   exit 1
 fi
+echo "== Python package: fresh venv, pip install ./python, pytest on the sim backend"
+# A fresh environment each run, so a missing dependency or packaging mistake fails here, not on
+# a user's machine. The extension is built with the dev profile (maturin's PEP 517 arguments):
+# the suite checks behaviour, not speed, and a release build of the crate and PyO3 takes
+# minutes on a small CI machine; `maturin build --release` (the wheel users get) is unchanged.
+# The cargo target dir persists under target/ so rebuilds are incremental. PyTorch is not
+# installed (gigabytes): its tests skip, saying so; `python -m vramswap.selftest` runs them on a GPU.
+# The extension crate is outside the workspace, so `cargo fmt --all` does not see it.
+cargo fmt --manifest-path python/Cargo.toml --check
+PY="${PYTHON:-python3}"
+VENV="$PWD/target/py-venv"
+rm -rf "$VENV"
+"$PY" -m venv "$VENV"
+CARGO_TARGET_DIR="$PWD/target/python" MATURIN_PEP517_ARGS="--profile dev" \
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+  ./python pytest numpy fastapi httpx safetensors mypy
+# The shipped type stubs match the extension module (names, signatures, classes).
+"$VENV/bin/python" -m mypy.stubtest vramswap._vramswap
+VRAMSWAP_BACKEND=sim "$VENV/bin/python" -m pytest python/tests -q -p no:cacheprovider
 echo "== all test stages passed"

@@ -1,0 +1,232 @@
+//! DLPack export of device tensors (the unversioned `dltensor` capsule every framework reads).
+//!
+//! The exported tensor views the set's device memory with no copy. Its memory is valid while the
+//! set is resident: the export shares the handle's guard, so a consumer keeps the set on the
+//! device until the handle is explicitly released; after that (the `vramswap.torch.adopt`
+//! pattern) the addresses stay reserved (stable addresses) and the set comes back to them on the
+//! next acquire.
+
+use std::ffi::{c_void, CStr};
+use std::sync::Arc;
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use vramswap::weights::{DType, TensorInfo};
+
+use crate::handle::Slot;
+
+const DLPACK_CAPSULE: &CStr = c"dltensor";
+/// `kDLCUDA`.
+const DL_CUDA: i32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DLDevice {
+    device_type: i32,
+    device_id: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DLDataType {
+    code: u8,
+    bits: u8,
+    lanes: u16,
+}
+
+#[repr(C)]
+struct DLTensor {
+    data: *mut c_void,
+    device: DLDevice,
+    ndim: i32,
+    dtype: DLDataType,
+    shape: *mut i64,
+    strides: *mut i64,
+    byte_offset: u64,
+}
+
+#[repr(C)]
+struct DLManagedTensor {
+    dl_tensor: DLTensor,
+    manager_ctx: *mut c_void,
+    deleter: Option<unsafe extern "C" fn(*mut DLManagedTensor)>,
+}
+
+/// What a managed tensor owns: its shape array and a share of the handle's guard.
+struct Context {
+    _shape: Vec<i64>,
+    _slot: Arc<Slot>,
+}
+
+fn dl_dtype(d: DType) -> DLDataType {
+    use DType::*;
+    // kDLInt 0, kDLUInt 1, kDLFloat 2, kDLBfloat 4, kDLComplex 5, kDLBool 6.
+    let (code, bits) = match d {
+        BOOL => (6, 8),
+        U8 | F8_E5M2 | F8_E4M3 | F8_E8M0 => (1, 8),
+        I8 => (0, 8),
+        I16 => (0, 16),
+        U16 => (1, 16),
+        F16 => (2, 16),
+        BF16 => (4, 16),
+        I32 => (0, 32),
+        U32 => (1, 32),
+        F32 => (2, 32),
+        C64 => (5, 64),
+        F64 => (2, 64),
+        I64 => (0, 64),
+        U64 => (1, 64),
+    };
+    DLDataType {
+        code,
+        bits,
+        lanes: 1,
+    }
+}
+
+unsafe extern "C" fn delete_managed(m: *mut DLManagedTensor) {
+    if m.is_null() {
+        return;
+    }
+    // SAFETY: `m` and its `manager_ctx` were made by `Box::into_raw` in `__dlpack__`, and DLPack
+    // calls the deleter exactly once (the consumer after use, or the capsule destructor when
+    // nobody consumed it).
+    unsafe {
+        let m = Box::from_raw(m);
+        drop(Box::from_raw(m.manager_ctx as *mut Context));
+    }
+}
+
+unsafe extern "C" fn capsule_destructor(capsule: *mut ffi::PyObject) {
+    // SAFETY: called by Python with the capsule being destroyed. A consumer renames a consumed
+    // capsule to `used_dltensor` and owns the tensor from then on; only an unconsumed capsule
+    // still named `dltensor` is ours to delete. `PyCapsule_IsValid` sets no exception.
+    unsafe {
+        if ffi::PyCapsule_IsValid(capsule, DLPACK_CAPSULE.as_ptr()) == 1 {
+            let m = ffi::PyCapsule_GetPointer(capsule, DLPACK_CAPSULE.as_ptr());
+            delete_managed(m as *mut DLManagedTensor);
+        }
+    }
+}
+
+/// One tensor of a held set, exported through DLPack.
+#[pyclass(module = "vramswap._vramswap", name = "DeviceTensor", frozen)]
+pub struct DeviceTensor {
+    ptr: u64,
+    shape: Vec<i64>,
+    dtype: DType,
+    ordinal: i32,
+    slot: Arc<Slot>,
+}
+
+impl DeviceTensor {
+    pub fn new(ptr: u64, t: &TensorInfo, ordinal: i32, slot: Arc<Slot>) -> PyResult<DeviceTensor> {
+        let shape = t
+            .shape
+            .iter()
+            .map(|&d| {
+                i64::try_from(d)
+                    .map_err(|_| pyo3::exceptions::PyOverflowError::new_err("dimension too large"))
+            })
+            .collect::<PyResult<Vec<i64>>>()?;
+        Ok(DeviceTensor {
+            ptr,
+            shape,
+            dtype: t.dtype,
+            ordinal,
+            slot,
+        })
+    }
+}
+
+#[pymethods]
+impl DeviceTensor {
+    /// `(kDLCUDA, device ordinal)`.
+    fn __dlpack_device__(&self) -> (i32, i32) {
+        (DL_CUDA, self.ordinal)
+    }
+
+    /// A `dltensor` capsule. The set's copies were waited for when it was acquired, so the data
+    /// is ready on every stream: `stream` needs no synchronisation. `copy=True` is refused (this
+    /// is a zero-copy export).
+    #[pyo3(signature = (*, stream=None, max_version=None, dl_device=None, copy=None))]
+    fn __dlpack__(
+        &self,
+        py: Python<'_>,
+        stream: Option<&Bound<'_, PyAny>>,
+        max_version: Option<&Bound<'_, PyTuple>>,
+        dl_device: Option<(i32, i32)>,
+        copy: Option<bool>,
+    ) -> PyResult<PyObject> {
+        let _ = (stream, max_version);
+        if copy == Some(true) {
+            return Err(pyo3::exceptions::PyBufferError::new_err(
+                "vramswap exports device memory without a copy; copy=True is not supported",
+            ));
+        }
+        if let Some(d) = dl_device {
+            if d != (DL_CUDA, self.ordinal) {
+                return Err(pyo3::exceptions::PyBufferError::new_err(format!(
+                    "the tensor is on CUDA device {}, not on DLPack device {d:?}",
+                    self.ordinal
+                )));
+            }
+        }
+        let mut ctx = Box::new(Context {
+            _shape: self.shape.clone(),
+            _slot: self.slot.clone(),
+        });
+        let shape_ptr = ctx._shape.as_mut_ptr();
+        let ndim = self.shape.len() as i32;
+        let managed = Box::new(DLManagedTensor {
+            dl_tensor: DLTensor {
+                data: self.ptr as *mut c_void,
+                device: DLDevice {
+                    device_type: DL_CUDA,
+                    device_id: self.ordinal,
+                },
+                ndim,
+                dtype: dl_dtype(self.dtype),
+                shape: shape_ptr,
+                strides: std::ptr::null_mut(),
+                byte_offset: 0,
+            },
+            manager_ctx: Box::into_raw(ctx) as *mut c_void,
+            deleter: Some(delete_managed),
+        });
+        let raw = Box::into_raw(managed);
+        // SAFETY: `raw` is a valid heap DLManagedTensor; the capsule's name is a static C
+        // string; on failure no capsule owns `raw`, so it is deleted here.
+        unsafe {
+            let cap = ffi::PyCapsule_New(
+                raw as *mut c_void,
+                DLPACK_CAPSULE.as_ptr(),
+                Some(capsule_destructor),
+            );
+            if cap.is_null() {
+                delete_managed(raw);
+                return Err(PyErr::fetch(py));
+            }
+            Ok(PyObject::from_owned_ptr(py, cap))
+        }
+    }
+
+    /// Device address of the first element.
+    #[getter]
+    fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// Shape.
+    #[getter]
+    fn shape(&self) -> Vec<i64> {
+        self.shape.clone()
+    }
+
+    /// safetensors dtype name.
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.dtype.name()
+    }
+}

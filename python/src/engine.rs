@@ -1,0 +1,406 @@
+//! `vramswap.Engine`: the crate's `SwapEngine` with a caching allocator attached, shared by
+//! every Python thread.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use vramswap::alloc::CachingAllocator;
+use vramswap::backend::{self, BackendChoice, SharedBackend};
+use vramswap::load::LoadOptions;
+use vramswap::swap::{SwapConfig, SwapEngine};
+use vramswap::weights::DType;
+use vramswap::{DevicePtr, Error, Stream};
+
+use crate::convert::{bytes_arg, dtype_of_numpy, serde_to_py};
+use crate::errors::{to_py, IntoPyResult};
+use crate::handle::{Handle, Slot};
+
+/// What a closed engine no longer has.
+#[derive(Clone)]
+pub struct Live {
+    pub swap: SwapEngine,
+    pub alloc: Arc<CachingAllocator>,
+}
+
+/// Named weight sets on one device: registered lazily from files or copied from arrays, kept
+/// in a pinned host arena, brought to the device by `acquire` and offloaded under budgets.
+#[pyclass(module = "vramswap._vramswap", name = "Engine", frozen)]
+pub struct Engine {
+    live: RwLock<Option<Live>>,
+    backend: SharedBackend,
+    selected_because: String,
+    handles: Mutex<Vec<Weak<Slot>>>,
+}
+
+fn closed() -> PyErr {
+    to_py(Error::InvalidState("the engine is closed".into()))
+}
+
+impl Engine {
+    /// A clone of the live engine (two `Arc`s), or the closed error. The lock is never held
+    /// across a call that releases the GIL.
+    pub fn live(&self) -> PyResult<Live> {
+        self.live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(closed)
+    }
+
+    fn swap(&self) -> PyResult<SwapEngine> {
+        Ok(self.live()?.swap)
+    }
+}
+
+/// One contiguous array, referenced (so its memory stays) while the engine copies its bytes.
+/// The limited API of Python 3.9 has no buffer protocol; the array interface gives the address.
+pub struct ArrayBytes {
+    name: String,
+    dtype: DType,
+    shape: Vec<u64>,
+    _array: PyObject,
+    data: usize,
+    len: usize,
+}
+
+fn array_bytes(
+    py: Python<'_>,
+    np: &Bound<'_, PyModule>,
+    name: String,
+    value: &Bound<'_, PyAny>,
+    dtype: Option<String>,
+) -> PyResult<ArrayBytes> {
+    let kw = pyo3::types::PyDict::new(py);
+    kw.set_item("order", "C")?;
+    // `asarray(order="C")`, not `ascontiguousarray`, which makes 0-d arrays 1-d.
+    let a = np.call_method("asarray", (value,), Some(&kw))?;
+    let npdtype: String = a.getattr("dtype")?.getattr("str")?.extract()?;
+    let itemsize: u64 = a.getattr("dtype")?.getattr("itemsize")?.extract()?;
+    let dtype = match dtype {
+        Some(d) => {
+            let d: DType = d.parse().py()?;
+            if d.size_bytes() != itemsize {
+                return Err(to_py(Error::InvalidArgument(format!(
+                    "array `{name}`: dtype {d} has {} bytes per element, the array's {npdtype} \
+                     has {itemsize} (give bf16 as uint16 bit patterns)",
+                    d.size_bytes()
+                ))));
+            }
+            d
+        }
+        None => dtype_of_numpy(&npdtype).ok_or_else(|| {
+            to_py(Error::InvalidArgument(format!(
+                "array `{name}`: NumPy dtype {npdtype} has no safetensors dtype (big-endian, \
+                 object and string arrays are not weights); pass dtypes={{name: ...}} for bf16"
+            )))
+        })?,
+    };
+    let shape: Vec<u64> = a.getattr("shape")?.extract()?;
+    let len: usize = a.getattr("nbytes")?.extract()?;
+    let iface = a.getattr("__array_interface__")?;
+    let (data, _readonly): (usize, bool) = iface.get_item("data")?.extract()?;
+    let _ = py;
+    Ok(ArrayBytes {
+        name,
+        dtype,
+        shape,
+        _array: a.unbind(),
+        data,
+        len,
+    })
+}
+
+/// The arrays of a dict, with their safetensors dtypes (`dtypes` overrides by name).
+pub fn collect_arrays(
+    py: Python<'_>,
+    arrays: &Bound<'_, PyDict>,
+    dtypes: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Vec<ArrayBytes>> {
+    let np = py.import("numpy")?;
+    let mut held = Vec::with_capacity(arrays.len());
+    for (k, v) in arrays.iter() {
+        let key: String = k.extract()?;
+        let dtype: Option<String> = match dtypes {
+            Some(d) => d.get_item(&key)?.map(|x| x.extract()).transpose()?,
+            None => None,
+        };
+        held.push(array_bytes(py, &np, key, &v, dtype)?);
+    }
+    if let Some(d) = dtypes {
+        for k in d.keys() {
+            if !arrays.contains(&k)? {
+                return Err(to_py(Error::InvalidArgument(format!(
+                    "dtypes names `{k}`, which is not among the arrays"
+                ))));
+            }
+        }
+    }
+    Ok(held)
+}
+
+/// (name, dtype, shape, bytes) of each array, borrowing from `held`.
+pub fn as_list(held: &[ArrayBytes]) -> Vec<(String, DType, Vec<u64>, &[u8])> {
+    held.iter()
+        .map(|a| {
+            // SAFETY: `a._array` is a C-contiguous NumPy array whose `__array_interface__`
+            // gave `data`, the address of its `len` = `nbytes` bytes; the reference in `held`,
+            // which this borrow cannot outlive, keeps that memory alive (it is only read).
+            let bytes: &[u8] = if a.len == 0 {
+                &[]
+            } else {
+                unsafe { std::slice::from_raw_parts(a.data as *const u8, a.len) }
+            };
+            (a.name.clone(), a.dtype, a.shape.clone(), bytes)
+        })
+        .collect()
+}
+
+#[pymethods]
+impl Engine {
+    #[new]
+    #[pyo3(signature = (backend="auto", device=0, device_budget=None, host_budget=None, idle_timeout=None))]
+    fn new(
+        py: Python<'_>,
+        backend: &str,
+        device: i32,
+        device_budget: Option<&Bound<'_, PyAny>>,
+        host_budget: Option<&Bound<'_, PyAny>>,
+        idle_timeout: Option<f64>,
+    ) -> PyResult<Engine> {
+        let choice: BackendChoice = backend.parse().py()?;
+        // VRAMSWAP_SWAP_CONF and VRAMSWAP_IDLE_TIMEOUT first, the arguments over them.
+        let mut config = SwapConfig::from_env().py()?;
+        if let Some(b) = bytes_arg(device_budget, "device_budget")? {
+            config.device_budget = Some(b);
+        }
+        if let Some(b) = bytes_arg(host_budget, "host_budget")? {
+            config.host_budget = Some(b);
+        }
+        if let Some(t) = idle_timeout {
+            if !t.is_finite() || t <= 0.0 {
+                return Err(to_py(Error::InvalidArgument(format!(
+                    "idle_timeout must be a positive number of seconds, not {t}"
+                ))));
+            }
+            config.idle_timeout = Some(Duration::from_secs_f64(t));
+        }
+        let (backend, why, live) = py
+            .allow_threads(|| -> vramswap::Result<_> {
+                let (backend, why) = backend::open(choice, device)?;
+                let swap = SwapEngine::new(backend.clone(), config)?;
+                let alloc = Arc::new(CachingAllocator::from_env(backend.clone())?);
+                swap.attach_allocator(&alloc);
+                Ok((backend, why, Live { swap, alloc }))
+            })
+            .py()?;
+        Ok(Engine {
+            live: RwLock::new(Some(live)),
+            backend,
+            selected_because: why,
+            handles: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Registers a `.safetensors` file or a model directory; nothing is read until first use.
+    fn register(&self, py: Python<'_>, name: &str, path: PathBuf) -> PyResult<()> {
+        let swap = self.swap()?;
+        py.allow_threads(|| swap.register_path(name, &path, LoadOptions::default()))
+            .py()
+    }
+
+    /// Registers a dict of NumPy arrays; their bytes are copied into the pinned arena.
+    #[pyo3(signature = (name, arrays, dtypes=None))]
+    fn register_arrays(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        arrays: &Bound<'_, PyDict>,
+        dtypes: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let swap = self.swap()?;
+        let held = collect_arrays(py, arrays, dtypes)?;
+        let list = as_list(&held);
+        py.allow_threads(|| swap.register_arrays(name, list)).py()?;
+        drop(held);
+        Ok(())
+    }
+
+    /// Brings the set to the device (loading it first if needed) and returns a handle that keeps
+    /// it there until released.
+    fn acquire(&self, py: Python<'_>, name: &str) -> PyResult<Handle> {
+        let swap = self.swap()?;
+        let guard = py.allow_threads(|| swap.acquire(name)).py()?;
+        let cuda = self.backend.kind() == vramswap::BackendKind::Cuda;
+        let handle = Handle::new(guard, cuda, self.backend.properties().ordinal);
+        let mut hs = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        if hs.len() >= 64 {
+            hs.retain(|w| w.strong_count() > 0);
+        }
+        hs.push(Arc::downgrade(handle.slot()));
+        drop(hs);
+        if self.closed() {
+            // `close()` ran while this acquire waited: it could not see this handle.
+            handle.release(py);
+            return Err(closed());
+        }
+        Ok(handle)
+    }
+
+    /// Starts bringing the set to the device in the background.
+    fn prefetch(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        let swap = self.swap()?;
+        py.allow_threads(|| swap.prefetch(name)).py()
+    }
+
+    /// Frees the set's device memory; its host copy stays for a fast swap-in.
+    fn offload(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        let swap = self.swap()?;
+        py.allow_threads(|| swap.offload(name)).py()
+    }
+
+    /// Frees the set's device memory and its host copy; it reloads from its file on next use.
+    fn release(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        let swap = self.swap()?;
+        py.allow_threads(|| swap.release(name)).py()
+    }
+
+    /// Removes the set entirely.
+    fn unregister(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        let swap = self.swap()?;
+        py.allow_threads(|| swap.unregister(name)).py()
+    }
+
+    /// Offloads every set no handle holds; returns how many.
+    fn offload_idle(&self, py: Python<'_>) -> PyResult<usize> {
+        let swap = self.swap()?;
+        py.allow_threads(|| swap.offload_idle()).py()
+    }
+
+    /// Names of the registered sets.
+    fn names(&self) -> PyResult<Vec<String>> {
+        Ok(self.swap()?.names())
+    }
+
+    /// The Rust status JSON as a dict.
+    fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let st = self.swap()?.status();
+        serde_to_py(py, &st)
+    }
+
+    /// The caching allocator's statistics as a dict.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let st = self.live()?.alloc.stats();
+        serde_to_py(py, &st)
+    }
+
+    /// Allocates device memory from the engine's caching allocator (which offloads idle sets
+    /// when the device is full); returns the address.
+    fn allocate(&self, py: Python<'_>, nbytes: u64) -> PyResult<u64> {
+        let alloc = self.live()?.alloc;
+        py.allow_threads(|| alloc.allocate(nbytes, Stream::DEFAULT))
+            .py()
+            .map(|p| p.0)
+    }
+
+    /// Returns memory from `allocate` to the cache.
+    fn free(&self, py: Python<'_>, ptr: u64) -> PyResult<()> {
+        let alloc = self.live()?.alloc;
+        py.allow_threads(|| alloc.free(DevicePtr(ptr))).py()
+    }
+
+    /// Gives the allocator's unused cached memory back to the device.
+    fn empty_cache(&self, py: Python<'_>) -> PyResult<()> {
+        let alloc = self.live()?.alloc;
+        py.allow_threads(|| alloc.empty_cache()).py()
+    }
+
+    /// Releases every handle, set, allocation, stream and pinned byte. Idempotent.
+    fn close(&self, py: Python<'_>) {
+        let live = self.live.write().unwrap_or_else(|p| p.into_inner()).take();
+        let slots: Vec<Arc<Slot>> = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .filter_map(|w| w.upgrade())
+            .collect();
+        py.allow_threads(move || {
+            for s in slots {
+                s.lock().unwrap_or_else(|p| p.into_inner()).take();
+            }
+            drop(live);
+        });
+    }
+
+    /// True after `close()`.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
+    /// `"cuda"` or `"sim"`.
+    #[getter]
+    fn backend(&self) -> String {
+        self.backend.kind().to_string()
+    }
+
+    /// Why `backend="auto"` chose what it chose.
+    #[getter]
+    fn selected_because(&self) -> &str {
+        &self.selected_because
+    }
+
+    /// Whether sets keep their device addresses across offloads.
+    #[getter]
+    fn stable_addresses(&self) -> PyResult<bool> {
+        Ok(self.swap()?.stable_addresses())
+    }
+
+    /// On `sim`: what the simulated device still holds (device bytes, allocations, mappings,
+    /// pinned bytes, streams, events...), all zero after `close()`. `None` on other backends.
+    fn leaks<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(dev) = self.backend.sim_device() else {
+            return Ok(None);
+        };
+        let r = dev.leaks();
+        let d = PyDict::new(py);
+        d.set_item("device_bytes", r.device_bytes)?;
+        d.set_item("allocations", r.allocations)?;
+        d.set_item("reservations", r.reservations)?;
+        d.set_item("mappings", r.mappings)?;
+        d.set_item("physical_handles", r.physical_handles)?;
+        d.set_item("pinned_bytes", r.pinned_bytes)?;
+        d.set_item("registered_ranges", r.registered_ranges)?;
+        d.set_item("streams", r.streams)?;
+        d.set_item("events", r.events)?;
+        d.set_item("clean", r.is_clean())?;
+        Ok(Some(d))
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> bool {
+        self.close(py);
+        false
+    }
+
+    fn __repr__(&self) -> String {
+        match self.live() {
+            Ok(l) => format!(
+                "<vramswap.Engine backend={} sets={}>",
+                self.backend.kind(),
+                l.swap.names().len()
+            ),
+            Err(_) => format!("<vramswap.Engine backend={} closed>", self.backend.kind()),
+        }
+    }
+}

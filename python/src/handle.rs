@@ -1,0 +1,189 @@
+//! `Handle`: what `Engine.acquire` returns; keeps the set on the device until released.
+
+use std::sync::{Arc, Mutex};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyDict, PyList, PyTuple};
+use vramswap::swap::WeightGuard;
+use vramswap::weights::TensorInfo;
+use vramswap::Error;
+
+use crate::convert::numpy_dtype;
+use crate::dlpack::DeviceTensor;
+use crate::errors::{to_py, IntoPyResult};
+
+/// The guard a handle holds; `None` once released. Shared with DLPack exports, which keep the
+/// guard alive while a consumer holds the tensor and the handle is not explicitly released.
+pub type Slot = Mutex<Option<Arc<WeightGuard>>>;
+
+/// A weight set held on the device. Also a context manager that releases on exit.
+#[pyclass(module = "vramswap._vramswap", name = "Handle", frozen)]
+pub struct Handle {
+    slot: Arc<Slot>,
+    name: String,
+    cuda: bool,
+    ordinal: i32,
+}
+
+impl Handle {
+    pub fn new(guard: WeightGuard, cuda: bool, ordinal: i32) -> Handle {
+        Handle {
+            name: guard.name().to_string(),
+            slot: Arc::new(Mutex::new(Some(Arc::new(guard)))),
+            cuda,
+            ordinal,
+        }
+    }
+
+    pub fn slot(&self) -> &Arc<Slot> {
+        &self.slot
+    }
+
+    /// The guard, cloned out of the slot so no lock is held across a GIL release.
+    fn guard(&self) -> PyResult<Arc<WeightGuard>> {
+        self.slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                to_py(Error::InvalidState(format!(
+                    "the handle of `{}` was released",
+                    self.name
+                )))
+            })
+    }
+
+    fn info(&self, tensor: &str) -> PyResult<(Arc<WeightGuard>, TensorInfo)> {
+        let g = self.guard()?;
+        let t = g
+            .tensors()
+            .iter()
+            .find(|t| t.name == tensor)
+            .cloned()
+            .ok_or_else(|| {
+                to_py(Error::NotFound {
+                    kind: "tensor",
+                    name: format!("{}/{tensor}", self.name),
+                })
+            })?;
+        Ok((g, t))
+    }
+}
+
+#[pymethods]
+impl Handle {
+    /// The set's name.
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// True after `release()` (or after the engine was closed).
+    #[getter]
+    fn released(&self) -> bool {
+        self.slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
+    /// One dict per tensor: `name`, `dtype` (safetensors name), `shape` (tuple), `bytes`,
+    /// `offset` (within the set).
+    #[getter]
+    fn tensors<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let g = self.guard()?;
+        let l = PyList::empty(py);
+        for t in g.tensors() {
+            let d = PyDict::new(py);
+            d.set_item("name", &t.name)?;
+            d.set_item("dtype", t.dtype.name())?;
+            d.set_item("shape", PyTuple::new(py, &t.shape)?)?;
+            d.set_item("bytes", t.len)?;
+            d.set_item("offset", t.offset)?;
+            l.append(d)?;
+        }
+        Ok(l)
+    }
+
+    /// Bytes of the set.
+    #[getter]
+    fn bytes(&self) -> PyResult<u64> {
+        Ok(self.guard()?.bytes())
+    }
+
+    /// Device address of the set's first byte.
+    #[getter]
+    fn base(&self) -> PyResult<u64> {
+        Ok(self.guard()?.base().0)
+    }
+
+    /// Whether the set keeps these addresses across offloads.
+    #[getter]
+    fn stable_addresses(&self) -> PyResult<bool> {
+        Ok(self.guard()?.stable_addresses())
+    }
+
+    /// Device address of a tensor.
+    fn device_ptr(&self, tensor: &str) -> PyResult<u64> {
+        Ok(self.guard()?.tensor_ptr(tensor).py()?.0)
+    }
+
+    /// A copy of what is on the device now, as a NumPy array of the tensor's dtype and shape
+    /// (bf16 as uint16 bit patterns, 8-bit floats as uint8).
+    fn to_numpy<'py>(&self, py: Python<'py>, tensor: &str) -> PyResult<Bound<'py, PyAny>> {
+        let (g, t) = self.info(tensor)?;
+        let bytes = py.allow_threads(|| g.read_tensor(tensor)).py()?;
+        let np = py.import("numpy")?;
+        let raw = PyByteArray::new(py, &bytes);
+        np.call_method1("frombuffer", (raw, numpy_dtype(t.dtype)))?
+            .call_method1("reshape", (PyTuple::new(py, &t.shape)?,))
+    }
+
+    /// The tensor as a DLPack producer (`__dlpack__`, `__dlpack_device__`), zero-copy over the
+    /// device memory: `torch.from_dlpack(handle.tensor(name))`. CUDA only.
+    fn tensor(&self, tensor: &str) -> PyResult<DeviceTensor> {
+        if !self.cuda {
+            return Err(to_py(Error::Unsupported(format!(
+                "tensor `{tensor}`: the simulated device's memory lives in the simulator and \
+                 cannot be viewed by a framework through DLPack; use to_numpy() for a copy, or \
+                 the cuda backend"
+            ))));
+        }
+        let (g, t) = self.info(tensor)?;
+        let ptr = g.tensor_ptr(tensor).py()?;
+        DeviceTensor::new(ptr.0, &t, self.ordinal, self.slot.clone())
+    }
+
+    /// Records that work queued on `stream` (a `CUstream` handle, e.g. PyTorch's
+    /// `torch.cuda.current_stream().cuda_stream`) uses the set: a later offload waits for that
+    /// work before unmapping the memory.
+    fn record_stream(&self, py: Python<'_>, stream: u64) -> PyResult<()> {
+        let g = self.guard()?;
+        py.allow_threads(|| g.record_stream(vramswap::Stream(stream)))
+            .py()
+    }
+
+    /// Lets the set go: it may be offloaded or evicted from now on. Idempotent.
+    pub fn release(&self, py: Python<'_>) {
+        let g = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        py.allow_threads(move || drop(g));
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> bool {
+        self.release(py);
+        false
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<vramswap.Handle `{}`{}>",
+            self.name,
+            if self.released() { " released" } else { "" }
+        )
+    }
+}

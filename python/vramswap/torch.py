@@ -1,0 +1,220 @@
+"""PyTorch on vramswap, for any model, with no per-model code (CUDA only).
+
+``adopt(engine, name, obj)`` moves every parameter and buffer of a model into one weight set and
+rebinds them, zero-copy through DLPack, to tensors over the set's stable device addresses. A
+forward pre-hook acquires the set (the first call after an offload brings the weights back) and a
+forward hook releases it once the forward returns, so ``engine.offload(name)`` frees the device
+memory between calls while the module objects stay untouched::
+
+    engine = vramswap.Engine(device_budget="20GiB")
+    model = vramswap.torch.adopt(engine, "sdxl", pipe)   # a diffusers pipeline, or any module
+    image = pipe(prompt).images[0]                        # weights on the device
+    engine.offload("sdxl")                                # device memory freed; pipe unchanged
+    image = pipe(prompt).images[0]                        # swapped back in by the pre-hook
+
+``use_allocator()`` routes PyTorch's CUDA allocations through vramswap's caching allocator
+(``torch.cuda.memory.CUDAPluggableAllocator`` over the C ABI's ``vramswap_torch_malloc`` and
+``vramswap_torch_free``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import Engine, UnsupportedError, _vramswap
+
+MALLOC_SYMBOL = "vramswap_torch_malloc"
+FREE_SYMBOL = "vramswap_torch_free"
+
+
+def _torch():
+    try:
+        import torch  # noqa: PLC0415 - optional dependency
+    except ImportError as e:
+        raise UnsupportedError(
+            "vramswap.torch needs PyTorch with CUDA (pip install torch); it is not installed"
+        ) from e
+    return torch
+
+
+def _require_cuda(engine: Optional[Engine] = None):
+    torch = _torch()
+    if not torch.cuda.is_available():
+        raise UnsupportedError("vramswap.torch needs a CUDA GPU; torch.cuda.is_available() is False")
+    if engine is not None and engine.backend != "cuda":
+        raise UnsupportedError(
+            f"vramswap.torch.adopt needs an engine on the cuda backend, not `{engine.backend}`: "
+            "the simulated device's memory cannot be viewed by PyTorch"
+        )
+    return torch
+
+
+def _modules(obj: Any, torch) -> List[Tuple[str, Any]]:
+    """The modules an object holds: itself, a dict's values, a pipeline's components or
+    attributes (one level deep), without duplicates."""
+    nn = torch.nn
+    if isinstance(obj, nn.Module):
+        return [("", obj)]
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(getattr(obj, "components", None), dict):  # diffusers pipelines
+        items = obj.components.items()
+    else:
+        items = vars(obj).items() if hasattr(obj, "__dict__") else []
+    seen, out = set(), []
+    for k, v in items:
+        if isinstance(v, nn.Module) and id(v) not in seen:
+            seen.add(id(v))
+            out.append((str(k), v))
+    if not out:
+        raise UnsupportedError(
+            f"{type(obj).__name__} is not an nn.Module and holds none in its attributes or keys"
+        )
+    return out
+
+
+# torch dtype name -> (safetensors dtype, the integer view PyTorch exports to NumPy with)
+_VIEWS = {
+    "bfloat16": ("BF16", "int16"),
+    "float8_e4m3fn": ("F8_E4M3", "uint8"),
+    "float8_e5m2": ("F8_E5M2", "uint8"),
+}
+
+
+def _host_array(t, torch):
+    """A NumPy view (or copy, for device tensors) of a tensor's bytes, and its dtype override."""
+    c = t.detach()
+    if c.device.type != "cpu":
+        c = c.to("cpu")
+    c = c.contiguous()
+    name = str(c.dtype).replace("torch.", "")
+    if name in _VIEWS:
+        st, view = _VIEWS[name]
+        return c.view(getattr(torch, view)).numpy(), st
+    return c.numpy(), None
+
+
+class AdoptedModel:
+    """What ``adopt`` did: the set's name, the tensors it rebound, the hooks it added."""
+
+    def __init__(self, engine: Engine, name: str, modules, tensors: Dict[str, Any], hooks):
+        self.engine = engine
+        self.name = name
+        self.modules = modules
+        self.tensors = tensors
+        self._hooks = hooks
+
+    @property
+    def bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def remove_hooks(self) -> None:
+        """Stops acquiring the set on forward (the tensors keep their device addresses)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def __repr__(self) -> str:
+        return f"<AdoptedModel `{self.name}`: {len(self.tensors)} tensors, {self.bytes} bytes>"
+
+
+def adopt(engine: Engine, name: str, obj: Any) -> AdoptedModel:
+    """Registers all parameters and buffers of ``obj`` (an ``nn.Module``, a dict with modules, a
+    diffusers pipeline, a SentenceTransformer, ...) as the weight set ``name``, rebinds them to
+    the set's device memory and hooks every module's forward to acquire the set."""
+    torch = _require_cuda(engine)
+    if not engine.stable_addresses:
+        raise UnsupportedError(
+            "adopt needs stable device addresses (the CUDA virtual-memory API), which this "
+            "device or configuration does not offer"
+        )
+    modules = _modules(obj, torch)
+    tensors: Dict[str, Any] = {}
+    seen: Dict[int, str] = {}
+    arrays, dtypes = {}, {}
+    for prefix, m in modules:
+        named = list(m.named_parameters(remove_duplicate=False)) + list(m.named_buffers(remove_duplicate=False))
+        for local, t in named:
+            if t is None or id(t) in seen:
+                continue  # tied weights are one tensor, stored once
+            key = f"{prefix}.{local}" if prefix else local
+            seen[id(t)] = key
+            tensors[key] = t
+            arrays[key], st = _host_array(t, torch)
+            if st:
+                dtypes[key] = st
+    engine.register_arrays(name, arrays, dtypes or None)
+    del arrays
+    with engine.acquire(name) as h:
+        for key, t in tensors.items():
+            dev = torch.from_dlpack(h.tensor(key))
+            if dev.dtype != t.dtype:
+                dev = dev.view(t.dtype)  # 8-bit floats travel as uint8
+            t.data = dev  # the same Parameter/buffer object, now over the set's memory
+    hooks = []
+    local = threading.local()
+
+    def pre(module, args):
+        stack = getattr(local, "stack", None)
+        if stack is None:
+            stack = local.stack = []
+        stack.append(engine.acquire(name))
+
+    def post(module, args, output):
+        stack = getattr(local, "stack", None)
+        if stack:
+            h = stack.pop()
+            # Offloads wait for the kernels this forward queued on the current stream.
+            h.record_stream(torch.cuda.current_stream().cuda_stream)
+            h.release()
+
+    for _, m in modules:
+        hooks.append(m.register_forward_pre_hook(pre))
+        hooks.append(m.register_forward_hook(post, always_call=True))
+    return AdoptedModel(engine, name, modules, tensors, hooks)
+
+
+def _allocator_candidates(path: Optional[str]) -> List[Path]:
+    c = []
+    if path:
+        c.append(Path(path))
+    if os.environ.get("VRAMSWAP_LIB"):
+        c.append(Path(os.environ["VRAMSWAP_LIB"]))
+    c.append(Path(_vramswap.__file__))  # the extension links the crate's C ABI when it has one
+    here = Path(__file__).resolve().parent
+    c += [here / "libvramswap.so", here.parent / "libvramswap.so"]
+    return c
+
+
+def find_allocator_library(path: Optional[str] = None) -> str:
+    """The first shared library that exports the allocator entry points."""
+    looked = []
+    for cand in _allocator_candidates(path):
+        looked.append(str(cand))
+        if not cand.is_file():
+            continue
+        try:
+            lib = ctypes.CDLL(str(cand))
+        except OSError:
+            continue
+        if hasattr(lib, MALLOC_SYMBOL) and hasattr(lib, FREE_SYMBOL):
+            return str(cand)
+    raise UnsupportedError(
+        f"no library exports {MALLOC_SYMBOL}/{FREE_SYMBOL} (vramswap's C ABI, `vramswap::capi`); "
+        f"looked in: {', '.join(looked)}. Build the crate with the C ABI and set VRAMSWAP_LIB to "
+        "its libvramswap.so"
+    )
+
+
+def use_allocator(path: Optional[str] = None):
+    """Makes vramswap's caching allocator PyTorch's CUDA allocator. Call it before PyTorch
+    allocates any CUDA memory (PyTorch refuses to switch afterwards)."""
+    torch = _require_cuda()
+    lib = find_allocator_library(path)
+    alloc = torch.cuda.memory.CUDAPluggableAllocator(lib, MALLOC_SYMBOL, FREE_SYMBOL)
+    torch.cuda.memory.change_current_allocator(alloc)
+    return alloc
