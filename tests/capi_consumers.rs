@@ -64,8 +64,12 @@ fn build(source: &str) -> PathBuf {
     let target = env!("VRAMSWAP_BUILD_TARGET");
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("capi_consumers");
     std::fs::create_dir_all(&dir).expect("create the programs' folder");
+    // One executable per call: two tests building the same source must not write a file the
+    // other is executing ("text file busy").
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let exe = dir.join(format!(
-        "{}_{}",
+        "{}_{}_{n}",
         source.replace('.', "_"),
         std::process::id()
     ));
