@@ -34,6 +34,7 @@ pub mod backend;
 pub mod bench;
 pub mod conformance;
 pub mod error;
+pub mod infer;
 pub mod load;
 pub mod svg;
 pub mod swap;

@@ -1,0 +1,1 @@
+//! Batched against one-prompt-at-a-time generation (filled in below).

@@ -1,0 +1,1 @@
+//! The round-robin pipeline of `vramswap demo` (filled in below).
