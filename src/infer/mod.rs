@@ -25,6 +25,7 @@ mod generate;
 mod model;
 mod model_dir;
 mod params;
+mod text;
 mod tokenizer;
 
 pub mod bench;
@@ -34,6 +35,7 @@ pub use generate::{argmax, generate, GenerateOptions, Generation, Sampling, Stop
 pub use model::{KvCache, Llama};
 pub use model_dir::{new_model, ModelDir, TinyModelSpec};
 pub use params::{BlockParams, LlamaParams, TensorSource};
+pub use text::{generate_text, load_model, TextGeneration};
 pub use tokenizer::{byte_level_tokenizer_json, TextTokenizer};
 
 pub use candle_core::Device;

@@ -190,6 +190,22 @@ pub fn new_model(dir: &Path, spec: &TinyModelSpec) -> Result<LlamaConfig> {
     add("model.norm.weight".into(), &[h], Fill::Ones);
     if !cfg.tie_word_embeddings {
         add("lm_head.weight".into(), &[v, h], lin(h));
+        // Only printable ASCII can win greedy decoding: the other rows of the head are zero, so
+        // their logits are 0 while some printable token's is almost surely above it. Random
+        // text stays readable in a terminal and round-trips through the tokenizer.
+        // Printable rows are scaled up so that sampling, too, mostly picks printable tokens.
+        let head = &mut tensors.last_mut().expect("just added").2;
+        for id in 0..v {
+            let row = &mut head[id * h * 4..(id + 1) * h * 4];
+            if (0x20..0x7f).contains(&id) {
+                for w in row.chunks_exact_mut(4) {
+                    let x = f32::from_le_bytes([w[0], w[1], w[2], w[3]]) * 8.0;
+                    w.copy_from_slice(&x.to_le_bytes());
+                }
+            } else {
+                row.fill(0);
+            }
+        }
     }
     let views: Vec<(&str, DType, &[u64], &[u8])> = tensors
         .iter()
