@@ -221,14 +221,33 @@ impl Llama {
             None => (k, v),
         };
         *cache = Some((k.clone(), v.clone()));
-        let k = repeat_kv(&k, nh / nkv)?;
-        let v = repeat_kv(&v, nh / nkv)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
-        let max = att.max_keepdim(D::Minus1)?;
-        let e = att.broadcast_sub(&max)?.exp()?;
-        let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
-        let y = p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
+        let y = if t == 1 {
+            // One new token per row: broadcast products and sums instead of a matmul per
+            // (row, head), so the cost of a decode step hardly grows with the batch. Each key
+            // and value head serves `rep` query heads without being copied.
+            let (rep, s) = (nh / nkv, k.dim(2)?);
+            // Both sides are materialised in the product's shape first: candle multiplies
+            // contiguous tensors much faster than it walks a broadcast in a middle dimension.
+            let full = (b, nkv, rep, s, hd);
+            let q5 = q
+                .reshape((b, nkv, rep, 1, hd))?
+                .broadcast_as(full)?
+                .contiguous()?;
+            let k5 = k.unsqueeze(2)?.broadcast_as(full)?.contiguous()?;
+            let att = (q5 * k5)?.sum(D::Minus1)?;
+            let att = (att * scale)?.reshape((b, nh, 1, s))?.broadcast_add(mask)?;
+            let p = softmax_last(&att)?.reshape((b, nkv, rep, s, 1))?;
+            p.broadcast_mul(&v.unsqueeze(2)?)?
+                .sum(3)?
+                .reshape((b, 1, h))?
+        } else {
+            let k = repeat_kv(&k, nh / nkv)?;
+            let v = repeat_kv(&v, nh / nkv)?;
+            let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
+            let p = softmax_last(&att)?;
+            p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?
+        };
         linear(&y, &blk.o)
     }
 }
@@ -260,6 +279,13 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
     let a = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
     let c = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
     Tensor::cat(&[&a, &c], D::Minus1)
+}
+
+/// Softmax over the last dimension; a masked (-inf) entry becomes an exact zero.
+fn softmax_last(x: &Tensor) -> CResult<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
 /// `[b, kv, s, hd]` → `[b, kv * n, s, hd]`, each key/value head shared by `n` query heads.
