@@ -281,11 +281,20 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
     Tensor::cat(&[&a, &c], D::Minus1)
 }
 
-/// Softmax over the last dimension; a masked (-inf) entry becomes an exact zero.
+/// Softmax over the last dimension (keys); a masked (-inf) entry becomes an exact zero.
+///
+/// The denominator is summed in key order on every target: candle sums a contiguous last
+/// dimension with SIMD lanes where the build enables them (AVX2, NEON), and lanes would shift
+/// with a row's padding; a trailing unit dimension sends the sum down candle's sequential path,
+/// so padded and unpadded rows add the same numbers in the same order.
 fn softmax_last(x: &Tensor) -> CResult<Tensor> {
     let max = x.max_keepdim(D::Minus1)?;
     let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    let sum = e
+        .unsqueeze(D::Minus1)?
+        .sum_keepdim(D::Minus2)?
+        .squeeze(D::Minus1)?;
+    e.broadcast_div(&sum)
 }
 
 /// `[b, kv, s, hd]` → `[b, kv * n, s, hd]`, each key/value head shared by `n` query heads.
