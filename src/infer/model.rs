@@ -227,15 +227,11 @@ impl Llama {
             // (row, head), so the cost of a decode step hardly grows with the batch. Each key
             // and value head serves `rep` query heads without being copied.
             let (rep, s) = (nh / nkv, k.dim(2)?);
-            // Both sides are materialised in the product's shape first: candle multiplies
-            // contiguous tensors much faster than it walks a broadcast in a middle dimension.
-            let full = (b, nkv, rep, s, hd);
-            let q5 = q
-                .reshape((b, nkv, rep, 1, hd))?
-                .broadcast_as(full)?
-                .contiguous()?;
-            let k5 = k.unsqueeze(2)?.broadcast_as(full)?.contiguous()?;
-            let att = (q5 * k5)?.sum(D::Minus1)?;
+            // Scores: one small matmul per (row, key/value head) over the head dimension,
+            // which no padding touches.
+            let qg = q.reshape((b * nkv, rep, hd))?;
+            let kg = k.reshape((b * nkv, s, hd))?;
+            let att = qg.matmul(&kg.t()?)?;
             let att = (att * scale)?.reshape((b, nh, 1, s))?.broadcast_add(mask)?;
             let p = softmax_last(&att)?.reshape((b, nkv, rep, s, 1))?;
             p.broadcast_mul(&v.unsqueeze(2)?)?
