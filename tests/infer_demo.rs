@@ -137,3 +137,40 @@ fn cli_new_model_then_generate_json_prints_prompts_texts_and_ids() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a model directory"));
 }
+
+#[test]
+fn cli_demo_over_given_model_directories_reports_every_step_as_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<String> = (0..3)
+        .map(|i| {
+            let p = tmp.path().join(format!("m{i}"));
+            new_model(&p, &tiny(10 + i)).unwrap();
+            p.to_string_lossy().into_owned()
+        })
+        .collect();
+    let mut args = vec![
+        "--backend",
+        "sim",
+        "demo",
+        "--cycles",
+        "1",
+        "--max-new-tokens",
+        "2",
+        "--json",
+        "--models",
+    ];
+    args.extend(dirs.iter().map(String::as_str));
+    let out = Command::new(env!("CARGO_BIN_EXE_vramswap"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["steps"].as_array().unwrap().len(), 3);
+    assert_eq!(v["outputs_agree"], true);
+    assert!(v["reload"]["total_s"].as_f64().unwrap() > 0.0);
+}
