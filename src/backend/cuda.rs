@@ -135,13 +135,26 @@ unsafe impl Send for CudaBackend {}
 // SAFETY: see `Send`; the struct holds no thread-affine state of its own.
 unsafe impl Sync for CudaBackend {}
 
+/// Whether libcuda can be opened (with run-time loading; a build that links CUDA has it).
+#[cfg(feature = "dynamic-loading")]
+fn driver_present() -> bool {
+    // SAFETY: only probes whether the library can be opened.
+    unsafe { sys::is_culib_present() }
+}
+
+/// Whether libcuda can be opened: a build that links CUDA (the `cuda` feature without
+/// `dynamic-loading`) has it.
+#[cfg(not(feature = "dynamic-loading"))]
+fn driver_present() -> bool {
+    true
+}
+
 impl CudaBackend {
     /// Opens device `ordinal`: loads the driver, initialises it, retains the primary context.
     /// Fails with [`Error::BackendUnavailable`] where there is no driver or no such device.
     pub fn new(ordinal: i32) -> Result<CudaBackend> {
         let preloaded = preload_driver()?;
-        // SAFETY: only probes whether the library can be opened.
-        if !unsafe { sys::is_culib_present() } {
+        if !driver_present() {
             return Err(unavailable(
                 "no CUDA driver found (libcuda.so could not be loaded); install the NVIDIA \
                  driver, or set VRAMSWAP_CUDA_DRIVER to the emulated driver for testing",

@@ -83,11 +83,23 @@ fn ptx() -> Result<Cow<'static, str>> {
     }
 }
 
-/// Compiles CUDA source to PTX for `compute_80` with NVRTC, loaded at run time.
-fn compile_with_nvrtc(src: &str) -> Result<String> {
+/// Whether libnvrtc can be opened (with run-time loading; a build that links CUDA has it).
+#[cfg(feature = "dynamic-loading")]
+fn nvrtc_present() -> bool {
     // SAFETY: only probes whether libnvrtc can be opened; cudarc would panic on the first
     // NVRTC call without it.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Whether libnvrtc can be opened: a build that links CUDA has it.
+#[cfg(not(feature = "dynamic-loading"))]
+fn nvrtc_present() -> bool {
+    true
+}
+
+/// Compiles CUDA source to PTX for `compute_80` with NVRTC, loaded at run time.
+fn compile_with_nvrtc(src: &str) -> Result<String> {
+    if !nvrtc_present() {
         return Err(Error::Unsupported(
             "the cuda backend's kernels were embedded as source (no nvcc at build time) and \
              NVRTC (libnvrtc.so) could not be loaded: install CUDA's NVRTC library, or rebuild \

@@ -7,9 +7,12 @@ use clap::{Parser, Subcommand};
 use vramswap::backend::{self, BackendChoice};
 
 mod bench;
+mod demo;
+mod generate;
 mod info;
 mod inspect;
 mod load;
+mod new_model;
 mod replay;
 mod selftest;
 mod swap_bench;
@@ -30,6 +33,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Three tiny models cycling through a device that holds two: batched generation,
+    /// prefetch of the next model, per-step swap figures, beside reload-from-disk and
+    /// one-prompt-at-a-time baselines.
+    Demo(demo::Args),
+    /// Batched text generation from a Hugging Face model directory (or `--bench`).
+    Generate(generate::Args),
+    /// Writes a tiny Llama model with seeded random weights and a byte-level tokenizer.
+    NewModel(new_model::Args),
     /// Backend, device name, memory, VMM support and copy engines.
     Info(info::Args),
     /// Host/device bandwidth: pinned vs pageable, chunk size x streams, both directions at once.
@@ -52,6 +63,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let open = || backend::open(cli.backend, cli.device);
     let result = match cli.command {
+        Command::Demo(args) => open().and_then(|(b, _)| demo::run(b, &args)),
+        Command::Generate(args) => open().and_then(|(b, _)| generate::run(b, &args)),
+        Command::NewModel(args) => new_model::run(&args),
         Command::Info(args) => open().and_then(|(b, why)| info::run(b, &why, &args)),
         Command::Bench(args) => open().and_then(|(b, _)| bench::run(b, &args)),
         Command::SwapBench(args) => open().and_then(|(b, _)| swap_bench::run(b, &args)),

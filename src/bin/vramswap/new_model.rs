@@ -1,0 +1,62 @@
+//! `vramswap new-model`: a tiny Llama model with seeded random weights, in Hugging Face format.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use vramswap::infer::{new_model, TinyModelSpec};
+use vramswap::Result;
+
+/// Arguments of `new-model`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Directory to write (created if missing): config.json, model.safetensors, tokenizer.json.
+    dir: PathBuf,
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    /// Hidden size.
+    #[arg(long, default_value_t = 64)]
+    hidden: usize,
+    /// Attention (query) heads.
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    /// Key/value heads (grouped-query attention).
+    #[arg(long, default_value_t = 2)]
+    kv_heads: usize,
+    /// MLP width (default: about 8/3 of the hidden size).
+    #[arg(long, default_value_t = 0)]
+    intermediate: usize,
+    /// Vocabulary (at least 259: 256 bytes and 3 specials).
+    #[arg(long, default_value_t = 259)]
+    vocab: usize,
+    /// Share the embedding with the output head.
+    #[arg(long)]
+    tie_embeddings: bool,
+    /// Seed of the weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub fn run(args: &Args) -> Result<ExitCode> {
+    let spec = TinyModelSpec {
+        layers: args.layers,
+        hidden: args.hidden,
+        heads: args.heads,
+        kv_heads: args.kv_heads,
+        intermediate: args.intermediate,
+        vocab: args.vocab,
+        tie_embeddings: args.tie_embeddings,
+        seed: args.seed,
+        ..TinyModelSpec::default()
+    };
+    let cfg = new_model(&args.dir, &spec)?;
+    crate::print(&format!(
+        "wrote {}: {} layers, hidden {}, {} heads ({} key/value), vocab {}\n",
+        args.dir.display(),
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.kv_heads(),
+        cfg.vocab_size
+    ))
+}

@@ -1,0 +1,68 @@
+//! Text generation over the swap engine: a thin Llama-architecture model written with candle
+//! ops, reading its weights from an acquired weight set, and batched generation.
+//!
+//! - [`LlamaConfig`]: the Hugging Face `config.json` fields; [`ModelDir`]: a model directory as
+//!   Hugging Face writes it (`config.json`, `model.safetensors` or shards with an index,
+//!   `tokenizer.json`); [`new_model`] writes a tiny one with seeded random weights.
+//! - [`LlamaParams::build`] turns an acquired [`crate::swap::WeightGuard`] into candle
+//!   tensors; [`Llama`] runs the forward pass; [`generate`] runs a batch.
+//! - [`demo`] is the round-robin pipeline of `vramswap demo`; [`bench`] measures batched
+//!   against one-prompt-at-a-time generation.
+//!
+//! ## Where the weights come from
+//! On the CPU (candle's default device) the parameters are built from the set's host copy in
+//! the pinned arena when the set is acquired, converted to f32 for compute. With the `cuda`
+//! feature and a CUDA candle device the same host bytes are uploaded by candle into tensors it
+//! owns. Building candle CUDA tensors directly over the set's stable device addresses would
+//! need candle's storage internals (a `CudaStorage` around a foreign `cudarc` slice, in the
+//! same context as our backend) that cannot be checked without a GPU, so that is not done: on
+//! CUDA the engine's device copy is what the swap figures measure, and candle computes from its
+//! own copy of the same bytes.
+
+mod config;
+pub mod demo;
+mod generate;
+mod model;
+mod model_dir;
+mod params;
+mod text;
+mod tokenizer;
+
+pub mod bench;
+
+pub use config::{LlamaConfig, TokenIds};
+pub use generate::{argmax, generate, GenerateOptions, Generation, Sampling, StopReason};
+pub use model::{KvCache, Llama};
+pub use model_dir::{new_model, ModelDir, TinyModelSpec};
+pub use params::{BlockParams, LlamaParams, TensorSource};
+pub use text::{generate_text, load_model, TextGeneration};
+pub use tokenizer::{byte_level_tokenizer_json, TextTokenizer};
+
+pub use candle_core::Device;
+
+use crate::error::Error;
+
+/// A candle error as ours: a computation failed (shapes the checks let through, a device
+/// error from candle's own CUDA context).
+pub(crate) fn candle_err(e: candle_core::Error) -> Error {
+    Error::InvalidState(format!("candle: {e}"))
+}
+
+/// The candle device that matches the engine's backend: CUDA device `ordinal` for the `cuda`
+/// backend on a real driver (an error when this build has no `cuda` feature), the CPU otherwise
+/// (the simulated device, and the emulated CUDA driver, which has no kernels to run).
+pub fn device_for(backend: &crate::backend::SharedBackend) -> crate::error::Result<Device> {
+    let props = backend.properties();
+    match props.backend {
+        crate::backend::BackendKind::Cuda if !props.emulated => {
+            Device::new_cuda(props.ordinal.max(0) as usize).map_err(|e| {
+                Error::Unsupported(format!(
+                    "candle cannot use CUDA device {} ({e}); build with `--features cuda`, or use \
+                     `--backend sim` to compute on the CPU",
+                    props.ordinal
+                ))
+            })
+        }
+        _ => Ok(Device::Cpu),
+    }
+}

@@ -1,0 +1,321 @@
+//! The Llama forward pass: RMSNorm, rotary embeddings, grouped-query attention with a KV cache,
+//! SwiGLU MLP, written with candle ops.
+//!
+//! A batch shares one timeline of cache slots. Rows are left-padded: row `r`'s first `pad[r]`
+//! slots hold padding, its tokens sit at positions `slot - pad[r]`, and the attention mask lets
+//! a real query see only the row's real keys at or before it. A padding query sees only itself,
+//! so its values stay finite and nothing it computes can reach a real row (a masked weight is
+//! an exact zero).
+
+use candle_core::{DType as CDType, Device, Tensor, D};
+
+use super::candle_err;
+use super::config::LlamaConfig;
+use super::params::{BlockParams, LlamaParams};
+use crate::error::{Error, Result};
+
+type CResult<T> = candle_core::Result<T>;
+
+/// Keys and values of every block for one batch, `[batch, kv_heads, slots, head_dim]` each.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    slots: usize,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> KvCache {
+        KvCache::default()
+    }
+
+    /// Slots filled so far.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Keeps only the batch rows `rows` (in that order), dropping the others' keys and values.
+    pub fn retain_rows(&mut self, rows: &[usize]) -> Result<()> {
+        let Some(dev) = self
+            .layers
+            .iter()
+            .flatten()
+            .next()
+            .map(|(k, _)| k.device().clone())
+        else {
+            return Ok(());
+        };
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let idx = Tensor::from_vec(idx, rows.len(), &dev).map_err(candle_err)?;
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(&idx, 0).map_err(candle_err)?;
+            *v = v.index_select(&idx, 0).map_err(candle_err)?;
+        }
+        Ok(())
+    }
+}
+
+/// A Llama model: config plus parameters on a candle device.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    cfg: LlamaConfig,
+    params: LlamaParams,
+    inv_freq: Tensor,
+    device: Device,
+}
+
+impl Llama {
+    /// A model over `params` (see [`LlamaParams::build`]).
+    pub fn new(cfg: LlamaConfig, params: LlamaParams, device: &Device) -> Result<Llama> {
+        let hd = cfg.head_dim();
+        // As transformers computes it: 1 / theta^(2i / d) in f32.
+        let inv: Vec<f32> = (0..hd / 2)
+            .map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32))
+            .collect();
+        let inv_freq = Tensor::from_vec(inv, (1, 1, hd / 2), device).map_err(candle_err)?;
+        Ok(Llama {
+            cfg,
+            params,
+            inv_freq,
+            device: device.clone(),
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// The candle device it computes on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs `tokens` (`[batch][t]`, the same `t` for every row) through the model at the cache's
+    /// next `t` slots and returns the logits of the last slot of each row, `[batch, vocab]`.
+    /// `pads[r]` is row `r`'s left padding (slots before its first token).
+    pub fn forward(
+        &self,
+        tokens: &[Vec<u32>],
+        pads: &[usize],
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let b = tokens.len();
+        let t = tokens.first().map_or(0, Vec::len);
+        if b == 0 || t == 0 || tokens.iter().any(|r| r.len() != t) || pads.len() != b {
+            return Err(Error::InvalidArgument(format!(
+                "forward needs a non-empty batch of equal-length rows and one pad per row \
+                 ({b} rows, {} pads)",
+                pads.len()
+            )));
+        }
+        let start = cache.slots;
+        if start + t > self.cfg.max_position_embeddings {
+            return Err(Error::InvalidArgument(format!(
+                "{} slots exceed max_position_embeddings {}",
+                start + t,
+                self.cfg.max_position_embeddings
+            )));
+        }
+        if let Some(bad) = tokens
+            .iter()
+            .flatten()
+            .find(|&&id| id as usize >= self.cfg.vocab_size)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "token id {bad} is outside the vocabulary ({})",
+                self.cfg.vocab_size
+            )));
+        }
+        if cache.layers.is_empty() {
+            cache.layers = vec![None; self.cfg.num_hidden_layers];
+        }
+        let out = self
+            .forward_inner(tokens, pads, start, cache)
+            .map_err(candle_err)?;
+        cache.slots = start + t;
+        Ok(out)
+    }
+
+    fn forward_inner(
+        &self,
+        tokens: &[Vec<u32>],
+        pads: &[usize],
+        start: usize,
+        cache: &mut KvCache,
+    ) -> CResult<Tensor> {
+        let (b, t) = (tokens.len(), tokens[0].len());
+        let s = start + t;
+        let h = self.cfg.hidden_size;
+        let dev = &self.device;
+        let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(ids, b * t, dev)?;
+        let mut x = self
+            .params
+            .embed
+            .index_select(&ids, 0)?
+            .reshape((b, t, h))?;
+
+        // Rotary angles per row and slot: [b, 1, t, hd/2].
+        let pos: Vec<f32> = (0..b)
+            .flat_map(|r| (start..s).map(move |slot| slot.saturating_sub(pads[r]) as f32))
+            .collect();
+        let freqs = Tensor::from_vec(pos, (b, t, 1), dev)?.broadcast_mul(&self.inv_freq)?;
+        let cos = freqs.cos()?.unsqueeze(1)?;
+        let sin = freqs.sin()?.unsqueeze(1)?;
+
+        // Additive mask [b, 1, t, s]: 0 where query slot i may see key slot j.
+        let mut mask = Vec::with_capacity(b * t * s);
+        for &pad in pads {
+            for i in start..s {
+                for j in 0..s {
+                    let ok = j <= i && (j >= pad || j == i);
+                    mask.push(if ok { 0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+        let mask = Tensor::from_vec(mask, (b, 1, t, s), dev)?;
+
+        for (n, blk) in self.params.blocks.iter().enumerate() {
+            let y = self.attention(
+                &rms_norm(&x, &blk.ln1, self.cfg.rms_norm_eps)?,
+                blk,
+                &cos,
+                &sin,
+                &mask,
+                &mut cache.layers[n],
+            )?;
+            x = (x + y)?;
+            let y = mlp(&rms_norm(&x, &blk.ln2, self.cfg.rms_norm_eps)?, blk)?;
+            x = (x + y)?;
+        }
+        let last = x.narrow(1, t - 1, 1)?;
+        let last = rms_norm(&last, &self.params.norm, self.cfg.rms_norm_eps)?;
+        linear(&last, &self.params.lm_head)?.reshape((b, self.cfg.vocab_size))
+    }
+
+    fn attention(
+        &self,
+        x: &Tensor,
+        blk: &BlockParams,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: &mut Option<(Tensor, Tensor)>,
+    ) -> CResult<Tensor> {
+        let (b, t, h) = x.dims3()?;
+        let hd = self.cfg.head_dim();
+        let nh = self.cfg.num_attention_heads;
+        let nkv = self.cfg.kv_heads();
+        let heads = |w: &Tensor, n: usize| -> CResult<Tensor> {
+            linear(x, w)?
+                .reshape((b, t, n, hd))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = rope(&heads(&blk.q, nh)?, cos, sin)?;
+        let k = rope(&heads(&blk.k, nkv)?, cos, sin)?;
+        let v = heads(&blk.v, nkv)?;
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let scale = 1.0 / (hd as f64).sqrt();
+        let y = if t == 1 {
+            // One new token per row: broadcast products and sums instead of a matmul per
+            // (row, head), so the cost of a decode step hardly grows with the batch. Each key
+            // and value head serves `rep` query heads without being copied.
+            let (rep, s) = (nh / nkv, k.dim(2)?);
+            // Scores: one small matmul per (row, key/value head) over the head dimension,
+            // which no padding touches.
+            let qg = q.reshape((b * nkv, rep, hd))?;
+            let kg = k.reshape((b * nkv, s, hd))?;
+            let att = qg.matmul(&kg.t()?)?;
+            let att = (att * scale)?.reshape((b, nh, 1, s))?.broadcast_add(mask)?;
+            let p = softmax_last(&att)?.reshape((b, nkv, rep, s, 1))?;
+            p.broadcast_mul(&v.unsqueeze(2)?)?
+                .sum(3)?
+                .reshape((b, 1, h))?
+        } else {
+            let k = repeat_kv(&k, nh / nkv)?;
+            let v = repeat_kv(&v, nh / nkv)?;
+            let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
+            let p = softmax_last(&att)?;
+            p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?
+        };
+        linear(&y, &blk.o)
+    }
+}
+
+/// `x @ w.T` over the last dimension of `x`.
+fn linear(x: &Tensor, w: &Tensor) -> CResult<Tensor> {
+    let dims = x.dims().to_vec();
+    let last = dims[dims.len() - 1];
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let y = x.reshape((rows, last))?.matmul(&w.t()?)?;
+    let mut out = dims;
+    let n = out.len();
+    out[n - 1] = w.dim(0)?;
+    y.reshape(out)
+}
+
+/// RMSNorm as transformers computes it: `w * x / sqrt(mean(x^2) + eps)`.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
+    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+    x.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(w)
+}
+
+/// Rotary embedding in the rotate-half layout of Hugging Face checkpoints. `x` is
+/// `[b, heads, t, hd]`; `cos`/`sin` are `[b, 1, t, hd/2]`.
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let a = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+    let c = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+    Tensor::cat(&[&a, &c], D::Minus1)
+}
+
+/// Softmax over the last dimension (keys); a masked (-inf) entry becomes an exact zero.
+///
+/// The denominator is summed in key order on every target: candle sums a contiguous last
+/// dimension with SIMD lanes where the build enables them (AVX2, NEON), and lanes would shift
+/// with a row's padding; a trailing unit dimension sends the sum down candle's sequential path,
+/// so padded and unpadded rows add the same numbers in the same order.
+fn softmax_last(x: &Tensor) -> CResult<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e
+        .unsqueeze(D::Minus1)?
+        .sum_keepdim(D::Minus2)?
+        .squeeze(D::Minus1)?;
+    e.broadcast_div(&sum)
+}
+
+/// `[b, kv, s, hd]` → `[b, kv * n, s, hd]`, each key/value head shared by `n` query heads.
+fn repeat_kv(x: &Tensor, n: usize) -> CResult<Tensor> {
+    if n == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, s, hd) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, kv, n, s, hd))?
+        .contiguous()?
+        .reshape((b, kv * n, s, hd))
+}
+
+/// SwiGLU: `down(silu(gate(x)) * up(x))`.
+fn mlp(x: &Tensor, blk: &BlockParams) -> CResult<Tensor> {
+    let g = linear(x, &blk.gate)?.silu()?;
+    let u = linear(x, &blk.up)?;
+    linear(&(g * u)?, &blk.down)
+}
+
+/// Last-slot logits to host rows (f32).
+pub(crate) fn logits_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    logits
+        .to_dtype(CDType::F32)
+        .and_then(|l| l.to_vec2::<f32>())
+        .map_err(candle_err)
+}

@@ -1,0 +1,245 @@
+//! Model directories as Hugging Face writes them, and tiny random ones for tests and the demo.
+
+use std::path::{Path, PathBuf};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::config::{LlamaConfig, TokenIds};
+use super::tokenizer::{byte_level_tokenizer_json, TextTokenizer};
+use crate::error::{Error, Result};
+use crate::load::{self, LoadOptions};
+use crate::swap::SwapEngine;
+use crate::weights::DType;
+
+/// A model directory: `config.json`, `tokenizer.json`, and `model.safetensors` or shards with
+/// `model.safetensors.index.json`. The weights are not read here: register the directory with
+/// a [`SwapEngine`] ([`ModelDir::register`]) and acquire it.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    /// The directory.
+    pub path: PathBuf,
+    /// Its `config.json`.
+    pub config: LlamaConfig,
+    /// Its `tokenizer.json`.
+    pub tokenizer: TextTokenizer,
+}
+
+impl ModelDir {
+    /// Reads `config.json` and `tokenizer.json` in `path`.
+    pub fn open(path: &Path) -> Result<ModelDir> {
+        if !path.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not a model directory",
+                path.display()
+            )));
+        }
+        let config = LlamaConfig::from_file(&path.join("config.json"))?;
+        let tokenizer = TextTokenizer::from_file(&path.join("tokenizer.json"))?;
+        Ok(ModelDir {
+            path: path.to_path_buf(),
+            config,
+            tokenizer,
+        })
+    }
+
+    /// Registers the directory's weights with `engine` as set `name` (loaded lazily).
+    pub fn register(&self, engine: &SwapEngine, name: &str) -> Result<()> {
+        engine.register_path(name, &self.path, LoadOptions::default())
+    }
+
+    /// Prompt ids: BOS (when the config has one) then the text's tokens.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids: Vec<u32> = self.config.bos_token_id.into_iter().collect();
+        ids.extend(self.tokenizer.encode(text)?);
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(Error::InvalidArgument(format!(
+                "the tokenizer gave id {bad}, outside the model's vocabulary ({})",
+                self.config.vocab_size
+            )));
+        }
+        Ok(ids)
+    }
+
+    /// Text of generated ids (special tokens skipped).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids)
+    }
+}
+
+/// Shape and seed of a tiny random model ([`new_model`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TinyModelSpec {
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// MLP width (0: about 8/3 of hidden, rounded up to a multiple of 8).
+    pub intermediate: usize,
+    /// Vocabulary: 256 bytes, 3 specials, then unused extras (at least 259).
+    pub vocab: usize,
+    /// Longest sequence.
+    pub max_positions: usize,
+    /// Output head shares the embedding.
+    pub tie_embeddings: bool,
+    /// Seed of the weights.
+    pub seed: u64,
+}
+
+impl Default for TinyModelSpec {
+    fn default() -> Self {
+        TinyModelSpec {
+            layers: 2,
+            hidden: 64,
+            heads: 4,
+            kv_heads: 2,
+            intermediate: 0,
+            vocab: 259,
+            max_positions: 512,
+            tie_embeddings: false,
+            seed: 0,
+        }
+    }
+}
+
+impl TinyModelSpec {
+    /// The `config.json` this spec gives.
+    pub fn config(&self) -> LlamaConfig {
+        let intermediate = if self.intermediate == 0 {
+            (self.hidden * 8 / 3).div_ceil(8) * 8
+        } else {
+            self.intermediate
+        };
+        LlamaConfig {
+            hidden_size: self.hidden,
+            intermediate_size: intermediate,
+            num_hidden_layers: self.layers,
+            num_attention_heads: self.heads,
+            num_key_value_heads: Some(self.kv_heads),
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            vocab_size: self.vocab,
+            max_position_embeddings: self.max_positions,
+            tie_word_embeddings: self.tie_embeddings,
+            bos_token_id: Some(256),
+            eos_token_id: Some(TokenIds::One(257)),
+        }
+    }
+}
+
+/// Writes a tiny Llama model with seeded random f32 weights to `dir` (created if missing):
+/// `config.json`, `model.safetensors`, and a byte-level `tokenizer.json`. Returns its config.
+pub fn new_model(dir: &Path, spec: &TinyModelSpec) -> Result<LlamaConfig> {
+    let cfg = spec.config();
+    cfg.validate()
+        .map_err(|p| Error::InvalidArgument(format!("model shape: {p}")))?;
+    let tok = byte_level_tokenizer_json(cfg.vocab_size)?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut rng = SmallRng::seed_from_u64(spec.seed);
+    let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let hd = cfg.head_dim();
+    let (q_out, kv_out) = (cfg.num_attention_heads * hd, cfg.kv_heads() * hd);
+    let mut tensors: Vec<(String, Vec<u64>, Vec<u8>)> = Vec::new();
+    let mut add = |name: String, shape: &[usize], fill: Fill| {
+        let n: usize = shape.iter().product();
+        let bytes: Vec<u8> = (0..n)
+            .flat_map(|_| {
+                let x: f32 = match fill {
+                    Fill::Ones => 1.0,
+                    Fill::Uniform(a) => rng.random_range(-a..a),
+                };
+                x.to_le_bytes()
+            })
+            .collect();
+        tensors.push((name, shape.iter().map(|&d| d as u64).collect(), bytes));
+    };
+    let lin = |fan_in: usize| Fill::Uniform(1.0 / (fan_in as f32).sqrt());
+    add(
+        "model.embed_tokens.weight".into(),
+        &[v, h],
+        Fill::Uniform(1.0),
+    );
+    for n in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{n}.");
+        add(format!("{p}input_layernorm.weight"), &[h], Fill::Ones);
+        add(format!("{p}self_attn.q_proj.weight"), &[q_out, h], lin(h));
+        add(format!("{p}self_attn.k_proj.weight"), &[kv_out, h], lin(h));
+        add(format!("{p}self_attn.v_proj.weight"), &[kv_out, h], lin(h));
+        add(
+            format!("{p}self_attn.o_proj.weight"),
+            &[h, q_out],
+            lin(q_out),
+        );
+        add(
+            format!("{p}post_attention_layernorm.weight"),
+            &[h],
+            Fill::Ones,
+        );
+        add(format!("{p}mlp.gate_proj.weight"), &[i, h], lin(h));
+        add(format!("{p}mlp.up_proj.weight"), &[i, h], lin(h));
+        add(format!("{p}mlp.down_proj.weight"), &[h, i], lin(i));
+    }
+    add("model.norm.weight".into(), &[h], Fill::Ones);
+    if !cfg.tie_word_embeddings {
+        add("lm_head.weight".into(), &[v, h], lin(h));
+        // Only printable ASCII can win greedy decoding: the other rows of the head are zero, so
+        // their logits are 0 while some printable token's is almost surely above it. Random
+        // text stays readable in a terminal and round-trips through the tokenizer.
+        // Printable rows are scaled up so that sampling, too, mostly picks printable tokens.
+        let head = &mut tensors.last_mut().expect("just added").2;
+        for id in 0..v {
+            let row = &mut head[id * h * 4..(id + 1) * h * 4];
+            if (0x20..0x7f).contains(&id) {
+                for w in row.chunks_exact_mut(4) {
+                    let x = f32::from_le_bytes([w[0], w[1], w[2], w[3]]) * 8.0;
+                    w.copy_from_slice(&x.to_le_bytes());
+                }
+            } else {
+                row.fill(0);
+            }
+        }
+    }
+    let views: Vec<(&str, DType, &[u64], &[u8])> = tensors
+        .iter()
+        .map(|(n, s, b)| (n.as_str(), DType::F32, s.as_slice(), b.as_slice()))
+        .collect();
+    load::save(&dir.join("model.safetensors"), &views)?;
+    let cfg_json = serde_json::to_string_pretty(&ConfigFile {
+        architectures: vec!["LlamaForCausalLM"],
+        model_type: "llama",
+        torch_dtype: "float32",
+        hidden_act: "silu",
+        config: &cfg,
+    })
+    .expect("a config serialises");
+    let cfg_path = dir.join("config.json");
+    std::fs::write(&cfg_path, cfg_json).map_err(io(&cfg_path))?;
+    let tok_path = dir.join("tokenizer.json");
+    std::fs::write(&tok_path, tok).map_err(io(&tok_path))?;
+    Ok(cfg)
+}
+
+#[derive(Clone, Copy)]
+enum Fill {
+    Ones,
+    Uniform(f32),
+}
+
+/// `config.json` as transformers writes it: the fields plus the ones that name the model type.
+#[derive(serde::Serialize)]
+struct ConfigFile<'a> {
+    architectures: Vec<&'static str>,
+    model_type: &'static str,
+    torch_dtype: &'static str,
+    hidden_act: &'static str,
+    #[serde(flatten)]
+    config: &'a LlamaConfig,
+}

@@ -1,0 +1,266 @@
+//! Batched generation over the swap engine: weights come from an acquired set, and greedy
+//! batched output equals greedy one-prompt-at-a-time output, token for token, over several
+//! batch shapes and models; bad model directories give clear errors.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use vramswap::backend::sim::SimBackend;
+use vramswap::infer::{
+    generate, new_model, Device, GenerateOptions, Llama, LlamaParams, ModelDir, Sampling,
+    StopReason, TinyModelSpec,
+};
+use vramswap::swap::{SwapConfig, SwapEngine};
+
+fn engine() -> SwapEngine {
+    SwapEngine::new(
+        Arc::new(SimBackend::with_capacity(256 << 20)),
+        SwapConfig::default(),
+    )
+    .unwrap()
+}
+
+/// Writes a model, registers it, acquires it and builds the candle model from the guard.
+fn model(dir: &Path, spec: &TinyModelSpec) -> (ModelDir, Llama) {
+    new_model(dir, spec).unwrap();
+    let md = ModelDir::open(dir).unwrap();
+    let e = engine();
+    md.register(&e, "m").unwrap();
+    let g = e.acquire("m").unwrap();
+    let params = LlamaParams::build(&md.config, &g, &Device::Cpu).unwrap();
+    let m = Llama::new(md.config.clone(), params, &Device::Cpu).unwrap();
+    (md, m)
+}
+
+fn specs() -> Vec<TinyModelSpec> {
+    vec![
+        // Grouped-query attention, untied head.
+        TinyModelSpec {
+            layers: 2,
+            hidden: 32,
+            heads: 4,
+            kv_heads: 2,
+            seed: 1,
+            ..Default::default()
+        },
+        // One key/value head, tied embeddings, a different rope base is in the config below.
+        TinyModelSpec {
+            layers: 1,
+            hidden: 48,
+            heads: 6,
+            kv_heads: 1,
+            tie_embeddings: true,
+            seed: 2,
+            ..Default::default()
+        },
+        // Full multi-head attention.
+        TinyModelSpec {
+            layers: 2,
+            hidden: 32,
+            heads: 2,
+            kv_heads: 2,
+            seed: 3,
+            ..Default::default()
+        },
+    ]
+}
+
+const PROMPTS: [&str; 6] = [
+    "a",
+    "hello there",
+    "The quick brown fox",
+    "xy",
+    "12345678901",
+    "é✓",
+];
+
+#[test]
+fn greedy_batched_output_equals_one_prompt_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (k, spec) in specs().iter().enumerate() {
+        let (md, m) = model(&tmp.path().join(format!("m{k}")), spec);
+        let ids: Vec<Vec<u32>> = PROMPTS
+            .iter()
+            .map(|p| md.encode_prompt(p).unwrap())
+            .collect();
+        let opts = GenerateOptions {
+            max_new_tokens: 6,
+            ..Default::default()
+        };
+        let serial: Vec<Vec<u32>> = ids
+            .iter()
+            .map(|p| {
+                generate(&m, std::slice::from_ref(p), &opts).unwrap()[0]
+                    .tokens
+                    .clone()
+            })
+            .collect();
+        // A model that says the same thing whatever the prompt would make this test vacuous.
+        let distinct: std::collections::BTreeSet<&Vec<u32>> = serial.iter().collect();
+        assert!(
+            distinct.len() >= 4,
+            "model {k} barely depends on its prompt: {serial:?}"
+        );
+        // Different rows stop at different times only through stop tokens: pick one that
+        // row 0 produces so that batches lose rows on the way.
+        for shape in [
+            vec![0, 1],
+            vec![2, 0, 3],
+            vec![5, 4, 3, 2, 1, 0],
+            vec![1, 1, 2],
+        ] {
+            let batch: Vec<Vec<u32>> = shape.iter().map(|&i| ids[i].clone()).collect();
+            let out = generate(&m, &batch, &opts).unwrap();
+            for (row, &i) in shape.iter().enumerate() {
+                assert_eq!(
+                    out[row].tokens, serial[i],
+                    "model {k}, batch {shape:?}, row {row}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn stop_tokens_and_per_row_budgets_end_rows_without_changing_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (md, m) = model(tmp.path(), &specs()[0]);
+    let ids: Vec<Vec<u32>> = PROMPTS[..4]
+        .iter()
+        .map(|p| md.encode_prompt(p).unwrap())
+        .collect();
+    let free = generate(
+        &m,
+        &ids,
+        &GenerateOptions {
+            max_new_tokens: 8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // Stop row 0 at its third token; give row 1 a budget of 2.
+    let stop = free[0].tokens[2];
+    let opts = GenerateOptions {
+        max_new_tokens: 8,
+        max_new_per_row: Some(vec![8, 2, 8, 8]),
+        stop_tokens: vec![stop],
+        sampling: Sampling::Greedy,
+    };
+    let out = generate(&m, &ids, &opts).unwrap();
+    let first_stop = free[0].tokens.iter().position(|&t| t == stop).unwrap();
+    assert_eq!(out[0].tokens, free[0].tokens[..=first_stop]);
+    assert_eq!(out[0].stop, StopReason::StopToken);
+    assert_eq!(out[1].tokens, free[1].tokens[..2]);
+    assert_eq!(out[1].stop, StopReason::Length);
+    for r in 2..4 {
+        let cut = free[r]
+            .tokens
+            .iter()
+            .position(|&t| t == stop)
+            .map_or(8, |p| p + 1);
+        assert_eq!(out[r].tokens, free[r].tokens[..cut]);
+    }
+}
+
+#[test]
+fn seeded_sampling_repeats_and_does_not_depend_on_the_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (md, m) = model(tmp.path(), &specs()[0]);
+    let ids: Vec<Vec<u32>> = PROMPTS[..3]
+        .iter()
+        .map(|p| md.encode_prompt(p).unwrap())
+        .collect();
+    let sampling = Sampling::Sample {
+        temperature: 1.5,
+        top_p: 0.9,
+        seed: 42,
+    };
+    let opts = GenerateOptions {
+        max_new_tokens: 8,
+        sampling,
+        ..Default::default()
+    };
+    let a = generate(&m, &ids, &opts).unwrap();
+    let b = generate(&m, &ids, &opts).unwrap();
+    assert_eq!(a, b);
+    // Row 0 of a batch draws with seed 42; alone, it draws the same.
+    let alone = generate(&m, &ids[..1], &opts).unwrap();
+    assert_eq!(alone[0], a[0]);
+    let greedy = generate(
+        &m,
+        &ids,
+        &GenerateOptions {
+            max_new_tokens: 8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_ne!(
+        a, greedy,
+        "sampling at temperature 1.5 should leave the greedy path somewhere"
+    );
+}
+
+#[test]
+fn bad_model_directories_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    new_model(&dir, &specs()[0]).unwrap();
+    // A config whose heads do not divide the hidden size.
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        cfg.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5"),
+    )
+    .unwrap();
+    let e = ModelDir::open(&dir).unwrap_err().to_string();
+    assert!(e.contains("num_attention_heads"), "{e}");
+    std::fs::write(dir.join("config.json"), "{not json").unwrap();
+    assert!(ModelDir::open(&dir)
+        .unwrap_err()
+        .to_string()
+        .contains("config.json"));
+    // A config that does not match the weights' shapes.
+    std::fs::write(
+        dir.join("config.json"),
+        cfg.replace("\"intermediate_size\": 88", "\"intermediate_size\": 96"),
+    )
+    .unwrap();
+    let md = ModelDir::open(&dir).unwrap();
+    let e = engine();
+    md.register(&e, "m").unwrap();
+    let g = e.acquire("m").unwrap();
+    let err = LlamaParams::build(&md.config, &g, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("gate_proj") && err.contains("shape"), "{err}");
+    // Missing tokenizer.
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    assert!(ModelDir::open(&dir)
+        .unwrap_err()
+        .to_string()
+        .contains("tokenizer.json"));
+}
+
+#[test]
+fn prompts_longer_than_the_model_allows_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = TinyModelSpec {
+        max_positions: 16,
+        ..specs()[0].clone()
+    };
+    let (md, m) = model(tmp.path(), &spec);
+    let ids = vec![md.encode_prompt("0123456789").unwrap()];
+    let err = generate(
+        &m,
+        &ids,
+        &GenerateOptions {
+            max_new_tokens: 8,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("max_position_embeddings"), "{err}");
+    let err = generate(&m, &[vec![]], &GenerateOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("no tokens"), "{err}");
+}
