@@ -35,6 +35,7 @@ pub mod bench;
 pub mod capi;
 pub mod conformance;
 pub mod error;
+#[cfg(feature = "infer")]
 pub mod infer;
 pub mod load;
 pub mod selftest;

@@ -1,6 +1,7 @@
 //! Batched generation over the swap engine: weights come from an acquired set, and greedy
 //! batched output equals greedy one-prompt-at-a-time output, token for token, over several
 //! batch shapes and models; bad model directories give clear errors.
+#![cfg(feature = "infer")]
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! The demo pipeline and the CLI's inference commands, on the simulated device with tiny
 //! models: the pipeline swaps models through a budget of two, the three runs agree, and
 //! `generate --json` prints what it generated.
+#![cfg(feature = "infer")]
 
 use std::process::Command;
 use std::sync::Arc;

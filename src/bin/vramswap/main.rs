@@ -7,11 +7,14 @@ use clap::{Parser, Subcommand};
 use vramswap::backend::{self, BackendChoice};
 
 mod bench;
+#[cfg(feature = "infer")]
 mod demo;
+#[cfg(feature = "infer")]
 mod generate;
 mod info;
 mod inspect;
 mod load;
+#[cfg(feature = "infer")]
 mod new_model;
 mod replay;
 mod selftest;
@@ -36,10 +39,13 @@ enum Command {
     /// Three tiny models cycling through a device that holds two: batched generation,
     /// prefetch of the next model, per-step swap figures, beside reload-from-disk and
     /// one-prompt-at-a-time baselines.
+    #[cfg(feature = "infer")]
     Demo(demo::Args),
     /// Batched text generation from a Hugging Face model directory (or `--bench`).
+    #[cfg(feature = "infer")]
     Generate(generate::Args),
     /// Writes a tiny Llama model with seeded random weights and a byte-level tokenizer.
+    #[cfg(feature = "infer")]
     NewModel(new_model::Args),
     /// Backend, device name, memory, VMM support and copy engines.
     Info(info::Args),
@@ -63,8 +69,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let open = || backend::open(cli.backend, cli.device);
     let result = match cli.command {
+        #[cfg(feature = "infer")]
         Command::Demo(args) => open().and_then(|(b, _)| demo::run(b, &args)),
+        #[cfg(feature = "infer")]
         Command::Generate(args) => open().and_then(|(b, _)| generate::run(b, &args)),
+        #[cfg(feature = "infer")]
         Command::NewModel(args) => new_model::run(&args),
         Command::Info(args) => open().and_then(|(b, why)| info::run(b, &why, &args)),
         Command::Bench(args) => open().and_then(|(b, _)| bench::run(b, &args)),
