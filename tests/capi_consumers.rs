@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use vramswap::weights::DType;
@@ -64,15 +65,11 @@ fn build(source: &str) -> PathBuf {
     let target = env!("VRAMSWAP_BUILD_TARGET");
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("capi_consumers");
     std::fs::create_dir_all(&dir).expect("create the programs' folder");
-    // One executable per call: two tests building the same source must not write a file the
-    // other is executing ("text file busy").
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let exe = dir.join(format!(
-        "{}_{}_{n}",
-        source.replace('.', "_"),
-        std::process::id()
-    ));
+    // One file per build: tests build the same source concurrently, and each deletes its own.
+    static BUILDS: AtomicUsize = AtomicUsize::new(0);
+    let n = BUILDS.fetch_add(1, Ordering::Relaxed);
+    let stem = source.replace('.', "_");
+    let exe = dir.join(format!("{stem}_{}_{n}", std::process::id()));
     let compiler = cc::Build::new()
         .target(target)
         .host(target)
@@ -117,7 +114,7 @@ fn run(exe: &Path, args: &[&Path]) -> Output {
         .env_remove("VRAMSWAP_ALLOC_CONF")
         .env_remove("VRAMSWAP_SWAP_CONF")
         .output()
-        .expect("run the program");
+        .unwrap_or_else(|e| panic!("run {} (exists: {}): {e}", exe.display(), exe.exists()));
     let _ = std::fs::remove_file(exe);
     out
 }

@@ -203,12 +203,13 @@ fn engine_errors_are_statuses() {
             VRAMSWAP_NULL_POINTER
         );
         let g = acquire(&c, &name);
-        let mut p = null_mut();
+        let mut p = std::ptr::dangling_mut();
         let mut n = 0u64;
         assert_eq!(
             vramswap_guard_tensor_ptr(g, cstr("ghost").as_ptr(), &mut p, null_mut()),
             VRAMSWAP_NOT_FOUND
         );
+        assert!(p.is_null(), "a pointer out-parameter is NULL on failure");
         assert_eq!(
             vramswap_guard_tensor_ptr(g, null(), &mut p, null_mut()),
             VRAMSWAP_NULL_POINTER

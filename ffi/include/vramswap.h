@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+
 /*
  * Which backend a context uses (vramswap_context_create). A value outside this enum is
  * VRAMSWAP_INVALID_ARGUMENT.

@@ -429,6 +429,8 @@ pub unsafe extern "C" fn vramswap_stream_create(
 ) -> vramswap_status {
     guarded("vramswap_stream_create", || {
         check_non_null(out, "out")?;
+        // SAFETY: not NULL and valid for a pointer write (caller's contract).
+        unsafe { out.write(std::ptr::null_mut()) };
         // SAFETY: NULL-checked inside; live otherwise (caller's contract).
         let c = unsafe { context(ctx) }?;
         let s = c.backend.stream_create()?;

@@ -101,6 +101,8 @@ pub unsafe extern "C" fn vramswap_guard_base(
 ) -> vramswap_status {
     guarded("vramswap_guard_base", || {
         check_non_null(out, "out")?;
+        // SAFETY: not NULL and valid for a pointer write (caller's contract).
+        unsafe { out.write(std::ptr::null_mut()) };
         // SAFETY: NULL-checked inside; live otherwise (caller's contract).
         let g = unsafe { guard_ref(guard) }?;
         // SAFETY: not NULL and valid for a pointer write (caller's contract).
@@ -143,6 +145,8 @@ pub unsafe extern "C" fn vramswap_guard_tensor_ptr(
 ) -> vramswap_status {
     guarded("vramswap_guard_tensor_ptr", || {
         check_non_null(out, "out")?;
+        // SAFETY: not NULL and valid for a pointer write (caller's contract).
+        unsafe { out.write(std::ptr::null_mut()) };
         // SAFETY: NULL-checked inside; live / NUL-terminated otherwise (caller's contract).
         let (g, name) = unsafe { (guard_ref(guard)?, str_arg(name, "name")?) };
         let p = g.tensor_ptr(name)?;
