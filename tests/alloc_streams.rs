@@ -136,9 +136,8 @@ fn using_a_block_on_another_stream_without_record_stream_is_reported_as_a_race()
     b.event_destroy(ev).unwrap();
 }
 
-/// The simulator's checker does not learn that a destroyed stream's work finished when the
-/// device is synchronised (its clock goes with the stream), so this test checks the ordering
-/// through the bytes instead of `violations()`.
+/// A block freed on a stream that was then destroyed is reused only after a device
+/// synchronisation, which waits for the destroyed stream's remaining work.
 #[test]
 fn blocks_freed_on_a_destroyed_stream_are_reused_after_a_device_sync() {
     let b: SharedBackend = Arc::new(SimBackend::with_capacity(64 * MIB));
@@ -155,6 +154,8 @@ fn blocks_freed_on_a_destroyed_stream_are_reused_after_a_device_sync() {
     let mut back = vec![0u8; MIB as usize];
     vramswap::backend::download(b.as_ref(), &mut back, q, s2).unwrap();
     assert!(back.iter().all(|&x| x == 2));
+    let v = b.sim_device().unwrap().violations();
+    assert!(v.is_empty(), "{v:?}");
     a.free(q).unwrap();
     b.stream_destroy(s2).unwrap();
 }

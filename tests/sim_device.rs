@@ -354,3 +354,27 @@ fn sim_configuration_string_is_parsed_strictly() {
     assert!(parse_sim_config("capacity_mb:-1").is_err());
     assert!(parse_sim_config("race:maybe").is_err());
 }
+
+#[test]
+fn device_synchronisation_waits_for_work_left_on_a_destroyed_stream() {
+    let b = SimBackend::new(SimConfig {
+        bandwidth: Some(Bandwidth {
+            d2d: 1e9,
+            ..Bandwidth::default()
+        }),
+        ..SimConfig::default()
+    });
+    let len = 32u64 << 20; // 34 ms at 1 GB/s
+    let (x, y) = (b.alloc(len).unwrap(), b.alloc(len).unwrap());
+    let s1 = b.stream_create().unwrap();
+    b.copy_dtod_async(y, x, len, s1).unwrap();
+    b.stream_destroy(s1).unwrap(); // returns at once; the copy still runs
+    b.synchronize().unwrap();
+    let c = b.device().counters();
+    assert_eq!(c.copies_d2d, 1);
+    // The host saw that work finish: freeing its memory now is no use-after-free.
+    b.free(y).unwrap();
+    b.free(x).unwrap();
+    let v = b.device().violations();
+    assert!(v.is_empty(), "{v:?}");
+}

@@ -145,6 +145,9 @@ struct Inner {
     memory: Mutex<Memory>,
     host: Mutex<HostMemory>,
     streams: RwLock<HashMap<u64, Arc<Stream>>>,
+    /// Destroyed streams whose queued work may still run, with the sequence number of their
+    /// last operation: `cuCtxSynchronize` waits for it too.
+    retired: Mutex<Vec<(u64, Arc<Stream>, u64)>>,
     events: Mutex<HashMap<u64, EventState>>,
     next_id: AtomicU64,
     checker: Mutex<Checker>,
@@ -207,6 +210,7 @@ impl SimDevice {
                 memory: Mutex::new(Memory::new(cache_limit)),
                 host: Mutex::new(HostMemory::default()),
                 streams: RwLock::new(streams),
+                retired: Mutex::new(Vec::new()),
                 events: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 checker: Mutex::new(Checker::new(enabled)),

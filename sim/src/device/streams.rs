@@ -53,7 +53,20 @@ impl SimDevice {
             .expect("streams lock")
             .remove(&id)
             .ok_or_else(|| SimError::InvalidHandle(format!("stream {id:#x} does not exist")))?;
+        let last = s.submit.lock().expect("submit lock").seq;
         s.detach();
+        // "In case the device is still doing work in the stream hStream when cuStreamDestroy()
+        // is called, the function will return immediately and the resources associated with
+        // hStream will be released automatically once the device has completed all work in
+        // hStream" (cuStreamDestroy): the work still runs, and a device synchronisation still
+        // waits for it.
+        if s.shared.completed() < last {
+            self.inner
+                .retired
+                .lock()
+                .expect("retired lock")
+                .push((id, s, last));
+        }
         Ok(())
     }
 
@@ -110,6 +123,15 @@ impl SimDevice {
                     first.get_or_insert(e);
                 }
             }
+        }
+        // "Blocks until the device has completed all preceding requested tasks"
+        // (cuCtxSynchronize): destroyed streams' remaining work included.
+        let retired = std::mem::take(&mut *self.inner.retired.lock().expect("retired lock"));
+        for (id, s, last) in retired {
+            s.shared.wait_for(last);
+            let mut checker = self.inner.checker.lock().expect("checker lock");
+            let clock = checker.clock_of(id);
+            checker.host_observed(&clock);
         }
         first.map_or(Ok(()), Err)
     }
