@@ -97,46 +97,8 @@ impl SimDevice {
         len: u64,
         stream: u64,
     ) -> SimResult<()> {
-        self.fault(FaultOp::Copy)?;
-        if len == 0 {
-            return Ok(());
-        }
-        if src.is_null() {
-            return Err(SimError::InvalidValue("null host pointer".into()));
-        }
-        let segs = self.resolve(dst, len)?;
-        let kind = self.host_kind(src, len);
-        let pageable = kind == HostKind::Pageable;
-        let mut acc = vec![Access::write(Space::Device, dst, len)];
-        if !pageable {
-            acc.push(Access::read(Space::Host, src as u64, len));
-        }
-        let src = src as usize;
-        self.submit_copy(
-            stream,
-            CopyJob {
-                op: "copy host-to-device",
-                accesses: acc,
-                dir: Dir::H2D,
-                bytes: len,
-                pageable,
-                body: Box::new(move || {
-                    let mut off = 0usize;
-                    for s in segs {
-                        // SAFETY: the caller keeps `src` valid for `len` bytes until the copy runs;
-                        // `s` stays inside its physical allocation (resolved above).
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                (src as *const u8).add(off),
-                                s.phys.bytes_ptr(s.off, s.len),
-                                s.len,
-                            )
-                        };
-                        off += s.len;
-                    }
-                }),
-            },
-        )
+        // SAFETY: forwarded contract; a host-to-device copy only reads `src`.
+        unsafe { self.copy_host(Dir::H2D, src as *mut u8, dst, len, stream) }
     }
 
     /// Copies `len` bytes from device `src` to host `dst` on `stream` (`cuMemcpyDtoHAsync`).
@@ -145,46 +107,81 @@ impl SimDevice {
     /// `dst` must be valid for writes of `len` bytes until the copy has completed, and not be
     /// accessed by the host in the meantime.
     pub unsafe fn copy_dtoh(&self, dst: *mut u8, src: u64, len: u64, stream: u64) -> SimResult<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.copy_host(Dir::D2H, dst, src, len, stream) }
+    }
+
+    /// A copy between host memory at `host` and device memory at `dev`, in direction `dir`
+    /// (`H2D` or `D2H`).
+    ///
+    /// # Safety
+    /// `host` must be valid for `len` bytes (reads for `H2D`, writes for `D2H`) until the copy
+    /// has completed.
+    unsafe fn copy_host(
+        &self,
+        dir: Dir,
+        host: *mut u8,
+        dev: u64,
+        len: u64,
+        stream: u64,
+    ) -> SimResult<()> {
         self.fault(FaultOp::Copy)?;
         if len == 0 {
             return Ok(());
         }
-        if dst.is_null() {
+        if host.is_null() {
             return Err(SimError::InvalidValue("null host pointer".into()));
         }
-        let segs = self.resolve(src, len)?;
-        let kind = self.host_kind(dst, len);
-        if kind == HostKind::PinnedReadOnly {
+        let segs = self.resolve(dev, len)?;
+        let kind = self.host_kind(host, len);
+        let to_device = dir == Dir::H2D;
+        if !to_device && kind == HostKind::PinnedReadOnly {
             // CU_MEMHOSTREGISTER_READ_ONLY: "the memory ... will be considered read-only by the
             // device"; a device write to it faults.
             return Err(SimError::NotPermitted(format!(
-                "device-to-host copy into read-only registered memory {dst:p}"
+                "device-to-host copy into read-only registered memory {host:p}"
             )));
         }
         let pageable = kind == HostKind::Pageable;
-        let mut acc = vec![Access::read(Space::Device, src, len)];
+        let mut accesses = vec![if to_device {
+            Access::write(Space::Device, dev, len)
+        } else {
+            Access::read(Space::Device, dev, len)
+        }];
         if !pageable {
-            acc.push(Access::write(Space::Host, dst as u64, len));
+            // Pageable memory is copied synchronously, so the host is ordered with it anyway.
+            accesses.push(if to_device {
+                Access::read(Space::Host, host as u64, len)
+            } else {
+                Access::write(Space::Host, host as u64, len)
+            });
         }
-        let dst = dst as usize;
+        let host = host as usize;
         self.submit_copy(
             stream,
             CopyJob {
-                op: "copy device-to-host",
-                accesses: acc,
-                dir: Dir::D2H,
+                op: if to_device {
+                    "copy host-to-device"
+                } else {
+                    "copy device-to-host"
+                },
+                accesses,
+                dir,
                 bytes: len,
                 pageable,
                 body: Box::new(move || {
                     let mut off = 0usize;
                     for s in segs {
-                        // SAFETY: the caller keeps `dst` valid for `len` bytes until the copy runs.
+                        let h = (host as *mut u8).wrapping_add(off);
+                        let d = s.phys.bytes_ptr(s.off, s.len);
+                        // SAFETY: the caller keeps the host range valid for `len` bytes until the
+                        // copy runs; `s` stays inside its physical allocation (resolved above).
                         unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                s.phys.bytes_ptr(s.off, s.len),
-                                (dst as *mut u8).add(off),
-                                s.len,
-                            )
+                            if to_device {
+                                std::ptr::copy_nonoverlapping(h, d, s.len)
+                            } else {
+                                std::ptr::copy_nonoverlapping(d, h, s.len)
+                            }
                         };
                         off += s.len;
                     }
