@@ -378,3 +378,30 @@ fn device_synchronisation_waits_for_work_left_on_a_destroyed_stream() {
     let v = b.device().violations();
     assert!(v.is_empty(), "{v:?}");
 }
+
+#[test]
+fn every_concurrent_device_synchronisation_waits_for_destroyed_streams() {
+    let b = SimBackend::new(SimConfig {
+        bandwidth: Some(Bandwidth {
+            h2d: 20e6,
+            ..Bandwidth::default()
+        }),
+        ..SimConfig::default()
+    });
+    let sim = b.device().clone();
+    let s = sim.stream_create(false).unwrap();
+    let d = sim.alloc(4 << 20).unwrap();
+    let h = sim.host_alloc(4 << 20).unwrap();
+    // SAFETY: `h` is freed only after the synchronisations below.
+    unsafe { sim.copy_htod(d, h, 4 << 20, s).unwrap() }; // 200 ms on the model
+    sim.stream_destroy(s).unwrap();
+    let other = sim.clone();
+    let t = std::thread::spawn(move || other.synchronize().unwrap());
+    sim.synchronize().unwrap();
+    // Both returned only after the copy: freeing its pinned source is no use-after-free.
+    sim.host_free(h).unwrap();
+    t.join().unwrap();
+    let v = sim.violations();
+    assert!(v.is_empty(), "{v:?}");
+    sim.free(d).unwrap();
+}

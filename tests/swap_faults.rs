@@ -216,3 +216,191 @@ fn many_threads_acquiring_prefetching_and_offloading_race_nothing_and_finish() {
     assert!(e.status().device_used <= 12 << 20);
     finish(b, e);
 }
+
+fn verified(b: &SharedBackend, vmm: bool) -> SwapEngine {
+    let cfg = SwapConfig {
+        use_vmm: Some(vmm),
+        transfer: TransferConfig {
+            verify: true,
+            ..TransferConfig::default()
+        },
+        ..SwapConfig::default()
+    };
+    SwapEngine::new(b.clone(), cfg).unwrap()
+}
+
+fn one_tensor(e: &SwapEngine, name: &str, len: usize) {
+    let w = vec![5u8; len];
+    e.register_arrays(
+        name,
+        vec![(
+            "model.layers.0.w".into(),
+            DType::U8,
+            vec![len as u64],
+            &w[..],
+        )],
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_failed_verification_never_unmaps_a_set_another_guard_holds() {
+    let b: SharedBackend = Arc::new(SimBackend::with_capacity(256 << 20));
+    let e = verified(&b, true);
+    one_tensor(&e, "m", 4 << 20);
+    let held = e.acquire_streaming("m").unwrap();
+    b.sim_device().unwrap().inject_fault(FaultOp::Launch, 1); // the checksum kernel fails
+    assert!(e.acquire("m").is_err());
+    held.wait_all().unwrap();
+    assert_eq!(
+        held.read(0, 16).unwrap(),
+        vec![5u8; 16],
+        "the held set stayed mapped"
+    );
+    drop(held);
+    // With no guard left, the next acquire discards the unverified copy and uploads afresh.
+    assert_eq!(e.acquire("m").unwrap().read(0, 16).unwrap(), vec![5u8; 16]);
+    finish(b, e);
+}
+
+#[test]
+fn concurrent_acquires_after_a_failed_verification_neither_panic_nor_hand_out_unmapped_sets() {
+    for vmm in [false, true] {
+        let b: SharedBackend = Arc::new(SimBackend::new(SimConfig {
+            capacity: 256 << 20,
+            bandwidth: Some(vramswap_sim::Bandwidth {
+                h2d: 100e6,
+                ..Default::default()
+            }),
+            ..SimConfig::default()
+        }));
+        let e = verified(&b, vmm);
+        one_tensor(&e, "m", 8 << 20);
+        e.prefetch("m").unwrap();
+        b.sim_device().unwrap().inject_fault(FaultOp::Launch, 1);
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let e = e.clone();
+                std::thread::spawn(move || match e.acquire("m") {
+                    Ok(g) => g.read(0, 16).map(|bytes| assert_eq!(bytes, vec![5u8; 16])),
+                    Err(err) => Err(err),
+                })
+            })
+            .collect();
+        for t in threads {
+            // Either outcome is fine; a guard over unmapped memory (a read error) or a panic
+            // is not.
+            match t.join().expect("an acquire panicked") {
+                Ok(()) => {}
+                Err(err) => assert!(
+                    matches!(
+                        err,
+                        vramswap::Error::Driver { .. } | vramswap::Error::ChecksumMismatch { .. }
+                    ),
+                    "vmm={vmm}: {err}"
+                ),
+            }
+        }
+        assert_eq!(
+            e.status().sets[0].guards,
+            0,
+            "the engine lock is not poisoned and guards balance"
+        );
+        finish(b, e);
+    }
+}
+
+#[test]
+fn allocator_pressure_waits_for_a_busy_engine_instead_of_failing() {
+    use vramswap::alloc::{AllocatorConfig, CachingAllocator};
+    let b: SharedBackend = Arc::new(SimBackend::new(SimConfig {
+        capacity: 64 << 20,
+        bandwidth: Some(vramswap_sim::Bandwidth {
+            d2h: 40e6,
+            ..Default::default()
+        }),
+        ..SimConfig::default()
+    }));
+    let e = SwapEngine::new(b.clone(), SwapConfig::default()).unwrap();
+    one_tensor(&e, "d1", 8 << 20);
+    one_tensor(&e, "d2", 8 << 20);
+    one_tensor(&e, "idle", 40 << 20);
+    for n in ["d1", "d2", "idle"] {
+        drop(e.acquire(n).unwrap());
+    }
+    e.mark_dirty("d1").unwrap();
+    e.mark_dirty("d2").unwrap();
+    let a = Arc::new(CachingAllocator::new(b.clone(), AllocatorConfig::default()).unwrap());
+    e.attach_allocator(&a);
+    let e2 = e.clone();
+    let busy = std::thread::spawn(move || e2.offload_idle().unwrap()); // long copy-backs under the lock
+                                                                       // Whenever it runs, before, during or after the copy-backs, the allocation finds room.
+    let p = a
+        .allocate(30 << 20, Stream::DEFAULT)
+        .expect("an idle set could be offloaded");
+    busy.join().unwrap();
+    a.free(p).unwrap();
+    drop(a);
+    finish(b, e);
+}
+
+#[test]
+fn a_transfer_that_fails_inside_a_chunk_returns_only_after_its_queued_pieces() {
+    use vramswap::transfer::{CopyEngine, CopyPlan, Direction, HostPiece};
+    let b: SharedBackend = Arc::new(SimBackend::new(SimConfig {
+        capacity: 256 << 20,
+        bandwidth: Some(vramswap_sim::Bandwidth {
+            h2d: 50e6,
+            ..Default::default()
+        }),
+        ..SimConfig::default()
+    }));
+    let ce = Arc::new(
+        CopyEngine::new(
+            b.clone(),
+            TransferConfig {
+                chunk_bytes: 4 << 20,
+                streams_per_direction: 1,
+                verify: false,
+            },
+        )
+        .unwrap(),
+    );
+    let (p0, p1) = (
+        b.host_alloc_pinned(1 << 20).unwrap(),
+        b.host_alloc_pinned(1 << 20).unwrap(),
+    );
+    // One chunk over two host pieces: the first piece is queued, the second copy fails.
+    let pieces = [
+        HostPiece {
+            offset: 0,
+            len: 1 << 20,
+            ptr: p0,
+        },
+        HostPiece {
+            offset: 1 << 20,
+            len: 1 << 20,
+            ptr: p1,
+        },
+    ];
+    let d = b.alloc(2 << 20).unwrap();
+    let plan = CopyPlan::whole(2 << 20, 4 << 20).unwrap();
+    b.sim_device().unwrap().inject_fault(FaultOp::Copy, 2);
+    // SAFETY: the pieces outlive the attempt.
+    let r = unsafe { ce.start(Direction::HostToDevice, &pieces, d, &plan) };
+    assert!(r.is_err());
+    let s = ce.streams(Direction::HostToDevice)[0];
+    assert!(
+        b.stream_query(s).unwrap(),
+        "the failed chunk's first piece was still being copied"
+    );
+    // Freeing the pinned source now is safe: no violation.
+    // SAFETY: nothing is in flight (checked above).
+    unsafe {
+        b.host_free_pinned(p0).unwrap();
+        b.host_free_pinned(p1).unwrap();
+    }
+    assert!(b.sim_device().unwrap().violations().is_empty());
+    drop(ce);
+    b.free(d).unwrap();
+}

@@ -105,6 +105,14 @@ impl Inner {
                         self.changed.notify_all();
                         return Err(err);
                     }
+                    let e = st.entry(name)?;
+                    if !(e.resident() && e.state == Residency::OnDevice) {
+                        // Another thread's attempt failed and took the set back off the device
+                        // while this one waited: give up this guard and start over.
+                        e.guards -= 1;
+                        self.changed.notify_all();
+                        continue;
+                    }
                     drop(st);
                     return Ok(Some(self.guard(name, None)?));
                 }
@@ -273,12 +281,12 @@ impl Inner {
         if deficit == 0 {
             return 0;
         }
-        // `try_lock`: the allocator may call this while this engine holds its own lock (through
-        // a plain allocation that ran out of memory); then there is nothing to do here.
-        match self.state.try_lock() {
-            Ok(mut st) => self.evict(&mut st, deficit, "", true),
-            Err(_) => 0,
-        }
+        // The allocator calls its pressure handlers with its own lock released, and the engine
+        // never allocates through the allocator while holding this lock, so waiting here cannot
+        // deadlock; a `try_lock` would fail an allocation merely because another thread was
+        // offloading at that moment.
+        let mut st = self.lock();
+        self.evict(&mut st, deficit, "", true)
     }
 
     /// Backs device memory for an in-host set and queues the upload.
@@ -347,6 +355,9 @@ impl Inner {
                 e.upload_started = Some(Instant::now());
                 e.state = Residency::Uploading;
                 e.dirty = false;
+                // A set just brought in (a prefetch too) is the most recently used: neither
+                // the idle offloader nor LRU eviction should take it straight back out.
+                st.touch(name);
                 Ok(())
             }
             Err(err) => {
@@ -374,13 +385,20 @@ impl Inner {
         let layout = e.layout.clone().expect("uploading sets have a layout");
         if let Some(sums) = &layout.checksums {
             if let Err(err) = t.verify(sums, Stream::DEFAULT) {
-                e.transfer = None;
-                let _ = e
-                    .space
-                    .as_mut()
-                    .expect("uploading sets have space")
-                    .unback(self.backend.as_ref());
-                e.state = Residency::InHost;
+                // The caller holds one guard. With no other guard, the bad copy goes: the set
+                // returns to host memory and the next acquire uploads it afresh. With other
+                // guards (streaming acquires), the range must stay mapped under them: the set
+                // stays `Uploading` with this transfer, so every acquire fails verification
+                // until the last guard is gone and the copy can be discarded.
+                if e.guards <= 1 {
+                    e.transfer = None;
+                    let _ = e
+                        .space
+                        .as_mut()
+                        .expect("uploading sets have space")
+                        .unback(self.backend.as_ref());
+                    e.state = Residency::InHost;
+                }
                 return Err(err);
             }
         }
@@ -404,13 +422,21 @@ impl Inner {
             return Ok(());
         }
         let t0 = Instant::now();
-        if let Some(t) = e.transfer.take() {
-            // An upload nobody waited for (a prefetch): let it land before unmapping.
+        if let Some(t) = &e.transfer {
+            // An upload nobody waited for (a prefetch): let it land before unmapping. On error
+            // the set stays as it was (uploading, its transfer kept).
             t.wait()?;
         }
-        for ev in e.uses.drain(..) {
+        e.transfer = None;
+        if e.state == Residency::Uploading {
+            e.state = Residency::OnDevice;
+        }
+        // Work recorded on user streams must finish before the range is unmapped; an event
+        // that fails to synchronise stays recorded (and the set resident).
+        while let Some(&ev) = e.uses.first() {
             b.event_synchronize(ev)?;
-            b.event_destroy(ev)?;
+            e.uses.remove(0);
+            let _ = b.event_destroy(ev);
         }
         let mut copied = 0;
         if e.dirty {
@@ -465,7 +491,19 @@ impl Inner {
             return Err(e);
         }
         let mut st = self.lock();
-        st.entry(name)?.uses.push(ev);
+        let e = st.entry(name)?;
+        // Keep only uses still in flight: a set that stays resident for many batches would
+        // otherwise collect an event per batch.
+        let b = self.backend.as_ref();
+        e.uses.retain(|&old| {
+            if b.event_query(old).unwrap_or(false) {
+                let _ = b.event_destroy(old);
+                false
+            } else {
+                true
+            }
+        });
+        e.uses.push(ev);
         Ok(())
     }
 }

@@ -473,9 +473,14 @@ impl SwapEngine {
             )));
         }
         self.inner.offload_locked(&mut st, name)?;
-        let mut e = st.sets.remove(name).expect("checked above");
+        // Free the device side first: if that fails, the set stays registered (and tracked).
+        let e = st.entry(name)?;
         if let Some(space) = e.space.take() {
             space.destroy(self.inner.backend.as_ref())?;
+        }
+        let e = st.sets.remove(name).expect("checked above");
+        for ev in e.uses {
+            let _ = self.inner.backend.event_destroy(ev);
         }
         Ok(())
     }

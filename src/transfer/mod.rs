@@ -216,8 +216,11 @@ impl CopyEngine {
                 .and_then(|_| self.backend.event_record(ev, s));
             if let Err(e) = r {
                 self.return_events([ev]);
-                // What was queued must finish before the caller reuses the buffers; `t`'s drop
-                // waits for it. The destination is invalid: the caller must not use it.
+                // Pieces of this chunk may already be queued with no event after them: wait for
+                // this stream so nothing of the failed chunk is still running when the caller
+                // gets the error. Earlier chunks are waited for by `t`'s drop. The destination
+                // is invalid: the caller must not use it.
+                let _ = self.backend.stream_synchronize(s);
                 t.failed = Some(e.to_string());
                 return Err(e);
             }

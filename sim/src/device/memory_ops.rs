@@ -103,13 +103,20 @@ impl SimDevice {
     }
 
     pub(crate) fn release_check(&self, space: Space, start: u64, end: u64, what: &str) {
-        let streams = self.inner.streams.read().expect("streams lock");
-        let completed = |s: u64| {
-            streams
-                .get(&s)
-                .map(|st| st.shared.completed())
-                .unwrap_or(u64::MAX)
-        };
+        // How far each stream has got, destroyed streams with work left included (their work
+        // still runs); read before the checker lock is taken.
+        let mut done: std::collections::HashMap<u64, u64> = self
+            .inner
+            .streams
+            .read()
+            .expect("streams lock")
+            .iter()
+            .map(|(id, st)| (*id, st.shared.completed()))
+            .collect();
+        for (id, st, _) in self.inner.retired.lock().expect("retired lock").iter() {
+            done.insert(*id, st.shared.completed());
+        }
+        let completed = |s: u64| done.get(&s).copied().unwrap_or(u64::MAX);
         self.inner
             .checker
             .lock()

@@ -126,13 +126,21 @@ impl SimDevice {
         }
         // "Blocks until the device has completed all preceding requested tasks"
         // (cuCtxSynchronize): destroyed streams' remaining work included.
-        let retired = std::mem::take(&mut *self.inner.retired.lock().expect("retired lock"));
-        for (id, s, last) in retired {
-            s.shared.wait_for(last);
+        // Wait on a copy of the list: a concurrent caller must wait for the same streams, so
+        // entries leave the list only once their work has completed.
+        let retired: Vec<(u64, Arc<Stream>, u64)> =
+            self.inner.retired.lock().expect("retired lock").clone();
+        for (id, s, last) in &retired {
+            s.shared.wait_for(*last);
             let mut checker = self.inner.checker.lock().expect("checker lock");
-            let clock = checker.clock_of(id);
+            let clock = checker.clock_of(*id);
             checker.host_observed(&clock);
         }
+        self.inner
+            .retired
+            .lock()
+            .expect("retired lock")
+            .retain(|(_, s, last)| s.shared.completed() < *last);
         first.map_or(Ok(()), Err)
     }
 
@@ -299,26 +307,27 @@ impl SimDevice {
         let s = self.stream(stream)?;
         // Legacy default stream: the NULL stream waits for every blocking stream, and a blocking
         // stream waits for the NULL stream.
-        let mut deps: Vec<(Arc<Stream>, u64)> = Vec::new();
+        // (id, stream, sequence number to wait for). The ids are taken here, with the streams
+        // lock, so that lock is never wanted while a submit or the checker lock is held.
+        let mut deps: Vec<(u64, Arc<Stream>, u64)> = Vec::new();
         if stream == 0 {
             for (id, other) in self.inner.streams.read().expect("streams lock").iter() {
                 if *id != 0 && other.blocking {
                     let seq = other.submit.lock().expect("submit lock").seq;
-                    deps.push((other.clone(), seq));
+                    deps.push((*id, other.clone(), seq));
                 }
             }
         } else if s.blocking {
             let null = self.stream(0)?;
             let seq = null.submit.lock().expect("submit lock").seq;
-            deps.push((null, seq));
+            deps.push((0, null, seq));
         }
         let mut sub = s.submit.lock().expect("submit lock");
         let seq = sub.seq + 1;
         {
             let mut checker = self.inner.checker.lock().expect("checker lock");
-            for (d, _) in &deps {
-                let id = self.stream_id_of(d);
-                let c = checker.clock_of(id);
+            for (id, _, _) in &deps {
+                let c = checker.clock_of(*id);
                 checker.wait(stream, &c);
             }
             let found = checker.enqueue(stream, seq, op, &accesses);
@@ -334,7 +343,7 @@ impl SimDevice {
         } else {
             let deps: Vec<_> = deps
                 .into_iter()
-                .map(|(d, n)| (d.shared.clone(), n))
+                .map(|(_, d, n)| (d.shared.clone(), n))
                 .collect();
             Box::new(move || {
                 for (d, n) in deps {
@@ -345,16 +354,5 @@ impl SimDevice {
         };
         sub.send(seq, job);
         Ok(seq)
-    }
-
-    pub(crate) fn stream_id_of(&self, s: &Arc<Stream>) -> u64 {
-        self.inner
-            .streams
-            .read()
-            .expect("streams lock")
-            .iter()
-            .find(|(_, v)| Arc::ptr_eq(v, s))
-            .map(|(k, _)| *k)
-            .unwrap_or(0)
     }
 }
