@@ -60,13 +60,13 @@ impl SimDevice {
         // hStream will be released automatically once the device has completed all work in
         // hStream" (cuStreamDestroy): the work still runs, and a device synchronisation still
         // waits for it.
-        if s.shared.completed() < last {
-            self.inner
-                .retired
-                .lock()
-                .expect("retired lock")
-                .push((id, s, last));
-        }
+        // Kept even when its work is already done: the host has not observed that yet, and the
+        // next device synchronisation must order later work after it (the race checker's view).
+        self.inner
+            .retired
+            .lock()
+            .expect("retired lock")
+            .push((id, s, last));
         Ok(())
     }
 
@@ -140,7 +140,7 @@ impl SimDevice {
             .retired
             .lock()
             .expect("retired lock")
-            .retain(|(_, s, last)| s.shared.completed() < *last);
+            .retain(|(id, _, _)| !retired.iter().any(|(r, _, _)| r == id));
         first.map_or(Ok(()), Err)
     }
 
