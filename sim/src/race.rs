@@ -174,8 +174,6 @@ impl Checker {
     pub(crate) fn forget_last(&mut self, n: usize) {
         let keep = self.history.len().saturating_sub(n);
         self.history.truncate(keep);
-        let v = self.violations.len();
-        let _ = v;
     }
 
     /// Entries that the host has seen complete are ordered before everything enqueued later.

@@ -275,7 +275,7 @@ impl Inner {
 
     /// Offloads idle sets until `needed` bytes could be allocated on the device (counting what
     /// is already free); returns the bytes freed.
-    pub(super) fn relieve(&self, needed: u64, _from_allocator: bool) -> u64 {
+    pub(super) fn relieve(&self, needed: u64) -> u64 {
         let free = self.backend.mem_info().map_or(0, |m| m.free);
         let deficit = needed.saturating_sub(free);
         if deficit == 0 {

@@ -349,8 +349,7 @@ impl SwapEngine {
     pub fn attach_allocator(&self, alloc: &Arc<CachingAllocator>) {
         let weak = Arc::downgrade(&self.inner);
         let id = alloc.add_pressure_handler(Box::new(move |needed| {
-            weak.upgrade()
-                .map_or(0, |inner| inner.relieve(needed, true))
+            weak.upgrade().map_or(0, |inner| inner.relieve(needed))
         }));
         self.inner
             .allocators
@@ -523,7 +522,7 @@ impl SwapEngine {
     /// sets (counting memory already free); returns the bytes freed. This is what the caching
     /// allocator's pressure handler calls.
     pub fn relieve(&self, needed: u64) -> u64 {
-        self.inner.relieve(needed, false)
+        self.inner.relieve(needed)
     }
 
     /// The state of every set and the counters.
