@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use vramswap::backend::sim::SimBackend;
 use vramswap::infer::{
-    generate, new_model, Device, GenerateOptions, Llama, LlamaParams, ModelDir, Sampling,
-    StopReason, TinyModelSpec,
+    argmax, generate, new_model, Device, GenerateOptions, KvCache, Llama, LlamaParams, ModelDir,
+    Sampling, StopReason, TinyModelSpec,
 };
 use vramswap::swap::{SwapConfig, SwapEngine};
 
@@ -118,6 +118,67 @@ fn greedy_batched_output_equals_one_prompt_at_a_time() {
                     "model {k}, batch {shape:?}, row {row}"
                 );
             }
+        }
+    }
+}
+
+/// The guarantee under the token-for-token equality, checked directly: on the CPU a row's
+/// logits have the same bits in a padded batch as alone, at the prompt and at every decode step
+/// (the batch-invariant linear and attention kernels), for a model big enough that the linears
+/// take the threaded path at the prompt.
+#[test]
+fn batched_logits_have_the_same_bits_as_one_prompt_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut all = specs();
+    all.push(TinyModelSpec {
+        layers: 2,
+        hidden: 256,
+        heads: 8,
+        kv_heads: 4,
+        intermediate: 688,
+        seed: 4,
+        ..Default::default()
+    });
+    for (n, spec) in all.iter().enumerate() {
+        let (md, m) = model(&tmp.path().join(format!("b{n}")), spec);
+        let ids: Vec<Vec<u32>> = PROMPTS
+            .iter()
+            .map(|p| md.encode_prompt(p).unwrap())
+            .collect();
+        let longest = ids.iter().map(Vec::len).max().unwrap();
+        let pads: Vec<usize> = ids.iter().map(|p| longest - p.len()).collect();
+        let padded: Vec<Vec<u32>> = ids
+            .iter()
+            .map(|p| [vec![0u32; longest - p.len()], p.clone()].concat())
+            .collect();
+        let mut batch_cache = KvCache::new();
+        let mut alone_caches: Vec<KvCache> = ids.iter().map(|_| KvCache::new()).collect();
+        let mut batch = m.forward(&padded, &pads, &mut batch_cache).unwrap();
+        let mut alone: Vec<_> = ids
+            .iter()
+            .zip(&mut alone_caches)
+            .map(|(p, c)| m.forward(std::slice::from_ref(p), &[0], c).unwrap())
+            .collect();
+        for step in 0..4 {
+            let rows = batch.to_vec2::<f32>().unwrap();
+            let mut next = Vec::new();
+            for (r, a) in alone.iter().enumerate() {
+                let a = a.to_vec2::<f32>().unwrap();
+                assert!(
+                    rows[r]
+                        .iter()
+                        .zip(&a[0])
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "model {n}, step {step}, row {r}: batched logits differ from the row alone"
+                );
+                next.push(vec![argmax(&a[0])]);
+            }
+            batch = m.forward(&next, &pads, &mut batch_cache).unwrap();
+            alone = next
+                .iter()
+                .zip(&mut alone_caches)
+                .map(|(t, c)| m.forward(std::slice::from_ref(t), &[0], c).unwrap())
+                .collect();
         }
     }
 }

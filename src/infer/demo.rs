@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::generate::GenerateOptions;
 use super::model_dir::{new_model, ModelDir, TinyModelSpec};
 use super::text::{generate_text, load_model};
+use crate::arena::{ArenaConfig, PinnedArena, SLAB_GRANULE};
 use crate::backend::SharedBackend;
 use crate::error::{Error, Result};
 use crate::load;
@@ -199,7 +200,7 @@ pub fn run(
     let steps = cfg.cycles * paths.len();
 
     // The pipeline: prefetch the next model, then compute with the current one.
-    let engine = SwapEngine::new(backend.clone(), swap_cfg.clone())?;
+    let engine = demo_engine(&backend, &swap_cfg)?;
     for (d, n) in dirs.iter().zip(&names) {
         d.register(&engine, n)?;
     }
@@ -268,7 +269,7 @@ pub fn run(
     };
 
     // Baseline (a): every step re-opens the directory and reloads the weights from disk.
-    let reload_engine = SwapEngine::new(backend.clone(), swap_cfg.clone())?;
+    let reload_engine = demo_engine(&backend, &swap_cfg)?;
     for (p, n) in paths.iter().zip(&names) {
         reload_engine.register_path(n, p, load::LoadOptions::default())?;
     }
@@ -287,6 +288,23 @@ pub fn run(
         outputs_agree: texts_pipeline == texts_reload && texts_pipeline == texts_serial,
         final_texts: texts_pipeline.last().cloned().unwrap_or_default(),
     })
+}
+
+/// An engine for one strategy of the demo. Its pinned arena gives every weight set a slab of
+/// the set's own size (instead of the default 256 MiB slabs): `release` unpins what it frees,
+/// so with default slabs the reload baseline would re-pin 256 MiB for a 10 MB model at every
+/// step, a cost of our defaults rather than of reloading (a pipeline that reloads today pins
+/// nothing). Both strategies use the same arena settings.
+fn demo_engine(backend: &SharedBackend, swap: &SwapConfig) -> Result<SwapEngine> {
+    let arena = PinnedArena::new(
+        backend.clone(),
+        ArenaConfig {
+            budget: swap.host_budget,
+            slab_size: SLAB_GRANULE,
+            ..ArenaConfig::default()
+        },
+    )?;
+    SwapEngine::with_arena(backend.clone(), arena, swap.clone())
 }
 
 /// A baseline run: `reload` re-opens each model directory and reloads its weights from disk at

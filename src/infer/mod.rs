@@ -19,9 +19,11 @@
 //! CUDA the engine's device copy is what the swap figures measure, and candle computes from its
 //! own copy of the same bytes.
 
+mod attend;
 mod config;
 pub mod demo;
 mod generate;
+mod linear;
 mod model;
 mod model_dir;
 mod params;

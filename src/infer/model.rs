@@ -9,14 +9,17 @@
 
 use candle_core::{DType as CDType, Device, Tensor, D};
 
+use super::attend::CausalAttention;
 use super::candle_err;
 use super::config::LlamaConfig;
+use super::linear::CpuLinear;
 use super::params::{BlockParams, LlamaParams};
 use crate::error::{Error, Result};
 
 type CResult<T> = candle_core::Result<T>;
 
-/// Keys and values of every block for one batch, `[batch, kv_heads, slots, head_dim]` each.
+/// Keys and values of every block for one batch: per block two buffers `[batch, kv_heads,
+/// capacity, head_dim]` whose first [`KvCache::slots`] slots are filled.
 #[derive(Debug, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
@@ -79,6 +82,12 @@ impl Llama {
             inv_freq,
             device: device.clone(),
         })
+    }
+
+    /// Whether the forward pass runs on the CPU kernels of `linear` and `attend` (f32 on the
+    /// CPU: always, as the parameters are f32), not candle's generic ops.
+    fn fused_cpu(&self) -> bool {
+        matches!(self.device, Device::Cpu) && self.params.embed.dtype() == CDType::F32
     }
 
     /// The config.
@@ -164,25 +173,35 @@ impl Llama {
         let cos = freqs.cos()?.unsqueeze(1)?;
         let sin = freqs.sin()?.unsqueeze(1)?;
 
-        // Additive mask [b, 1, t, s]: 0 where query slot i may see key slot j.
-        let mut mask = Vec::with_capacity(b * t * s);
-        for &pad in pads {
-            for i in start..s {
-                for j in 0..s {
-                    let ok = j <= i && (j >= pad || j == i);
-                    mask.push(if ok { 0f32 } else { f32::NEG_INFINITY });
+        // Additive mask [b, 1, t, s]: 0 where query slot i may see key slot j (the fused CPU
+        // attention applies the same rule without one).
+        let mask = if self.fused_cpu() {
+            Tensor::zeros((1, 1, 1, 1), CDType::F32, dev)?
+        } else {
+            let mut mask = Vec::with_capacity(b * t * s);
+            for &pad in pads {
+                for i in start..s {
+                    for j in 0..s {
+                        let ok = j <= i && (j >= pad || j == i);
+                        mask.push(if ok { 0f32 } else { f32::NEG_INFINITY });
+                    }
                 }
             }
-        }
-        let mask = Tensor::from_vec(mask, (b, 1, t, s), dev)?;
+            Tensor::from_vec(mask, (b, 1, t, s), dev)?
+        };
+        let step = Step {
+            cos: &cos,
+            sin: &sin,
+            mask: &mask,
+            pads,
+            start,
+        };
 
         for (n, blk) in self.params.blocks.iter().enumerate() {
             let y = self.attention(
                 &rms_norm(&x, &blk.ln1, self.cfg.rms_norm_eps)?,
                 blk,
-                &cos,
-                &sin,
-                &mask,
+                &step,
                 &mut cache.layers[n],
             )?;
             x = (x + y)?;
@@ -194,15 +213,58 @@ impl Llama {
         linear(&last, &self.params.lm_head)?.reshape((b, self.cfg.vocab_size))
     }
 
+    /// Writes this step's keys and values (`[b, kv, t, hd]`) into the layer's cache buffers at
+    /// slot `start` and returns views of the filled slots `0..start + t`. The buffers hold
+    /// more slots than are filled and grow by doubling (up to `max_position_embeddings`), so a
+    /// decode step copies only its own token's keys and values, not the whole cache.
+    fn cache_append(
+        &self,
+        cache: &mut Option<(Tensor, Tensor)>,
+        start: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> CResult<(Tensor, Tensor)> {
+        let (b, nkv, t, hd) = k.dims4()?;
+        let s = start + t;
+        let room = |have: usize| {
+            (s.next_multiple_of(64).max(2 * have)).min(self.cfg.max_position_embeddings.max(s))
+        };
+        let (kb, vb) = match cache.take() {
+            Some((kb, vb)) if kb.dim(2)? >= s => (kb, vb),
+            Some((kb, vb)) => {
+                let have = kb.dim(2)?;
+                let more = Tensor::zeros((b, nkv, room(have) - have, hd), k.dtype(), k.device())?;
+                (
+                    Tensor::cat(&[&kb, &more], 2)?,
+                    Tensor::cat(&[&vb, &more], 2)?,
+                )
+            }
+            None => {
+                let z = || Tensor::zeros((b, nkv, room(0), hd), k.dtype(), k.device());
+                (z()?, z()?)
+            }
+        };
+        kb.slice_set(&k.contiguous()?, 2, start)?;
+        vb.slice_set(&v.contiguous()?, 2, start)?;
+        let views = (kb.narrow(2, 0, s)?, vb.narrow(2, 0, s)?);
+        *cache = Some((kb, vb));
+        Ok(views)
+    }
+
     fn attention(
         &self,
         x: &Tensor,
         blk: &BlockParams,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
+        step: &Step<'_>,
         cache: &mut Option<(Tensor, Tensor)>,
     ) -> CResult<Tensor> {
+        let Step {
+            cos,
+            sin,
+            mask,
+            pads,
+            ..
+        } = *step;
         let (b, t, h) = x.dims3()?;
         let hd = self.cfg.head_dim();
         let nh = self.cfg.num_attention_heads;
@@ -216,13 +278,17 @@ impl Llama {
         let q = rope(&heads(&blk.q, nh)?, cos, sin)?;
         let k = rope(&heads(&blk.k, nkv)?, cos, sin)?;
         let v = heads(&blk.v, nkv)?;
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v),
-        };
-        *cache = Some((k.clone(), v.clone()));
+        let (k, v) = self.cache_append(cache, step.start, &k, &v)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let y = if t == 1 {
+        let y = if self.fused_cpu() {
+            // On the CPU: the fused op (see `attend`).
+            let op = CausalAttention {
+                pads: pads.to_vec(),
+                scale: scale as f32,
+            };
+            q.apply_op3_no_bwd(&k, &v, &op)?.reshape((b, t, h))?
+        } else if t == 1 {
+            let (k, v) = (k.contiguous()?, v.contiguous()?);
             // One new token per row: broadcast products and sums instead of a matmul per
             // (row, head), so the cost of a decode step hardly grows with the batch. Each key
             // and value head serves `rep` query heads without being copied.
@@ -238,6 +304,7 @@ impl Llama {
                 .sum(3)?
                 .reshape((b, 1, h))?
         } else {
+            let (k, v) = (k.contiguous()?, v.contiguous()?);
             let k = repeat_kv(&k, nh / nkv)?;
             let v = repeat_kv(&v, nh / nkv)?;
             let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
@@ -248,12 +315,31 @@ impl Llama {
     }
 }
 
-/// `x @ w.T` over the last dimension of `x`.
+/// What every block's attention shares in one forward call.
+struct Step<'a> {
+    /// Rotary cosines and sines, `[b, 1, t, hd/2]`.
+    cos: &'a Tensor,
+    sin: &'a Tensor,
+    /// Additive mask, `[b, 1, t, s]`.
+    mask: &'a Tensor,
+    /// Left padding per row.
+    pads: &'a [usize],
+    /// The cache slot of the first new token.
+    start: usize,
+}
+
+/// `x @ w.T` over the last dimension of `x`, `w` being `[out, in]`. On the CPU in f32 through
+/// the batch-invariant kernel of `linear`.
 fn linear(x: &Tensor, w: &Tensor) -> CResult<Tensor> {
     let dims = x.dims().to_vec();
     let last = dims[dims.len() - 1];
     let rows: usize = dims[..dims.len() - 1].iter().product();
-    let y = x.reshape((rows, last))?.matmul(&w.t()?)?;
+    let x = x.reshape((rows, last))?;
+    let y = if matches!(x.device(), Device::Cpu) && x.dtype() == CDType::F32 {
+        x.contiguous()?.apply_op2_no_bwd(w, &CpuLinear)?
+    } else {
+        x.matmul(&w.t()?)?
+    };
     let mut out = dims;
     let n = out.len();
     out[n - 1] = w.dim(0)?;

@@ -1,0 +1,308 @@
+//! Causal attention over the KV cache on the CPU as one fused candle op.
+//!
+//! Written with generic candle ops, a decode step's attention is a broadcast product of the
+//! probabilities with the whole value cache and a strided sum: on the CPU that materialises
+//! `[batch, heads, slots, head_dim]` and walks it element by element, and it was half of a
+//! decode step's time at batch 8. This op reads each row's keys and values in place and skips
+//! the row's left padding and future slots entirely (no mask tensor), so its cost is the real
+//! tokens' and nothing else.
+//!
+//! It is also what keeps batched output equal to one-prompt-at-a-time output: every
+//! (row, query, head) result is computed by the same arithmetic, in the same order, over the same real
+//! keys, whatever the batch and the padding around it. Dot products over the head dimension
+//! use a fixed split into 8 partial sums (a function of the head dimension only); softmax and
+//! the weighted sum of values go over the keys in order.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
+use rayon::prelude::*;
+
+/// Work (multiply-adds) below which the op runs on the calling thread: spreading a few
+/// thousand operations over rayon costs more than it saves.
+const PARALLEL_WORK: usize = 1 << 16;
+
+/// The op: `q` is `[batch, heads, t, head_dim]` (the queries of the last `t` slots), `k` and
+/// `v` are `[batch, kv_heads, slots, head_dim]`, all f32 with a unit last stride; the result is
+/// `[batch, t, heads, head_dim]` (ready to merge the heads). Query head `h` reads key/value
+/// head `h / (heads / kv_heads)`. Row `r`'s query at slot `p` attends to slots `pads[r]..=p`;
+/// a padding query (`p < pads[r]`) attends to itself only, so its values stay finite while no
+/// real query ever reads them.
+pub(crate) struct CausalAttention {
+    /// Left padding per row.
+    pub(crate) pads: Vec<usize>,
+    /// Score scale, `1 / sqrt(head_dim)`.
+    pub(crate) scale: f32,
+}
+
+/// A 4-d view of one operand: base offset and strides in elements.
+struct View<'a> {
+    data: &'a [f32],
+    start: usize,
+    stride: [usize; 3],
+}
+
+impl<'a> View<'a> {
+    fn new(
+        s: &'a CpuStorage,
+        l: &Layout,
+        what: &str,
+    ) -> candle_core::Result<(View<'a>, [usize; 4])> {
+        let data = s.as_slice::<f32>()?;
+        let dims: [usize; 4] = l
+            .dims()
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg(format!("decode attention: {what} is not 4-d")))?;
+        let st = l.stride();
+        if st[3] != 1 {
+            return Err(candle_core::Error::Msg(format!(
+                "decode attention: {what}'s last dimension is strided"
+            )));
+        }
+        Ok((
+            View {
+                data,
+                start: l.start_offset(),
+                stride: [st[0], st[1], st[2]],
+            },
+            dims,
+        ))
+    }
+
+    /// The `hd` elements at `[a, b, c, ..]`.
+    fn row(&self, a: usize, b: usize, c: usize, hd: usize) -> &'a [f32] {
+        let o = self.start + a * self.stride[0] + b * self.stride[1] + c * self.stride[2];
+        &self.data[o..o + hd]
+    }
+}
+
+/// `Σ x[i] y[i]` with 8 partial sums in a fixed order (vectorises; the order depends only on
+/// the length).
+fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (a, b) in xc.zip(yc) {
+        for i in 0..8 {
+            acc[i] += a[i] * b[i];
+        }
+    }
+    let mut tail = 0f32;
+    for (a, b) in xr.iter().zip(yr) {
+        tail += a * b;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+impl CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "vramswap-causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (q, [b, nh, t, hd]) = View::new(qs, ql, "q")?;
+        let (k, [kb, nkv, s, khd]) = View::new(ks, kl, "k")?;
+        let (v, vdims) = View::new(vs, vl, "v")?;
+        if t == 0
+            || t > s
+            || kb != b
+            || khd != hd
+            || vdims != [b, nkv, s, hd]
+            || nkv == 0
+            || nh % nkv != 0
+            || self.pads.len() != b
+            || self.pads.iter().any(|&p| p >= s)
+        {
+            return Err(candle_core::Error::Msg(format!(
+                "causal attention: shapes q {:?} k {:?} v {vdims:?} with {} pads do not fit",
+                ql.dims(),
+                kl.dims(),
+                self.pads.len()
+            )));
+        }
+        let rep = nh / nkv;
+        let mut out = vec![0f32; b * t * nh * hd];
+        // Output chunk `c` is row `r`, query `i`, head `h` with `c = (r * t + i) * nh + h`.
+        let one = |(c, o): (usize, &mut [f32])| {
+            let (h, ri) = (c % nh, c / nh);
+            let (r, i) = (ri / t, ri % t);
+            let kvh = h / rep;
+            let slot = s - t + i;
+            let first = if slot < self.pads[r] {
+                slot
+            } else {
+                self.pads[r]
+            };
+            let qr = q.row(r, h, i, hd);
+            let mut p: Vec<f32> = (first..=slot)
+                .map(|j| dot(qr, k.row(r, kvh, j, hd)) * self.scale)
+                .collect();
+            let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for x in &mut p {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            for (j, &e) in (first..=slot).zip(&p) {
+                let w = e / sum;
+                for (a, &x) in o.iter_mut().zip(v.row(r, kvh, j, hd)) {
+                    *a += w * x;
+                }
+            }
+        };
+        let work = (b * nh * t).saturating_mul(s * hd);
+        if work >= PARALLEL_WORK {
+            out.par_chunks_mut(hd).enumerate().for_each(one);
+        } else {
+            out.chunks_mut(hd).enumerate().for_each(one);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, t, nh, hd))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+    use rand::{Rng, SeedableRng};
+
+    fn random(shape: &[usize], seed: u64) -> (Vec<f32>, Tensor) {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+        let v: Vec<f32> = (0..shape.iter().product())
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        let t = Tensor::from_vec(v.clone(), shape, &Device::Cpu).unwrap();
+        (v, t)
+    }
+
+    /// Softmax attention in f64 from the definition, for one (row, head, query).
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        dims: (usize, usize, usize, usize, usize),
+        (r, h, i): (usize, usize, usize),
+        pad: usize,
+        scale: f64,
+    ) -> Vec<f64> {
+        let (nh, nkv, t, s, hd) = dims;
+        let kvh = h / (nh / nkv);
+        let slot = s - t + i;
+        let keys: Vec<usize> = if slot < pad {
+            vec![slot]
+        } else {
+            (pad..=slot).collect()
+        };
+        let qv = &q[((r * nh + h) * t + i) * hd..][..hd];
+        let at = |buf: &[f32], j: usize| -> Vec<f64> {
+            buf[((r * nkv + kvh) * s + j) * hd..][..hd]
+                .iter()
+                .map(|&x| x as f64)
+                .collect()
+        };
+        let sc: Vec<f64> = keys
+            .iter()
+            .map(|&j| {
+                at(k, j)
+                    .iter()
+                    .zip(qv)
+                    .map(|(a, &b)| a * b as f64)
+                    .sum::<f64>()
+                    * scale
+            })
+            .collect();
+        let max = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = sc.iter().map(|x| (x - max).exp()).collect();
+        let z: f64 = e.iter().sum();
+        let mut out = vec![0f64; hd];
+        for (&j, &ej) in keys.iter().zip(&e) {
+            for (o, x) in out.iter_mut().zip(at(v, j)) {
+                *o += ej / z * x;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_softmax_attention_from_the_definition_with_padding_and_shared_kv_heads() {
+        // 3 rows (pads 0, 2, 4), 4 query heads over 2 key/value heads, 3 queries over 7 slots
+        // (the first queries of row 2 are padding), head_dim 12 (a tail after 8 lanes).
+        let (b, nh, nkv, t, s, hd) = (3, 4, 2, 3, 7, 12);
+        let (q, qt) = random(&[b, nh, t, hd], 1);
+        let (k, kt) = random(&[b, nkv, s, hd], 2);
+        let (v, vt) = random(&[b, nkv, s, hd], 3);
+        let pads = vec![0, 2, 5];
+        let scale = 1.0 / (hd as f64).sqrt();
+        let op = CausalAttention {
+            pads: pads.clone(),
+            scale: scale as f32,
+        };
+        let out = qt.apply_op3_no_bwd(&kt, &vt, &op).unwrap();
+        assert_eq!(out.dims(), &[b, t, nh, hd]);
+        let got: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
+        for r in 0..b {
+            for i in 0..t {
+                for h in 0..nh {
+                    let want =
+                        reference(&q, &k, &v, (nh, nkv, t, s, hd), (r, h, i), pads[r], scale);
+                    let at = ((r * t + i) * nh + h) * hd;
+                    for (d, w) in want.iter().enumerate() {
+                        assert!(
+                            (got[at + d] as f64 - w).abs() < 1e-5,
+                            "row {r} query {i} head {h} dim {d}: {} vs {w}",
+                            got[at + d]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strided_cache_views_read_the_same_as_contiguous_ones() {
+        // The model passes views of larger cache buffers (slots 0..s of a capacity).
+        let (b, nh, nkv, s, cap, hd) = (2, 2, 1, 5, 9, 8);
+        let (_, qt) = random(&[b, nh, 1, hd], 4);
+        let (_, kbuf) = random(&[b, nkv, cap, hd], 5);
+        let (_, vbuf) = random(&[b, nkv, cap, hd], 6);
+        let op = CausalAttention {
+            pads: vec![1, 0],
+            scale: 0.3,
+        };
+        let (kv, vv) = (kbuf.narrow(2, 0, s).unwrap(), vbuf.narrow(2, 0, s).unwrap());
+        let a = qt.apply_op3_no_bwd(&kv, &vv, &op).unwrap();
+        let c = qt
+            .apply_op3_no_bwd(&kv.contiguous().unwrap(), &vv.contiguous().unwrap(), &op)
+            .unwrap();
+        let (a, c): (Vec<f32>, Vec<f32>) = (
+            a.flatten_all().unwrap().to_vec1().unwrap(),
+            c.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        assert_eq!(a, c);
+    }
+
+    #[test]
+    fn shapes_that_do_not_fit_are_errors_not_panics() {
+        let (_, q) = random(&[1, 3, 1, 8], 7);
+        let (_, k) = random(&[1, 2, 4, 8], 8);
+        let op = CausalAttention {
+            pads: vec![0],
+            scale: 1.0,
+        };
+        // 3 query heads cannot share 2 key/value heads.
+        assert!(q.apply_op3_no_bwd(&k, &k, &op).is_err());
+        let (_, q) = random(&[1, 2, 1, 8], 9);
+        let bad_pads = CausalAttention {
+            pads: vec![4],
+            scale: 1.0,
+        };
+        assert!(q.apply_op3_no_bwd(&k, &k, &bad_pads).is_err());
+    }
+}

@@ -1,0 +1,422 @@
+//! A batch-invariant matrix product for the CPU: `y = x @ w.T` with `x` `[m, k]` and a linear
+//! layer's weight `w` `[n, k]` as checkpoints store it, both row-major f32.
+//!
+//! Two reasons not to use candle's CPU matmul (the `gemm` crate) for the model's linears:
+//!
+//! - **Speed at decode shapes.** Decoding multiplies a few rows (`m` = the batch) by weights
+//!   that do not fit in cache. `gemm` is built for large products: at `m` = 4-16 over a
+//!   demo-sized model's 10 MB of weights it took 4-12x the time of `m` = 1 (it re-reads the
+//!   weights per block of its own and packs them on every call), so batching bought almost
+//!   nothing. Here each output is a dot product of a row of `x` with a row of `w`, read in
+//!   order, and each weight row is read once per 4 rows of `x`: what decoding a batch should
+//!   cost.
+//! - **Batch invariance.** A row's result must not depend on what else is in the batch, or
+//!   greedy batched output can drift from one-prompt-at-a-time output at a near tie.
+//!   `gemm` picks different kernels (and summation orders) for different `m`. Here every
+//!   output element is the dot product of `x[r]` and `w[c]` summed the same way (8 lane sums
+//!   in `k` order, a fixed reduction, fused multiply-adds where the CPU has them, chosen once
+//!   per process), whichever rows share its tile and however many threads run: the same bits
+//!   for any batch.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape};
+use rayon::prelude::*;
+
+/// Lanes of one partial sum: one 8-lane vector.
+const LANES: usize = 8;
+/// Multiply-adds below which the product runs on the calling thread.
+const PARALLEL_WORK: usize = 1 << 22;
+
+/// [`matmul_t`] as a candle op on the CPU: `x` `[m, k]` and `w` `[n, k]`, contiguous f32.
+pub(crate) struct CpuLinear;
+
+impl CustomOp2 for CpuLinear {
+    fn name(&self) -> &'static str {
+        "vramswap-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, k) = xl.shape().dims2()?;
+        let (n, wk) = wl.shape().dims2()?;
+        let (Some((x0, x1)), Some((w0, w1))) = (xl.contiguous_offsets(), wl.contiguous_offsets())
+        else {
+            return Err(candle_core::Error::Msg(
+                "linear: operands must be contiguous".into(),
+            ));
+        };
+        if wk != k {
+            return Err(candle_core::Error::Msg(format!(
+                "linear: [{m}, {k}] @ [{n}, {wk}].T"
+            )));
+        }
+        let x = &xs.as_slice::<f32>()?[x0..x1];
+        let w = &ws.as_slice::<f32>()?[w0..w1];
+        Ok((
+            CpuStorage::F32(matmul_t(x, w, m, k, n)),
+            Shape::from((m, n)),
+        ))
+    }
+}
+
+/// `x @ w.T`: `x` is `[m, k]`, `w` `[n, k]` (a linear layer's weight as checkpoints store it),
+/// both contiguous row-major; returns `[m, n]`.
+///
+/// # Panics
+/// When the slice lengths do not match `m`, `k` and `n` (the callers check shapes first).
+pub(crate) fn matmul_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(x.len(), m * k, "x is not [m, k]");
+    assert_eq!(w.len(), n * k, "w is not [n, k]");
+    let mut y = vec![0f32; m * n];
+    if m == 0 || n == 0 {
+        return y;
+    }
+    let threads = if m.saturating_mul(k).saturating_mul(n) >= PARALLEL_WORK {
+        rayon::current_num_threads().max(1)
+    } else {
+        1
+    };
+    if threads == 1 {
+        band(x, w, m, k, 0, n, &mut y);
+        return y;
+    }
+    // Column bands that threads take whole, two per thread so a slow thread is not the tail.
+    let band_cols = n.div_ceil(threads * 2).max(8);
+    let bands: Vec<(usize, Vec<f32>)> = (0..n)
+        .step_by(band_cols)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|c0| {
+            let c1 = (c0 + band_cols).min(n);
+            let mut part = vec![0f32; m * (c1 - c0)];
+            band(x, w, m, k, c0, c1, &mut part);
+            (c0, part)
+        })
+        .collect();
+    for (c0, part) in bands {
+        let width = part.len() / m;
+        for r in 0..m {
+            y[r * n + c0..r * n + c0 + width].copy_from_slice(&part[r * width..(r + 1) * width]);
+        }
+    }
+    y
+}
+
+/// Output columns `c0..c1` of `x @ w.T` into `out` (`[m, c1 - c0]`), with the fastest kernel
+/// this CPU runs. The choice is made once per process, so every call sums the same way.
+fn band(x: &[f32], w: &[f32], m: usize, k: usize, c0: usize, c1: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if fused_available() {
+            // SAFETY: `band_fma` only requires the CPU to support AVX2 and FMA, which
+            // `fused_available` has just confirmed at run time.
+            unsafe { band_fma(x, w, m, k, c0, c1, out) };
+            return;
+        }
+    }
+    band_generic::<false>(x, w, m, k, c0, c1, out);
+}
+
+/// Whether this CPU has AVX2 and FMA (checked once).
+#[cfg(target_arch = "x86_64")]
+fn fused_available() -> bool {
+    static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FUSED.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    })
+}
+
+/// [`band_generic`] compiled for AVX2 with fused multiply-adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn band_fma(x: &[f32], w: &[f32], m: usize, k: usize, c0: usize, c1: usize, out: &mut [f32]) {
+    band_generic::<true>(x, w, m, k, c0, c1, out);
+}
+
+/// Walks the band column tile by column tile, and within a tile over every row group, so a
+/// tile's weight rows are read from memory once and then served from L1 to all the rows of
+/// `x`. Tiles are 4 rows x 2 columns (a partial group of 1-3 rows at the end); with 1-2 rows,
+/// 4 columns at a time, for more independent sums in flight.
+#[inline(always)]
+fn band_generic<const FUSED: bool>(
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    k: usize,
+    c0: usize,
+    c1: usize,
+    out: &mut [f32],
+) {
+    let o = Out { width: c1 - c0, c0 };
+    cols::<FUSED, 4>(x, w, m, k, c0, c1, out, &o);
+}
+
+/// Where a band's results go: `out[r * width + (c - c0)]`.
+struct Out {
+    width: usize,
+    c0: usize,
+}
+
+/// Columns `c0..c1`, `C` at a time (then one at a time), each against every row.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn cols<const FUSED: bool, const C: usize>(
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    k: usize,
+    c0: usize,
+    c1: usize,
+    out: &mut [f32],
+    o: &Out,
+) {
+    let mut c = c0;
+    while c + C <= c1 {
+        rows::<FUSED, C>(x, w, m, k, c, out, o);
+        c += C;
+    }
+    while c < c1 {
+        rows::<FUSED, 1>(x, w, m, k, c, out, o);
+        c += 1;
+    }
+}
+
+/// Columns `c..c + C` against every row of `x`, 4 rows at a time, then the rest.
+#[inline(always)]
+fn rows<const FUSED: bool, const C: usize>(
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    k: usize,
+    c: usize,
+    out: &mut [f32],
+    o: &Out,
+) {
+    let mut r = 0;
+    while r + 2 <= m {
+        tile::<FUSED, 2, C>(x, w, k, r, c, out, o);
+        r += 2;
+    }
+    if r < m {
+        tile::<FUSED, 1, C>(x, w, k, r, c, out, o);
+    }
+}
+
+/// One `R x C` block of dot products over the whole `k`. Each dot product keeps 8 lane sums
+/// over `k` in order, adds the `k % 8` tail into its own sum, and reduces in a fixed tree:
+/// its bits depend on its row and column only, never on the tile it is computed in.
+#[inline(always)]
+fn tile<const FUSED: bool, const R: usize, const C: usize>(
+    x: &[f32],
+    w: &[f32],
+    k: usize,
+    r0: usize,
+    c0: usize,
+    out: &mut [f32],
+    o: &Out,
+) {
+    let xs: [&[f32]; R] = std::array::from_fn(|i| &x[(r0 + i) * k..(r0 + i + 1) * k]);
+    let ws: [&[f32]; C] = std::array::from_fn(|j| &w[(c0 + j) * k..(c0 + j + 1) * k]);
+    let body = k - k % LANES;
+    let acc = lane_sums::<FUSED, R, C>(&xs, &ws, body);
+    for i in 0..R {
+        for j in 0..C {
+            let mut tail = 0f32;
+            for t in body..k {
+                tail = fma::<FUSED>(xs[i][t], ws[j][t], tail);
+            }
+            let a = &acc[i][j];
+            let sum = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail;
+            out[(r0 + i) * o.width + c0 + j - o.c0] = sum;
+        }
+    }
+}
+
+/// The 8 lane sums of every dot product of the block over `k` in `0..body` (a multiple of 8):
+/// lane `l` adds `x[kk + l] * w[kk + l]` for `kk` = 0, 8, 16, ... in order.
+#[inline(always)]
+fn lane_sums<const FUSED: bool, const R: usize, const C: usize>(
+    xs: &[&[f32]; R],
+    ws: &[&[f32]; C],
+    body: usize,
+) -> [[[f32; LANES]; C]; R] {
+    #[cfg(target_arch = "x86_64")]
+    if FUSED {
+        // SAFETY: `FUSED` is true only inside `band_fma`, which runs only where
+        // `fused_available` confirmed AVX2 and FMA.
+        return unsafe { avx::lane_sums::<R, C>(xs, ws, body) };
+    }
+    let mut acc = [[[0f32; LANES]; C]; R];
+    let mut kk = 0;
+    while kk < body {
+        for i in 0..R {
+            for j in 0..C {
+                for l in 0..LANES {
+                    acc[i][j][l] = fma::<FUSED>(xs[i][kk + l], ws[j][kk + l], acc[i][j][l]);
+                }
+            }
+        }
+        kk += LANES;
+    }
+    acc
+}
+
+/// The lane sums with AVX2 vectors: one `__m256` per dot product, one fused multiply-add per 8
+/// products (the compiler does not vectorise the portable loop on its own).
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use super::LANES;
+    use std::arch::x86_64::{
+        __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+    };
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn lane_sums<const R: usize, const C: usize>(
+        xs: &[&[f32]; R],
+        ws: &[&[f32]; C],
+        body: usize,
+    ) -> [[[f32; LANES]; C]; R] {
+        assert!(
+            body % LANES == 0
+                && xs.iter().all(|x| x.len() >= body)
+                && ws.iter().all(|w| w.len() >= body)
+        );
+        let mut acc: [[__m256; C]; R] = [[_mm256_setzero_ps(); C]; R];
+        let mut wv: [__m256; C] = [_mm256_setzero_ps(); C];
+        let mut kk = 0;
+        while kk < body {
+            for j in 0..C {
+                // SAFETY: `kk + 8 <= body <= ws[j].len()` (asserted above), so the 8 floats
+                // read are inside the slice; `loadu` has no alignment requirement.
+                wv[j] = unsafe { _mm256_loadu_ps(ws[j].as_ptr().add(kk)) };
+            }
+            for i in 0..R {
+                // SAFETY: as above, for `xs[i]`.
+                let xv = unsafe { _mm256_loadu_ps(xs[i].as_ptr().add(kk)) };
+                for j in 0..C {
+                    acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+                }
+            }
+            kk += LANES;
+        }
+        let mut out = [[[0f32; LANES]; C]; R];
+        for i in 0..R {
+            for j in 0..C {
+                // SAFETY: `out[i][j]` is 8 writable floats; `storeu` needs no alignment.
+                unsafe { _mm256_storeu_ps(out[i][j].as_mut_ptr(), acc[i][j]) };
+            }
+        }
+        out
+    }
+}
+
+/// `a * b + c`, fused (one rounding) or not.
+#[inline(always)]
+fn fma<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FUSED {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+        (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    fn reference(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut y = vec![0f64; m * n];
+        for r in 0..m {
+            for c in 0..n {
+                y[r * n + c] = (0..k)
+                    .map(|i| x[r * k + i] as f64 * w[c * k + i] as f64)
+                    .sum();
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn products_match_a_double_precision_reference_at_every_shape() {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (1, 64, 259),
+            (3, 7, 16),
+            (4, 256, 512),
+            (5, 33, 47),
+            (9, 128, 1000),
+            (16, 512, 256),
+        ] {
+            let (x, w) = (random(m * k, 1), random(k * n, 2));
+            let y = matmul_t(&x, &w, m, k, n);
+            let want = reference(&x, &w, m, k, n);
+            for (i, (&a, &b)) in y.iter().zip(&want).enumerate() {
+                assert!(
+                    (a as f64 - b).abs() <= 1e-5 * (k as f64).sqrt() * 4.0,
+                    "[{m}x{k}x{n}] element {i}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_portable_kernel_matches_the_reference_too() {
+        // The path of CPUs without AVX2 and FMA, run here directly.
+        for &(m, k, n) in &[(1, 9, 5), (3, 64, 33), (6, 100, 17)] {
+            let (x, w) = (random(m * k, 4), random(k * n, 5));
+            let mut y = vec![0f32; m * n];
+            band_generic::<false>(&x, &w, m, k, 0, n, &mut y);
+            let want = reference(&x, &w, m, k, n);
+            for (&a, &b) in y.iter().zip(&want) {
+                assert!((a as f64 - b).abs() <= 1e-4, "[{m}x{k}x{n}]: {a} vs {b}");
+            }
+            if m > 1 {
+                let mut alone = vec![0f32; n];
+                band_generic::<false>(&x[k..2 * k], &w, 1, k, 0, n, &mut alone);
+                assert_eq!(
+                    alone,
+                    y[n..2 * n],
+                    "row 1 alone differs from row 1 in the batch"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_rows_result_has_the_same_bits_in_any_batch() {
+        // Big enough to take the threaded path at the larger batches.
+        let (k, n) = (384, 700);
+        let w = random(k * n, 3);
+        let rows: Vec<Vec<f32>> = (0..17).map(|s| random(k, 10 + s)).collect();
+        let alone: Vec<Vec<f32>> = rows.iter().map(|x| matmul_t(x, &w, 1, k, n)).collect();
+        for m in [2, 3, 4, 5, 8, 17] {
+            let x: Vec<f32> = rows[..m].concat();
+            let y = matmul_t(&x, &w, m, k, n);
+            for r in 0..m {
+                let got = &y[r * n..(r + 1) * n];
+                assert!(
+                    got.iter()
+                        .zip(&alone[r])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "row {r} differs in a batch of {m}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn empty_shapes_give_zeros() {
+        assert!(matmul_t(&[], &[0.0; 6], 0, 2, 3).is_empty());
+        assert_eq!(matmul_t(&[], &[], 2, 0, 3), vec![0.0; 6]);
+    }
+}
