@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 /// Work (multiply-adds) below which the op runs on the calling thread: spreading a few
 /// thousand operations over rayon costs more than it saves.
-const PARALLEL_WORK: usize = 1 << 16;
+const PARALLEL_WORK: usize = 1 << 18;
 
 /// The op: `q` is `[batch, heads, t, head_dim]` (the queries of the last `t` slots), `k` and
 /// `v` are `[batch, kv_heads, slots, head_dim]`, all f32 with a unit last stride; the result is
@@ -128,39 +128,42 @@ impl CustomOp3 for CausalAttention {
         }
         let rep = nh / nkv;
         let mut out = vec![0f32; b * t * nh * hd];
-        // Output chunk `c` is row `r`, query `i`, head `h` with `c = (r * t + i) * nh + h`.
+        // Output chunk `c` is row `r`, query `i` (all heads): `c = r * t + i`. A chunk is the
+        // unit of work a thread takes, with one score buffer for all its heads.
         let one = |(c, o): (usize, &mut [f32])| {
-            let (h, ri) = (c % nh, c / nh);
-            let (r, i) = (ri / t, ri % t);
-            let kvh = h / rep;
+            let (r, i) = (c / t, c % t);
             let slot = s - t + i;
             let first = if slot < self.pads[r] {
                 slot
             } else {
                 self.pads[r]
             };
-            let qr = q.row(r, h, i, hd);
-            let mut p: Vec<f32> = (first..=slot)
-                .map(|j| dot(qr, k.row(r, kvh, j, hd)) * self.scale)
-                .collect();
-            let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for x in &mut p {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            for (j, &e) in (first..=slot).zip(&p) {
-                let w = e / sum;
-                for (a, &x) in o.iter_mut().zip(v.row(r, kvh, j, hd)) {
-                    *a += w * x;
+            let mut p = vec![0f32; slot + 1 - first];
+            for (h, o) in o.chunks_mut(hd).enumerate() {
+                let kvh = h / rep;
+                let qr = q.row(r, h, i, hd);
+                for (x, j) in p.iter_mut().zip(first..=slot) {
+                    *x = dot(qr, k.row(r, kvh, j, hd)) * self.scale;
+                }
+                let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for x in &mut p {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                for (j, &e) in (first..=slot).zip(&p) {
+                    let w = e / sum;
+                    for (a, &x) in o.iter_mut().zip(v.row(r, kvh, j, hd)) {
+                        *a += w * x;
+                    }
                 }
             }
         };
         let work = (b * nh * t).saturating_mul(s * hd);
-        if work >= PARALLEL_WORK {
-            out.par_chunks_mut(hd).enumerate().for_each(one);
+        if work >= PARALLEL_WORK && b * t > 1 {
+            out.par_chunks_mut(nh * hd).enumerate().for_each(one);
         } else {
-            out.chunks_mut(hd).enumerate().for_each(one);
+            out.chunks_mut(nh * hd).enumerate().for_each(one);
         }
         Ok((CpuStorage::F32(out), Shape::from((b, t, nh, hd))))
     }

@@ -59,7 +59,7 @@ pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
             .iter()
             .map(|p| dir.encode_prompt(p))
             .collect::<Result<Vec<_>>>()?;
-        let rows = bench::batch_vs_serial(&model, &ids, &[1, 4, 8, 16], args.max_new_tokens, 2)?;
+        let rows = bench::batch_vs_serial(&model, &ids, &[1, 4, 8, 16], args.max_new_tokens, 3)?;
         if args.json {
             return crate::print(&format!(
                 "{}\n",
