@@ -9,6 +9,13 @@
 //! - [`demo`] is the round-robin pipeline of `vramswap demo`; [`bench`] measures batched
 //!   against one-prompt-at-a-time generation.
 //!
+//! ## Kernels
+//! On the CPU the linears and the attention run two batch-invariant kernels of this crate
+//! (`linear`, `attend`) instead of candle's matmul and generic ops: a row's logits have the
+//! same bits in any batch, which is what makes greedy batched output equal one-prompt-at-a-time
+//! output always, and a decode step reads each weight once per batch, not once per row. With
+//! candle's CUDA device the model runs candle's generic ops (cuBLAS).
+//!
 //! ## Where the weights come from
 //! On the CPU (candle's default device) the parameters are built from the set's host copy in
 //! the pinned arena when the set is acquired, converted to f32 for compute. With the `cuda`
