@@ -6,7 +6,7 @@
 //!   `tokenizer.json`); [`new_model`] writes a tiny one with seeded random weights.
 //! - [`LlamaParams::build`] turns an acquired [`crate::swap::WeightGuard`] into candle
 //!   tensors; [`Llama`] runs the forward pass; [`generate`] runs a batch.
-//! - [`demo`] is the round-robin pipeline of `vramswap demo`; [`bench`] measures batched
+//! - [`demo`] is the round-robin pipeline of `vramswap demo`; [`mod@bench`] measures batched
 //!   against one-prompt-at-a-time generation.
 //!
 //! ## Kernels

@@ -84,7 +84,8 @@ fn byte_chars() -> Vec<char> {
 }
 
 /// A byte-level BPE `tokenizer.json` with no merges: token `b` is byte `b` (0..256), then the
-/// [`BYTE_SPECIALS`], then `<extra_N>` specials up to `vocab` tokens. Any text round-trips.
+/// specials `<s>`, `</s>` and `<pad>` (256-258), then `<extra_N>` specials up to `vocab`
+/// tokens. Any text round-trips.
 pub fn byte_level_tokenizer_json(vocab: usize) -> Result<String> {
     let min = 256 + BYTE_SPECIALS.len();
     if vocab < min {
