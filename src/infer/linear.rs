@@ -64,11 +64,12 @@ impl CustomOp2 for CpuLinear {
 }
 
 /// `x @ w.T`: `x` is `[m, k]`, `w` `[n, k]` (a linear layer's weight as checkpoints store it),
-/// both contiguous row-major; returns `[m, n]`.
+/// both contiguous row-major f32; returns `[m, n]`. Batch-invariant: row `r` of the result
+/// has the same bits whatever the other rows of `x` are (see the module docs).
 ///
 /// # Panics
 /// When the slice lengths do not match `m`, `k` and `n` (the callers check shapes first).
-pub(crate) fn matmul_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+pub fn matmul_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "x is not [m, k]");
     assert_eq!(w.len(), n * k, "w is not [n, k]");
     let mut y = vec![0f32; m * n];
@@ -272,6 +273,7 @@ mod avx {
     use super::LANES;
     use std::arch::x86_64::{
         __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+        _mm_prefetch, _MM_HINT_T0,
     };
 
     #[target_feature(enable = "avx2,fma")]
@@ -288,11 +290,23 @@ mod avx {
         let mut acc: [[__m256; C]; R] = [[_mm256_setzero_ps(); C]; R];
         let mut wv: [__m256; C] = [_mm256_setzero_ps(); C];
         let mut kk = 0;
+        // The next tile's weight rows follow this tile's in memory (`w` is row-major and a tile
+        // is `C` consecutive rows): fetch them while this tile computes, so the next tile does
+        // not start by waiting on memory (its rows are too short for the hardware prefetcher
+        // to have caught up).
+        let ahead = C * ws[0].len();
         while kk < body {
             for j in 0..C {
                 // SAFETY: `kk + 8 <= body <= ws[j].len()` (asserted above), so the 8 floats
                 // read are inside the slice; `loadu` has no alignment requirement.
                 wv[j] = unsafe { _mm256_loadu_ps(ws[j].as_ptr().add(kk)) };
+                if kk % 16 == 0 {
+                    // A hint that never faults, even past the end of `w` (hence
+                    // `wrapping_add`: the address is never read).
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        ws[j].as_ptr().wrapping_add(kk + ahead).cast::<i8>(),
+                    );
+                }
             }
             for i in 0..R {
                 // SAFETY: as above, for `xs[i]`.

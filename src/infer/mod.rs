@@ -41,6 +41,7 @@ pub mod bench;
 
 pub use config::{LlamaConfig, TokenIds};
 pub use generate::{argmax, generate, GenerateOptions, Generation, Sampling, StopReason};
+pub use linear::matmul_t;
 pub use model::{KvCache, Llama};
 pub use model_dir::{new_model, ModelDir, TinyModelSpec};
 pub use params::{BlockParams, LlamaParams, TensorSource};
