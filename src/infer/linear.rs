@@ -24,7 +24,7 @@ use rayon::prelude::*;
 /// Lanes of one partial sum: one 8-lane vector.
 const LANES: usize = 8;
 /// Multiply-adds below which the product runs on the calling thread.
-const PARALLEL_WORK: usize = 1 << 20;
+const PARALLEL_WORK: usize = 1 << 22;
 
 /// [`matmul_t`] as a candle op on the CPU: `x` `[m, k]` and `w` `[n, k]`, contiguous f32.
 pub(crate) struct CpuLinear;
