@@ -199,6 +199,22 @@ pub fn run(
     };
     let steps = cfg.cycles * paths.len();
 
+    // Warm-up, untimed, on a scratch engine: one short generation with the first model, so
+    // that whichever strategy runs first does not pay the process's one-time costs (thread
+    // pool start, allocator growth, first page faults) that the others then skip. Without it
+    // the pipeline, which runs first, lost 50-80 ms to its first step.
+    {
+        let warm = demo_engine(&backend, &swap_cfg)?;
+        dirs[0].register(&warm, &names[0])?;
+        let guard = warm.acquire(&names[0])?;
+        let model = load_model(&dirs[0], &guard, &device)?;
+        let short = GenerateOptions {
+            max_new_tokens: 2,
+            ..GenerateOptions::default()
+        };
+        generate_text(&dirs[0], &model, &cfg.prompts, &short)?;
+    }
+
     // The pipeline: prefetch the next model, then compute with the current one.
     let engine = demo_engine(&backend, &swap_cfg)?;
     for (d, n) in dirs.iter().zip(&names) {
