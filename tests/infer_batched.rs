@@ -183,6 +183,60 @@ fn batched_logits_have_the_same_bits_as_one_prompt_at_a_time() {
     }
 }
 
+/// The KV cache grows by doubling past its first 64 slots: decoding a sequence one token at a
+/// time, through two growths, gives at every position the same logits bits as one prompt pass
+/// over the sequence up to there (different code paths, the same per-row arithmetic), for a
+/// padded batch too.
+#[test]
+fn token_by_token_decoding_through_cache_growth_matches_one_prompt_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, m) = model(&tmp.path().join("g"), &specs()[0]);
+    let seq: Vec<u32> = (0..150u32).map(|i| (i * 37 + 11) % 250).collect();
+    let short: Vec<u32> = seq[..100].to_vec();
+    // Row 0: the whole sequence; row 1: its first 100 tokens, left-padded by 50.
+    let mut cache = KvCache::new();
+    let mut per_pos = Vec::new();
+    let pads = [0usize, 50];
+    let first = vec![vec![seq[0]], vec![0]];
+    let mut logits = m.forward(&first, &pads, &mut cache).unwrap();
+    per_pos.push(logits.to_vec2::<f32>().unwrap());
+    for p in 1..seq.len() {
+        let row1 = if p >= 50 { short[p - 50] } else { 0 };
+        logits = m
+            .forward(&[vec![seq[p]], vec![row1]], &pads, &mut cache)
+            .unwrap();
+        per_pos.push(logits.to_vec2::<f32>().unwrap());
+    }
+    assert_eq!(cache.slots(), 150);
+    for end in [1usize, 63, 64, 65, 100, 128, 129, 150] {
+        let mut c = KvCache::new();
+        let whole = m.forward(&[seq[..end].to_vec()], &[0], &mut c).unwrap();
+        let whole = whole.to_vec2::<f32>().unwrap();
+        let step = &per_pos[end - 1][0];
+        assert!(
+            whole[0]
+                .iter()
+                .zip(step)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "position {end}: decoding token by token differs from one pass"
+        );
+        if end > 50 {
+            let mut c = KvCache::new();
+            let alone = m
+                .forward(&[short[..end - 50].to_vec()], &[0], &mut c)
+                .unwrap();
+            let alone = alone.to_vec2::<f32>().unwrap();
+            assert!(
+                alone[0]
+                    .iter()
+                    .zip(&per_pos[end - 1][1])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "position {end}: the padded row differs from its sequence alone"
+            );
+        }
+    }
+}
+
 #[test]
 fn stop_tokens_and_per_row_budgets_end_rows_without_changing_the_others() {
     let tmp = tempfile::tempdir().unwrap();
