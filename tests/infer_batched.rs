@@ -237,6 +237,31 @@ fn token_by_token_decoding_through_cache_growth_matches_one_prompt_pass() {
     }
 }
 
+/// A step that fails (here: a batch of the wrong size for the cache) is an error and leaves
+/// the cache as it was: the next good step gives the same logits as a cache that never failed.
+#[test]
+fn a_failed_step_leaves_the_cache_usable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, m) = model(&tmp.path().join("f"), &specs()[0]);
+    let prompt = vec![vec![5u32, 6, 7], vec![8, 9, 10]];
+    let (mut good, mut bad) = (KvCache::new(), KvCache::new());
+    m.forward(&prompt, &[0, 0], &mut good).unwrap();
+    m.forward(&prompt, &[0, 0], &mut bad).unwrap();
+    let err = m
+        .forward(&[vec![1], vec![2], vec![3]], &[0, 0, 0], &mut bad)
+        .unwrap_err();
+    assert!(err.to_string().contains("rows"), "{err}");
+    assert_eq!(bad.slots(), 3);
+    let next = [vec![11u32], vec![12]];
+    let a = m.forward(&next, &[0, 0], &mut good).unwrap();
+    let b = m.forward(&next, &[0, 0], &mut bad).unwrap();
+    assert_eq!(
+        a.to_vec2::<f32>().unwrap(),
+        b.to_vec2::<f32>().unwrap(),
+        "the cache changed after a failed step"
+    );
+}
+
 #[test]
 fn stop_tokens_and_per_row_budgets_end_rows_without_changing_the_others() {
     let tmp = tempfile::tempdir().unwrap();

@@ -107,7 +107,10 @@ mod tests {
     fn rounding_is_512_granular_and_never_shrinks() {
         for s in [0, 1, 511, 512, 513, 1000, 4096, 1 << 20, (1 << 20) + 7] {
             let r = round_size(s, 0).unwrap();
-            assert!(r >= s && r % 512 == 0 && r - s.max(1) < 512, "{s} -> {r}");
+            assert!(
+                r >= s && r.is_multiple_of(512) && r - s.max(1) < 512,
+                "{s} -> {r}"
+            );
         }
     }
 

@@ -110,6 +110,8 @@ impl CustomOp3 for CausalAttention {
         let (k, [kb, nkv, s, khd]) = View::new(ks, kl, "k")?;
         let (v, vdims) = View::new(vs, vl, "v")?;
         if t == 0
+            || nh == 0
+            || hd == 0
             || t > s
             || kb != b
             || khd != hd

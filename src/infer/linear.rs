@@ -8,8 +8,8 @@
 //!   demo-sized model's 10 MB of weights it took 4-12x the time of `m` = 1 (it re-reads the
 //!   weights per block of its own and packs them on every call), so batching bought almost
 //!   nothing. Here each output is a dot product of a row of `x` with a row of `w`, read in
-//!   order, and each weight row is read once per 4 rows of `x`: what decoding a batch should
-//!   cost.
+//!   order, and each weight row is read from memory once per batch (a tile's weight rows stay
+//!   in L1 while every row of `x` passes): what decoding a batch should cost.
 //! - **Batch invariance.** A row's result must not depend on what else is in the batch, or
 //!   greedy batched output can drift from one-prompt-at-a-time output at a near tie.
 //!   `gemm` picks different kernels (and summation orders) for different `m`. Here every
@@ -17,9 +17,17 @@
 //!   in `k` order, a fixed reduction, fused multiply-adds where the CPU has them, chosen once
 //!   per process), whichever rows share its tile and however many threads run: the same bits
 //!   for any batch.
+//!
+//! The kernels assume the default floating-point environment on every thread (no flush-to-zero
+//! or denormals-are-zero): the product runs on the calling thread or on rayon's workers
+//! depending on its size, and a host that set FTZ/DAZ on some threads only (a library built
+//! with `-ffast-math` can) would make subnormal results differ between a row alone and the
+//! same row in a large batch.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape};
 use rayon::prelude::*;
+
+use crate::error::{Error, Result};
 
 /// Lanes of one partial sum: one 8-lane vector.
 const LANES: usize = 8;
@@ -57,7 +65,9 @@ impl CustomOp2 for CpuLinear {
         let x = &xs.as_slice::<f32>()?[x0..x1];
         let w = &ws.as_slice::<f32>()?[w0..w1];
         Ok((
-            CpuStorage::F32(matmul_t(x, w, m, k, n)),
+            CpuStorage::F32(
+                matmul_t(x, w, m, k, n).map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+            ),
             Shape::from((m, n)),
         ))
     }
@@ -67,14 +77,25 @@ impl CustomOp2 for CpuLinear {
 /// both contiguous row-major f32; returns `[m, n]`. Batch-invariant: row `r` of the result
 /// has the same bits whatever the other rows of `x` are (see the module docs).
 ///
-/// # Panics
-/// When the slice lengths do not match `m`, `k` and `n` (the callers check shapes first).
-pub fn matmul_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    assert_eq!(x.len(), m * k, "x is not [m, k]");
-    assert_eq!(w.len(), n * k, "w is not [n, k]");
-    let mut y = vec![0f32; m * n];
+/// Fails with [`Error::InvalidArgument`] when the slice lengths do not match `m`, `k` and `n`
+/// or the sizes overflow.
+pub fn matmul_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Result<Vec<f32>> {
+    let (Some(xl), Some(wl), Some(yl)) = (m.checked_mul(k), n.checked_mul(k), m.checked_mul(n))
+    else {
+        return Err(Error::InvalidArgument(format!(
+            "matmul_t: [{m}, {k}] @ [{n}, {k}].T overflows"
+        )));
+    };
+    if x.len() != xl || w.len() != wl {
+        return Err(Error::InvalidArgument(format!(
+            "matmul_t: x has {} elements and w {}; [{m}, {k}] and [{n}, {k}] need {xl} and {wl}",
+            x.len(),
+            w.len()
+        )));
+    }
+    let mut y = vec![0f32; yl];
     if m == 0 || n == 0 {
-        return y;
+        return Ok(y);
     }
     let threads = if m.saturating_mul(k).saturating_mul(n) >= PARALLEL_WORK {
         rayon::current_num_threads().max(1)
@@ -83,7 +104,7 @@ pub fn matmul_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> 
     };
     if threads == 1 {
         band(x, w, m, k, 0, n, &mut y);
-        return y;
+        return Ok(y);
     }
     // Column bands that threads take whole, two per thread so a slow thread is not the tail.
     let band_cols = n.div_ceil(threads * 2).max(8);
@@ -104,7 +125,7 @@ pub fn matmul_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> 
             y[r * n + c0..r * n + c0 + width].copy_from_slice(&part[r * width..(r + 1) * width]);
         }
     }
-    y
+    Ok(y)
 }
 
 /// Output columns `c0..c1` of `x @ w.T` into `out` (`[m, c1 - c0]`), with the fastest kernel
@@ -140,8 +161,8 @@ fn band_fma(x: &[f32], w: &[f32], m: usize, k: usize, c0: usize, c1: usize, out:
 
 /// Walks the band column tile by column tile, and within a tile over every row group, so a
 /// tile's weight rows are read from memory once and then served from L1 to all the rows of
-/// `x`. Tiles are 4 rows x 2 columns (a partial group of 1-3 rows at the end); with 1-2 rows,
-/// 4 columns at a time, for more independent sums in flight.
+/// `x`. Tiles are 2 rows x 4 columns (a last row alone when `m` is odd, the last `n % 4`
+/// columns one at a time).
 #[inline(always)]
 fn band_generic<const FUSED: bool>(
     x: &[f32],
@@ -186,7 +207,7 @@ fn cols<const FUSED: bool, const C: usize>(
     }
 }
 
-/// Columns `c..c + C` against every row of `x`, 4 rows at a time, then the rest.
+/// Columns `c..c + C` against every row of `x`, 2 rows at a time, then the last one.
 #[inline(always)]
 fn rows<const FUSED: bool, const C: usize>(
     x: &[f32],
@@ -246,9 +267,9 @@ fn lane_sums<const FUSED: bool, const R: usize, const C: usize>(
     body: usize,
 ) -> [[[f32; LANES]; C]; R] {
     #[cfg(target_arch = "x86_64")]
-    if FUSED {
-        // SAFETY: `FUSED` is true only inside `band_fma`, which runs only where
-        // `fused_available` confirmed AVX2 and FMA.
+    if FUSED && fused_available() {
+        // SAFETY: `avx::lane_sums` needs AVX2 and FMA, which `fused_available` has just
+        // confirmed (a cached run-time check).
         return unsafe { avx::lane_sums::<R, C>(xs, ws, body) };
     }
     let mut acc = [[[0f32; LANES]; C]; R];
@@ -283,7 +304,7 @@ mod avx {
         body: usize,
     ) -> [[[f32; LANES]; C]; R] {
         assert!(
-            body % LANES == 0
+            body.is_multiple_of(LANES)
                 && xs.iter().all(|x| x.len() >= body)
                 && ws.iter().all(|w| w.len() >= body)
         );
@@ -372,7 +393,7 @@ mod tests {
             (16, 512, 256),
         ] {
             let (x, w) = (random(m * k, 1), random(k * n, 2));
-            let y = matmul_t(&x, &w, m, k, n);
+            let y = matmul_t(&x, &w, m, k, n).unwrap();
             let want = reference(&x, &w, m, k, n);
             for (i, (&a, &b)) in y.iter().zip(&want).enumerate() {
                 assert!(
@@ -408,29 +429,41 @@ mod tests {
 
     #[test]
     fn a_rows_result_has_the_same_bits_in_any_batch() {
-        // Big enough to take the threaded path at the larger batches.
-        let (k, n) = (384, 700);
-        let w = random(k * n, 3);
-        let rows: Vec<Vec<f32>> = (0..17).map(|s| random(k, 10 + s)).collect();
-        let alone: Vec<Vec<f32>> = rows.iter().map(|x| matmul_t(x, &w, 1, k, n)).collect();
-        for m in [2, 3, 4, 5, 8, 17] {
-            let x: Vec<f32> = rows[..m].concat();
-            let y = matmul_t(&x, &w, m, k, n);
-            for r in 0..m {
-                let got = &y[r * n..(r + 1) * n];
-                assert!(
-                    got.iter()
-                        .zip(&alone[r])
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "row {r} differs in a batch of {m}"
-                );
+        // Big enough to take the threaded path at the largest batch (17 x 384 x 700 > 4M
+        // multiply-adds); the second shape has a `k % 8` tail and an `n % 4` column tail.
+        for (k, n) in [(384, 700), (389, 701)] {
+            let w = random(k * n, 3);
+            let rows: Vec<Vec<f32>> = (0..17).map(|s| random(k, 10 + s)).collect();
+            let alone: Vec<Vec<f32>> = rows
+                .iter()
+                .map(|x| matmul_t(x, &w, 1, k, n).unwrap())
+                .collect();
+            for m in [2, 3, 4, 5, 8, 17] {
+                let x: Vec<f32> = rows[..m].concat();
+                let y = matmul_t(&x, &w, m, k, n).unwrap();
+                for r in 0..m {
+                    let got = &y[r * n..(r + 1) * n];
+                    assert!(
+                        got.iter()
+                            .zip(&alone[r])
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "k {k}: row {r} differs in a batch of {m}"
+                    );
+                }
             }
         }
     }
 
     #[test]
     fn empty_shapes_give_zeros() {
-        assert!(matmul_t(&[], &[0.0; 6], 0, 2, 3).is_empty());
-        assert_eq!(matmul_t(&[], &[], 2, 0, 3), vec![0.0; 6]);
+        assert!(matmul_t(&[], &[0.0; 6], 0, 2, 3).unwrap().is_empty());
+        assert_eq!(matmul_t(&[], &[], 2, 0, 3).unwrap(), vec![0.0; 6]);
+    }
+
+    #[test]
+    fn mismatched_or_overflowing_sizes_are_errors() {
+        assert!(matmul_t(&[0.0; 5], &[0.0; 6], 2, 3, 2).is_err());
+        assert!(matmul_t(&[0.0; 6], &[0.0; 5], 2, 3, 2).is_err());
+        assert!(matmul_t(&[], &[], usize::MAX, 2, 1).is_err());
     }
 }

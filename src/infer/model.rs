@@ -136,8 +136,31 @@ impl Llama {
                 self.cfg.vocab_size
             )));
         }
+        let layers = self.cfg.num_hidden_layers;
         if cache.layers.is_empty() {
-            cache.layers = vec![None; self.cfg.num_hidden_layers];
+            cache.layers = vec![None; layers];
+        } else if cache.layers.len() != layers {
+            return Err(Error::InvalidArgument(format!(
+                "the cache holds {} layers, this model has {layers}",
+                cache.layers.len()
+            )));
+        }
+        if start > 0 {
+            for layer in &cache.layers {
+                let rows = match layer {
+                    Some((k, _)) => k.dim(0).map_err(candle_err)?,
+                    None => {
+                        return Err(Error::InvalidState(
+                            "the cache has filled slots but a layer without keys".into(),
+                        ))
+                    }
+                };
+                if rows != b {
+                    return Err(Error::InvalidArgument(format!(
+                        "the cache holds {rows} rows, this step has {b}"
+                    )));
+                }
+            }
         }
         let out = self
             .forward_inner(tokens, pads, start, cache)
@@ -229,15 +252,14 @@ impl Llama {
         let room = |have: usize| {
             (s.next_multiple_of(64).max(2 * have)).min(self.cfg.max_position_embeddings.max(s))
         };
-        let (kb, vb) = match cache.take() {
-            Some((kb, vb)) if kb.dim(2)? >= s => (kb, vb),
+        // The cache is replaced only once this layer's write has succeeded: a failed step
+        // leaves it as it was (slots past `KvCache::slots` are never read).
+        let (kb, vb) = match cache.as_ref() {
+            Some((kb, vb)) if kb.dim(2)? >= s => (kb.clone(), vb.clone()),
             Some((kb, vb)) => {
                 let have = kb.dim(2)?;
                 let more = Tensor::zeros((b, nkv, room(have) - have, hd), k.dtype(), k.device())?;
-                (
-                    Tensor::cat(&[&kb, &more], 2)?,
-                    Tensor::cat(&[&vb, &more], 2)?,
-                )
+                (Tensor::cat(&[kb, &more], 2)?, Tensor::cat(&[vb, &more], 2)?)
             }
             None => {
                 let z = || Tensor::zeros((b, nkv, room(0), hd), k.dtype(), k.device());

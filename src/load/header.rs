@@ -346,7 +346,7 @@ pub fn encode_header(tensors: &[HeaderTensor], metadata: &BTreeMap<String, Strin
         );
     }
     let mut json = Value::Object(obj).to_string().into_bytes();
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = (json.len() as u64).to_le_bytes().to_vec();

@@ -184,7 +184,7 @@ impl SimDevice {
 
     pub(crate) fn check_granular(&self, what: &str, v: u64) -> SimResult<()> {
         let g = self.inner.config.granularity;
-        if v == 0 || v % g != 0 {
+        if v == 0 || !v.is_multiple_of(g) {
             return Err(SimError::InvalidValue(format!(
                 "{what} {v:#x} is not a non-zero multiple of the granularity {g:#x}"
             )));
