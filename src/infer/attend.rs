@@ -13,6 +13,8 @@
 //! use a fixed split into 8 partial sums (a function of the head dimension only); softmax and
 //! the weighted sum of values go over the keys in order.
 
+use std::ops::RangeInclusive;
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use rayon::prelude::*;
 
@@ -31,6 +33,13 @@ pub(crate) struct CausalAttention {
     pub(crate) pads: Vec<usize>,
     /// Score scale, `1 / sqrt(head_dim)`.
     pub(crate) scale: f32,
+}
+
+/// The key slots a query at `slot` sees in a row left-padded by `pad`: its row's real slots up
+/// to itself, or only itself while it is padding (so its values stay finite; no real query
+/// ever reads them). The rule of both attention paths: this op and the generic path's mask.
+pub(crate) fn visible_keys(slot: usize, pad: usize) -> RangeInclusive<usize> {
+    slot.min(pad)..=slot
 }
 
 /// A 4-d view of one operand: base offset and strides in elements.
@@ -134,16 +143,12 @@ impl CustomOp3 for CausalAttention {
         let one = |(c, o): (usize, &mut [f32])| {
             let (r, i) = (c / t, c % t);
             let slot = s - t + i;
-            let first = if slot < self.pads[r] {
-                slot
-            } else {
-                self.pads[r]
-            };
-            let mut p = vec![0f32; slot + 1 - first];
+            let keys = visible_keys(slot, self.pads[r]);
+            let mut p = vec![0f32; slot + 1 - keys.start()];
             for (h, o) in o.chunks_mut(hd).enumerate() {
                 let kvh = h / rep;
                 let qr = q.row(r, h, i, hd);
-                for (x, j) in p.iter_mut().zip(first..=slot) {
+                for (x, j) in p.iter_mut().zip(keys.clone()) {
                     *x = dot(qr, k.row(r, kvh, j, hd)) * self.scale;
                 }
                 let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -152,7 +157,7 @@ impl CustomOp3 for CausalAttention {
                     *x = (*x - max).exp();
                     sum += *x;
                 }
-                for (j, &e) in (first..=slot).zip(&p) {
+                for (j, &e) in keys.clone().zip(&p) {
                     let w = e / sum;
                     for (a, &x) in o.iter_mut().zip(v.row(r, kvh, j, hd)) {
                         *a += w * x;

@@ -9,7 +9,7 @@
 
 use candle_core::{DType as CDType, Device, Tensor, D};
 
-use super::attend::CausalAttention;
+use super::attend::{visible_keys, CausalAttention};
 use super::candle_err;
 use super::config::LlamaConfig;
 use super::linear::CpuLinear;
@@ -65,6 +65,9 @@ pub struct Llama {
     params: LlamaParams,
     inv_freq: Tensor,
     device: Device,
+    /// Whether the linears and the attention run the CPU kernels of `linear` and `attend`
+    /// (f32 on the CPU: always, as the parameters are f32) rather than candle's generic ops.
+    fused: bool,
 }
 
 impl Llama {
@@ -76,18 +79,14 @@ impl Llama {
             .map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32))
             .collect();
         let inv_freq = Tensor::from_vec(inv, (1, 1, hd / 2), device).map_err(candle_err)?;
+        let fused = matches!(device, Device::Cpu) && params.embed.dtype() == CDType::F32;
         Ok(Llama {
             cfg,
             params,
             inv_freq,
             device: device.clone(),
+            fused,
         })
-    }
-
-    /// Whether the forward pass runs on the CPU kernels of `linear` and `attend` (f32 on the
-    /// CPU: always, as the parameters are f32), not candle's generic ops.
-    fn fused_cpu(&self) -> bool {
-        matches!(self.device, Device::Cpu) && self.params.embed.dtype() == CDType::F32
     }
 
     /// The config.
@@ -196,26 +195,30 @@ impl Llama {
         let cos = freqs.cos()?.unsqueeze(1)?;
         let sin = freqs.sin()?.unsqueeze(1)?;
 
-        // Additive mask [b, 1, t, s]: 0 where query slot i may see key slot j (the fused CPU
-        // attention applies the same rule without one).
-        let mask = if self.fused_cpu() {
-            Tensor::zeros((1, 1, 1, 1), CDType::F32, dev)?
+        // Additive mask [b, 1, t, s] for candle's generic attention: 0 where query slot i may
+        // see key slot j. The fused CPU attention applies the same rule without one.
+        let mask = if self.fused {
+            None
         } else {
             let mut mask = Vec::with_capacity(b * t * s);
             for &pad in pads {
                 for i in start..s {
+                    let keys = visible_keys(i, pad);
                     for j in 0..s {
-                        let ok = j <= i && (j >= pad || j == i);
-                        mask.push(if ok { 0f32 } else { f32::NEG_INFINITY });
+                        mask.push(if keys.contains(&j) {
+                            0f32
+                        } else {
+                            f32::NEG_INFINITY
+                        });
                     }
                 }
             }
-            Tensor::from_vec(mask, (b, 1, t, s), dev)?
+            Some(Tensor::from_vec(mask, (b, 1, t, s), dev)?)
         };
         let step = Step {
             cos: &cos,
             sin: &sin,
-            mask: &mask,
+            mask: mask.as_ref(),
             pads,
             start,
         };
@@ -228,12 +231,16 @@ impl Llama {
                 &mut cache.layers[n],
             )?;
             x = (x + y)?;
-            let y = mlp(&rms_norm(&x, &blk.ln2, self.cfg.rms_norm_eps)?, blk)?;
+            let y = mlp(
+                &rms_norm(&x, &blk.ln2, self.cfg.rms_norm_eps)?,
+                blk,
+                self.fused,
+            )?;
             x = (x + y)?;
         }
         let last = x.narrow(1, t - 1, 1)?;
         let last = rms_norm(&last, &self.params.norm, self.cfg.rms_norm_eps)?;
-        linear(&last, &self.params.lm_head)?.reshape((b, self.cfg.vocab_size))
+        linear(&last, &self.params.lm_head, self.fused)?.reshape((b, self.cfg.vocab_size))
     }
 
     /// Writes this step's keys and values (`[b, kv, t, hd]`) into the layer's cache buffers at
@@ -292,7 +299,7 @@ impl Llama {
         let nh = self.cfg.num_attention_heads;
         let nkv = self.cfg.kv_heads();
         let heads = |w: &Tensor, n: usize| -> CResult<Tensor> {
-            linear(x, w)?
+            linear(x, w, self.fused)?
                 .reshape((b, t, n, hd))?
                 .transpose(1, 2)?
                 .contiguous()
@@ -302,38 +309,42 @@ impl Llama {
         let v = heads(&blk.v, nkv)?;
         let (k, v) = self.cache_append(cache, step.start, &k, &v)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let y = if self.fused_cpu() {
-            // On the CPU: the fused op (see `attend`).
-            let op = CausalAttention {
-                pads: pads.to_vec(),
-                scale: scale as f32,
-            };
-            q.apply_op3_no_bwd(&k, &v, &op)?.reshape((b, t, h))?
-        } else if t == 1 {
-            let (k, v) = (k.contiguous()?, v.contiguous()?);
-            // One new token per row: broadcast products and sums instead of a matmul per
-            // (row, head), so the cost of a decode step hardly grows with the batch. Each key
-            // and value head serves `rep` query heads without being copied.
-            let (rep, s) = (nh / nkv, k.dim(2)?);
-            // Scores: one small matmul per (row, key/value head) over the head dimension,
-            // which no padding touches.
-            let qg = q.reshape((b * nkv, rep, hd))?;
-            let kg = k.reshape((b * nkv, s, hd))?;
-            let att = qg.matmul(&kg.t()?)?;
-            let att = (att * scale)?.reshape((b, nh, 1, s))?.broadcast_add(mask)?;
-            let p = softmax_last(&att)?.reshape((b, nkv, rep, s, 1))?;
-            p.broadcast_mul(&v.unsqueeze(2)?)?
-                .sum(3)?
-                .reshape((b, 1, h))?
-        } else {
-            let (k, v) = (k.contiguous()?, v.contiguous()?);
-            let k = repeat_kv(&k, nh / nkv)?;
-            let v = repeat_kv(&v, nh / nkv)?;
-            let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
-            let p = softmax_last(&att)?;
-            p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?
+        let y = match mask {
+            // No mask: the fused CPU op (see `attend`).
+            None => {
+                let op = CausalAttention {
+                    pads: pads.to_vec(),
+                    scale: scale as f32,
+                };
+                q.apply_op3_no_bwd(&k, &v, &op)?.reshape((b, t, h))?
+            }
+            Some(mask) if t == 1 => {
+                let (k, v) = (k.contiguous()?, v.contiguous()?);
+                // One new token per row: broadcast products and sums instead of a matmul per
+                // (row, head), so the cost of a decode step hardly grows with the batch. Each key
+                // and value head serves `rep` query heads without being copied.
+                let (rep, s) = (nh / nkv, k.dim(2)?);
+                // Scores: one small matmul per (row, key/value head) over the head dimension,
+                // which no padding touches.
+                let qg = q.reshape((b * nkv, rep, hd))?;
+                let kg = k.reshape((b * nkv, s, hd))?;
+                let att = qg.matmul(&kg.t()?)?;
+                let att = (att * scale)?.reshape((b, nh, 1, s))?.broadcast_add(mask)?;
+                let p = softmax_last(&att)?.reshape((b, nkv, rep, s, 1))?;
+                p.broadcast_mul(&v.unsqueeze(2)?)?
+                    .sum(3)?
+                    .reshape((b, 1, h))?
+            }
+            Some(mask) => {
+                let (k, v) = (k.contiguous()?, v.contiguous()?);
+                let k = repeat_kv(&k, nh / nkv)?;
+                let v = repeat_kv(&v, nh / nkv)?;
+                let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
+                let p = softmax_last(&att)?;
+                p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?
+            }
         };
-        linear(&y, &blk.o)
+        linear(&y, &blk.o, self.fused)
     }
 }
 
@@ -342,22 +353,23 @@ struct Step<'a> {
     /// Rotary cosines and sines, `[b, 1, t, hd/2]`.
     cos: &'a Tensor,
     sin: &'a Tensor,
-    /// Additive mask, `[b, 1, t, s]`.
-    mask: &'a Tensor,
+    /// Additive mask, `[b, 1, t, s]` for candle's generic attention; `None` on the CPU, whose
+    /// fused attention needs none (see `Llama::fused`).
+    mask: Option<&'a Tensor>,
     /// Left padding per row.
     pads: &'a [usize],
     /// The cache slot of the first new token.
     start: usize,
 }
 
-/// `x @ w.T` over the last dimension of `x`, `w` being `[out, in]`. On the CPU in f32 through
-/// the batch-invariant kernel of `linear`.
-fn linear(x: &Tensor, w: &Tensor) -> CResult<Tensor> {
+/// `x @ w.T` over the last dimension of `x`, `w` being `[out, in]`; through the
+/// batch-invariant CPU kernel of `linear` when `fused` (see `Llama::fused`).
+fn linear(x: &Tensor, w: &Tensor, fused: bool) -> CResult<Tensor> {
     let dims = x.dims().to_vec();
     let last = dims[dims.len() - 1];
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let x = x.reshape((rows, last))?;
-    let y = if matches!(x.device(), Device::Cpu) && x.dtype() == CDType::F32 {
+    let y = if fused {
         x.contiguous()?.apply_op2_no_bwd(w, &CpuLinear)?
     } else {
         x.matmul(&w.t()?)?
@@ -414,10 +426,10 @@ fn repeat_kv(x: &Tensor, n: usize) -> CResult<Tensor> {
 }
 
 /// SwiGLU: `down(silu(gate(x)) * up(x))`.
-fn mlp(x: &Tensor, blk: &BlockParams) -> CResult<Tensor> {
-    let g = linear(x, &blk.gate)?.silu()?;
-    let u = linear(x, &blk.up)?;
-    linear(&(g * u)?, &blk.down)
+fn mlp(x: &Tensor, blk: &BlockParams, fused: bool) -> CResult<Tensor> {
+    let g = linear(x, &blk.gate, fused)?.silu()?;
+    let u = linear(x, &blk.up, fused)?;
+    linear(&(g * u)?, &blk.down, fused)
 }
 
 /// Last-slot logits to host rows (f32).
@@ -426,4 +438,61 @@ pub(crate) fn logits_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
         .to_dtype(CDType::F32)
         .and_then(|l| l.to_vec2::<f32>())
         .map_err(candle_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backend::sim::SimBackend;
+    use crate::infer::{new_model, ModelDir, TinyModelSpec};
+    use crate::swap::{SwapConfig, SwapEngine};
+
+    /// candle's generic path (the one CUDA runs) and the fused CPU kernels compute the same
+    /// model: on a padded batch, at the prompt and at decode steps, their logits agree to
+    /// float rounding. Here on the CPU, by turning the kernels off.
+    #[test]
+    fn the_generic_path_agrees_with_the_fused_cpu_kernels() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = TinyModelSpec {
+            layers: 2,
+            hidden: 32,
+            heads: 4,
+            kv_heads: 2,
+            seed: 9,
+            ..Default::default()
+        };
+        new_model(tmp.path(), &spec).unwrap();
+        let md = ModelDir::open(tmp.path()).unwrap();
+        let e = SwapEngine::new(
+            Arc::new(SimBackend::with_capacity(64 << 20)),
+            SwapConfig::default(),
+        )
+        .unwrap();
+        md.register(&e, "m").unwrap();
+        let g = e.acquire("m").unwrap();
+        let params = LlamaParams::build(&md.config, &g, &Device::Cpu).unwrap();
+        let fused = Llama::new(md.config.clone(), params, &Device::Cpu).unwrap();
+        assert!(fused.fused);
+        let generic = Llama {
+            fused: false,
+            ..fused.clone()
+        };
+        let prompts = [vec![3u32, 70, 71, 72], vec![9, 10]];
+        let pads = [0usize, 2];
+        let padded = vec![prompts[0].clone(), vec![0, 0, 9, 10]];
+        let (mut cf, mut cg) = (KvCache::new(), KvCache::new());
+        let mut a = fused.forward(&padded, &pads, &mut cf).unwrap();
+        let mut b = generic.forward(&padded, &pads, &mut cg).unwrap();
+        for step in 0..4 {
+            let (ra, rb) = (logits_rows(&a).unwrap(), logits_rows(&b).unwrap());
+            for (x, y) in ra.iter().flatten().zip(rb.iter().flatten()) {
+                assert!((x - y).abs() < 1e-4, "step {step}: {x} vs {y}");
+            }
+            let next: Vec<Vec<u32>> = ra.iter().map(|r| vec![crate::infer::argmax(r)]).collect();
+            a = fused.forward(&next, &pads, &mut cf).unwrap();
+            b = generic.forward(&next, &pads, &mut cg).unwrap();
+        }
+    }
 }
