@@ -33,6 +33,11 @@ fn model(dir: &Path, spec: &TinyModelSpec) -> (ModelDir, Llama) {
     (md, m)
 }
 
+/// Whether two rows of logits are equal bit for bit (not merely within rounding).
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
 fn specs() -> Vec<TinyModelSpec> {
     vec![
         // Grouped-query attention, untied head.
@@ -165,10 +170,7 @@ fn batched_logits_have_the_same_bits_as_one_prompt_at_a_time() {
             for (r, a) in alone.iter().enumerate() {
                 let a = a.to_vec2::<f32>().unwrap();
                 assert!(
-                    rows[r]
-                        .iter()
-                        .zip(&a[0])
-                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    same_bits(&rows[r], &a[0]),
                     "model {n}, step {step}, row {r}: batched logits differ from the row alone"
                 );
                 next.push(vec![argmax(&a[0])]);
@@ -214,10 +216,7 @@ fn token_by_token_decoding_through_cache_growth_matches_one_prompt_pass() {
         let whole = whole.to_vec2::<f32>().unwrap();
         let step = &per_pos[end - 1][0];
         assert!(
-            whole[0]
-                .iter()
-                .zip(step)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            same_bits(&whole[0], step),
             "position {end}: decoding token by token differs from one pass"
         );
         if end > 50 {
@@ -227,10 +226,7 @@ fn token_by_token_decoding_through_cache_growth_matches_one_prompt_pass() {
                 .unwrap();
             let alone = alone.to_vec2::<f32>().unwrap();
             assert!(
-                alone[0]
-                    .iter()
-                    .zip(&per_pos[end - 1][1])
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                same_bits(&alone[0], &per_pos[end - 1][1]),
                 "position {end}: the padded row differs from its sequence alone"
             );
         }
