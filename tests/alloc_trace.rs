@@ -1,6 +1,8 @@
 //! Transformer traces through the allocator: the fragmentation goal, replay, and the
 //! `vramswap replay` command.
 
+mod common;
+
 use std::process::Command;
 use std::sync::Arc;
 
@@ -86,22 +88,13 @@ fn replay_command_prints_json_and_draws_svg() {
     )
     .unwrap();
     let svg = dir.join("small.svg");
-    let out = bin()
-        .args([
-            "replay",
-            trace.to_str().unwrap(),
-            "--json",
-            "--svg",
-            svg.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::json_output(bin().args([
+        "replay",
+        trace.to_str().unwrap(),
+        "--json",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]));
     for k in [
         "peak_allocated_bytes",
         "peak_reserved_bytes",
@@ -150,16 +143,7 @@ fn replay_command_names_the_malformed_line_and_fails() {
 
 #[test]
 fn replay_command_generates_a_transformer_trace() {
-    let out = bin()
-        .args(["replay", "--generate", "small", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::json_output(bin().args(["replay", "--generate", "small", "--json"]));
     assert!(v["ops"].as_u64().unwrap() > 100);
     let ops = parse_trace(
         &write_trace(&transformer_trace(&TransformerShape::small())),

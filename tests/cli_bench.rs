@@ -1,33 +1,29 @@
 //! `vramswap bench` as a user runs it on the simulated device.
 
+mod common;
+
 use std::process::Command;
 
 #[test]
 fn quick_bench_json_has_sane_figures_for_every_direction() {
     let dir = std::env::temp_dir().join(format!("vramswap-bench-svg-{}", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_vramswap"))
-        .args([
-            "bench",
-            "--backend",
-            "sim",
-            "--quick",
-            "--size-mb",
-            "32",
-            "--json",
-            "--svg",
-        ])
-        .arg(&dir)
-        // On the bandwidth model the bench times copies by the model's schedule, not the host
-        // clock, so these figures hold on a loaded machine too.
-        .env("VRAMSWAP_SIM_CONF", "h2d_gbps:4,d2h_gbps:4")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = common::json_output(
+        Command::new(env!("CARGO_BIN_EXE_vramswap"))
+            .args([
+                "bench",
+                "--backend",
+                "sim",
+                "--quick",
+                "--size-mb",
+                "32",
+                "--json",
+                "--svg",
+            ])
+            .arg(&dir)
+            // On the bandwidth model the bench times copies by the model's schedule, not the
+            // host clock, so these figures hold on a loaded machine too.
+            .env("VRAMSWAP_SIM_CONF", "h2d_gbps:4,d2h_gbps:4"),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for dir_key in ["h2d", "d2h"] {
         let d = &v[dir_key];
         let pinned = d["pinned"]["gbps"].as_f64().unwrap();

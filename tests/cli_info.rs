@@ -1,5 +1,7 @@
 //! `vramswap info` on each backend, as a user runs it.
 
+mod common;
+
 use std::process::Command;
 
 fn vramswap() -> Command {
@@ -11,16 +13,7 @@ fn vramswap() -> Command {
 
 #[test]
 fn info_on_sim_reports_the_simulated_device_as_json() {
-    let out = vramswap()
-        .args(["info", "--backend", "sim", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::json_output(vramswap().args(["info", "--backend", "sim", "--json"]));
     assert_eq!(v["backend"], "sim");
     assert_eq!(v["device"]["emulated"], true);
     assert_eq!(v["device"]["vmm_granularity"], 2 << 20);

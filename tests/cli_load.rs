@@ -1,5 +1,7 @@
 //! `vramswap inspect` and `vramswap load`, as a user runs them.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -58,17 +60,7 @@ fn inspect_prints_a_table_with_totals_and_dtype_breakdown() {
 fn inspect_json_lists_tensors_and_dtypes_of_a_model_directory() {
     let dir = tempfile::tempdir().unwrap();
     model(dir.path());
-    let out = vramswap()
-        .args(["inspect", "--json"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::json_output(vramswap().args(["inspect", "--json"]).arg(dir.path()));
     assert_eq!(v["total_tensors"], 3);
     assert_eq!(v["total_bytes"], 96);
     assert_eq!(v["dtypes"]["F16"]["tensors"], 2);
@@ -119,18 +111,12 @@ fn load_on_sim_reports_bytes_and_throughput() {
         vec!["--direct"],
         vec!["--source", "mmap-register"],
     ] {
-        let out = vramswap()
-            .args(["--backend", "sim", "load", "--json"])
-            .args(&extra)
-            .arg(&f)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let v = common::json_output(
+            vramswap()
+                .args(["--backend", "sim", "load", "--json"])
+                .args(&extra)
+                .arg(&f),
         );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["tensors"], 3);
         assert_eq!(v["direct"], extra[0] == "--direct");
         assert!(v["gb_per_s"].as_f64().unwrap() >= 0.0);

@@ -3,6 +3,8 @@
 //! `generate --json` prints what it generated.
 #![cfg(feature = "infer")]
 
+mod common;
+
 use std::process::Command;
 use std::sync::Arc;
 
@@ -87,30 +89,21 @@ fn cli_new_model_then_generate_json_prints_prompts_texts_and_ids() {
         .status()
         .unwrap();
     assert!(st.success());
-    let out = Command::new(bin)
-        .args([
-            "--backend",
-            "sim",
-            "generate",
-            "--model",
-            dir.to_str().unwrap(),
-            "--prompt",
-            "hi",
-            "--prompt",
-            "longer one",
-            "--max-new-tokens",
-            "5",
-            "--greedy",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::json_output(Command::new(bin).args([
+        "--backend",
+        "sim",
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--prompt",
+        "longer one",
+        "--max-new-tokens",
+        "5",
+        "--greedy",
+        "--json",
+    ]));
     let rows = v.as_array().unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[1]["prompt"], "longer one");
@@ -161,16 +154,7 @@ fn cli_demo_over_given_model_directories_reports_every_step_as_json() {
         "--models",
     ];
     args.extend(dirs.iter().map(String::as_str));
-    let out = Command::new(env!("CARGO_BIN_EXE_vramswap"))
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::json_output(Command::new(env!("CARGO_BIN_EXE_vramswap")).args(&args));
     assert_eq!(v["steps"].as_array().unwrap().len(), 3);
     assert_eq!(v["outputs_agree"], true);
     assert!(v["reload"]["total_s"].as_f64().unwrap() > 0.0);

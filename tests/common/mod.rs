@@ -20,3 +20,15 @@ pub fn test_backend() -> SharedBackend {
         Ok(other) => panic!("VRAMSWAP_TEST_BACKEND={other}: expected sim or cuda"),
     }
 }
+
+/// Runs a `vramswap` command that prints JSON: asserts it succeeded (showing its stderr when
+/// not) and returns its stdout parsed.
+pub fn json_output(cmd: &mut std::process::Command) -> serde_json::Value {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
