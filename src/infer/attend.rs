@@ -18,9 +18,12 @@ use std::ops::RangeInclusive;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use rayon::prelude::*;
 
-/// Work (multiply-adds) below which the op runs on the calling thread: spreading a few
-/// thousand operations over rayon costs more than it saves.
-const PARALLEL_WORK: usize = 1 << 18;
+/// Work (multiply-adds) below which the op runs on the calling thread. Waking rayon's workers
+/// costs tens of microseconds on an idle machine and far more where the other cores are busy:
+/// at 2^18 (a batch of 8 decoding past 128 tokens), a 2-core machine with one core taken spent
+/// a third of a 160-token generation in the scheduler, and batch 8 ran 1.2-1.5x slower than
+/// on one thread. From 2^20 (about a millisecond of work) splitting pays.
+const PARALLEL_WORK: usize = 1 << 20;
 
 /// The op: `q` is `[batch, heads, t, head_dim]` (the queries of the last `t` slots), `k` and
 /// `v` are `[batch, kv_heads, slots, head_dim]`, all f32 with a unit last stride; the result is
@@ -294,6 +297,51 @@ mod tests {
             c.flatten_all().unwrap().to_vec1().unwrap(),
         );
         assert_eq!(a, c);
+    }
+
+    #[test]
+    fn the_threaded_path_gives_each_row_the_bits_it_has_alone() {
+        // Large enough to be split over rayon's threads; each row alone (one row, one query)
+        // runs on the calling thread.
+        let (b, nh, nkv, s, hd) = (4, 8, 4, 1024, 64);
+        assert!(b * nh * s * hd >= PARALLEL_WORK);
+        let (_, qt) = random(&[b, nh, 1, hd], 10);
+        let (_, kt) = random(&[b, nkv, s, hd], 11);
+        let (_, vt) = random(&[b, nkv, s, hd], 12);
+        let pads = vec![0, 17, 3, 900];
+        let op = CausalAttention {
+            pads: pads.clone(),
+            scale: 0.125,
+        };
+        let all: Vec<f32> = qt
+            .apply_op3_no_bwd(&kt, &vt, &op)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (r, &pad) in pads.iter().enumerate() {
+            let one = CausalAttention {
+                pads: vec![pad],
+                scale: 0.125,
+            };
+            let row = |t: &Tensor| t.narrow(0, r, 1).unwrap();
+            let alone: Vec<f32> = row(&qt)
+                .apply_op3_no_bwd(&row(&kt), &row(&vt), &one)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let width = nh * hd;
+            let got = &all[r * width..(r + 1) * width];
+            assert!(
+                got.iter()
+                    .zip(&alone)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "row {r}"
+            );
+        }
     }
 
     #[test]
