@@ -53,11 +53,17 @@ fn quick_bench_json_has_sane_figures_for_every_direction() {
 }
 
 #[test]
-fn zero_size_is_a_clean_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_vramswap"))
-        .args(["bench", "--backend", "sim", "--quick", "--size-mb", "0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: invalid argument"));
+fn sizes_of_zero_or_past_u64_bytes_are_clean_usage_errors() {
+    // 2^44 MiB is 2^64 bytes: it must be refused, not wrapped to 0.
+    for cmd in ["bench", "selftest", "swap-bench", "soak"] {
+        for size in ["0", "17592186044416"] {
+            let out = Command::new(env!("CARGO_BIN_EXE_vramswap"))
+                .args([cmd, "--backend", "sim", "--size-mb", size])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{cmd} {size}: {err}");
+            assert!(err.contains("out of range"), "{cmd} {size}: {err}");
+        }
+    }
 }

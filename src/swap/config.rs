@@ -100,7 +100,9 @@ impl SwapConfig {
                     let mb: u64 = v
                         .parse()
                         .map_err(|_| conf_err(k, format!("`{v}` is not a whole number")))?;
-                    self.transfer.chunk_bytes = mb << 20;
+                    self.transfer.chunk_bytes = mb
+                        .checked_mul(1 << 20)
+                        .ok_or_else(|| conf_err(k, format!("`{v}` MiB is out of range")))?;
                 }
                 "streams" => {
                     self.transfer.streams_per_direction = v
@@ -135,7 +137,8 @@ fn parse_secs(key: &str, v: &str) -> Result<Duration> {
             format!("`{v}` must be a positive number of seconds"),
         ));
     }
-    Ok(Duration::from_secs_f64(s))
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| conf_err(key, format!("`{v}` seconds is out of range")))
 }
 
 #[cfg(test)]
@@ -169,6 +172,10 @@ mod tests {
             .to_string()
             .contains("unknown key"));
         assert!(c.apply("verify:maybe").is_err());
+        // Out of range is an error, not a panic or a wrapped value.
+        assert!(c.apply("idle_timeout_s:1e300").is_err());
+        assert!(c.apply("chunk_mb:18446744073709551615").is_err());
+        assert_eq!(c.transfer.chunk_bytes, 4 << 20);
         assert!(c.apply("streams:0").is_err());
     }
 }

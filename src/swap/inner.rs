@@ -406,7 +406,7 @@ impl Inner {
             .elapsed_ms()
             .ok()
             .flatten()
-            .map(|ms| Duration::from_secs_f64(ms as f64 / 1e3))
+            .and_then(|ms| Duration::try_from_secs_f64(ms as f64 / 1e3).ok())
             .unwrap_or_else(|| e.upload_started.map_or(Duration::ZERO, |s| s.elapsed()));
         e.transfer = None;
         e.state = Residency::OnDevice;

@@ -22,7 +22,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     svg: Option<PathBuf>,
     /// Bytes per copy, in MiB (default 1024, or 128 with --quick).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::size_mib)]
     size_mb: Option<u64>,
 }
 
@@ -55,9 +55,6 @@ pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
         BandwidthConfig::full()
     };
     if let Some(mb) = args.size_mb {
-        if mb == 0 {
-            return Err(Error::InvalidArgument("--size-mb must be positive".into()));
-        }
         cfg.buffer_bytes = mb << 20;
     }
     let quiet = args.json;

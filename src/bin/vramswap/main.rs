@@ -106,6 +106,22 @@ fn print(text: &str) -> vramswap::Result<ExitCode> {
     }
 }
 
+/// Parses a `--size-mb` value: a whole number of MiB, at least 1, whose bytes fit in a `u64`
+/// (so `n << 20` cannot wrap).
+fn size_mib(s: &str) -> std::result::Result<u64, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number of MiB"))?;
+    if n == 0 || n > u64::MAX >> 20 {
+        return Err(format!(
+            "`{s}` MiB is out of range (1 to {})",
+            u64::MAX >> 20
+        ));
+    }
+    Ok(n)
+}
+
 /// Bytes in decimal units (GB, MB, kB), as throughput figures use.
 fn human(bytes: u64) -> String {
     let b = bytes as f64;

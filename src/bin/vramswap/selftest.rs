@@ -13,7 +13,7 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Size of the round trip's weight set in MiB.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::size_mib)]
     size_mb: u64,
     /// Skip the bandwidth table.
     #[arg(long)]
@@ -22,7 +22,7 @@ pub struct Args {
 
 pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
     let opts = SelftestOptions {
-        round_trip_bytes: args.size_mb.max(1) << 20,
+        round_trip_bytes: args.size_mb << 20,
         bandwidth: !args.no_bandwidth,
     };
     let quiet = args.json;

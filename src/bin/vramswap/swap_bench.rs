@@ -15,7 +15,7 @@ pub struct Args {
     #[arg(long, default_value_t = 3)]
     sets: usize,
     /// Size of each set in MiB (a Llama-like mix of tensors).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::size_mib)]
     size_mb: u64,
     /// Simulated compute for the prefetch figure, ms (default: the measured swap-in time).
     #[arg(long)]
@@ -29,16 +29,16 @@ pub struct Args {
 }
 
 pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
-    if args.size_mb == 0 {
-        return Err(Error::InvalidArgument("--size-mb must be positive".into()));
-    }
     let compute = match args.compute_ms {
         Some(ms) if !(ms.is_finite() && ms >= 0.0) => {
             return Err(Error::InvalidArgument(
                 "--compute-ms must be a non-negative number".into(),
             ))
         }
-        Some(ms) => Some(Duration::from_secs_f64(ms / 1e3)),
+        Some(ms) => Some(
+            Duration::try_from_secs_f64(ms / 1e3)
+                .map_err(|_| Error::InvalidArgument("--compute-ms is out of range".into()))?,
+        ),
         None => None,
     };
     let cfg = SwapBenchConfig {
@@ -69,7 +69,7 @@ pub struct SoakArgs {
     #[arg(long, default_value_t = 3)]
     sets: usize,
     /// Size of each set in MiB.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::size_mib)]
     size_mb: u64,
     /// Print one JSON object.
     #[arg(long)]
