@@ -608,3 +608,213 @@ fn a_verified_set_changed_on_the_device_verifies_against_its_new_bytes() {
     drop(e);
     assert_clean(&b);
 }
+
+#[test]
+fn direct_mode_sets_swap_in_whatever_their_files_order_and_shards() {
+    let dir = temp_dir("direct");
+    // Hugging Face order: the embedding, the layers, then the norm, so the `other` tensors lie
+    // before and after the layers (a layer group spanning them would overlap the layers).
+    let (hf, m) = save_model(&dir, "hf", 21);
+    // Two shards whose data sections are not multiples of the 256-byte alignment (gaps between
+    // them that no file holds), with layer 0 split across them.
+    let shards = dir.join("sharded");
+    std::fs::create_dir_all(&shards).unwrap();
+    let t = |name: &str, n: usize, seed: u64| {
+        (
+            name.to_string(),
+            DType::F16,
+            vec![n as u64],
+            random(2 * n, seed),
+        )
+    };
+    let files: [(&str, Arrays); 2] = [
+        (
+            "part-1.safetensors",
+            vec![
+                t("model.embed_tokens.weight", 50, 1),
+                t("model.layers.0.self_attn.q_proj.weight", 25, 2),
+            ],
+        ),
+        (
+            "part-2.safetensors",
+            vec![
+                t("model.layers.0.mlp.up_proj.weight", 25, 3),
+                t("model.norm.weight", 50, 4),
+            ],
+        ),
+    ];
+    let mut map = serde_json::Map::new();
+    let mut sharded = Arrays::new();
+    for (file, arrays) in &files {
+        let v: Vec<(&str, DType, &[u64], &[u8])> = arrays
+            .iter()
+            .map(|(n, d, s, b)| (n.as_str(), *d, &s[..], &b[..]))
+            .collect();
+        vramswap::load::save(&shards.join(file), &v).unwrap();
+        for a in arrays {
+            map.insert(a.0.clone(), serde_json::Value::from(*file));
+        }
+        sharded.extend(arrays.iter().cloned());
+    }
+    std::fs::write(
+        shards.join("model.safetensors.index.json"),
+        serde_json::json!({ "metadata": {}, "weight_map": map }).to_string(),
+    )
+    .unwrap();
+
+    let b = backend(256 << 20);
+    let cfg = SwapConfig {
+        transfer: vramswap::transfer::TransferConfig {
+            verify: true,
+            ..Default::default()
+        },
+        ..SwapConfig::default()
+    };
+    let e = SwapEngine::new(b.clone(), cfg).unwrap();
+    let direct = LoadOptions {
+        direct: true,
+        ..LoadOptions::default()
+    };
+    e.register_path("hf", &hf, direct.clone()).unwrap();
+    e.register_path("sharded", &shards, direct).unwrap();
+    for (name, arrays) in [("hf", &m), ("sharded", &sharded)] {
+        for round in 0..2 {
+            let g = e.acquire(name).unwrap();
+            for (n, _, _, bytes) in arrays {
+                assert_eq!(
+                    &g.read_tensor(n).unwrap(),
+                    bytes,
+                    "{name} {n} round {round}"
+                );
+                // Every tensor lies in exactly one group, and groups never overlap.
+                g.group_of(n).unwrap();
+            }
+            let mut groups: Vec<_> = g.groups().iter().map(|x| (x.offset, x.len)).collect();
+            groups.sort_unstable();
+            assert!(groups.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0));
+            drop(g);
+            e.offload(name).unwrap();
+        }
+    }
+    drop(e);
+    assert_clean(&b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn host_budget_takes_idle_sets_off_the_device_too_but_never_device_changes() {
+    let dir = temp_dir("hostbudget-device");
+    let (pa, ma) = save_model(&dir, "a", 31);
+    let (pb, mb) = save_model(&dir, "b", 32);
+    let (pc, _) = save_model(&dir, "c", 33);
+    let b = backend(256 << 20);
+    let size = std::fs::metadata(&pa).unwrap().len();
+    let cfg = SwapConfig {
+        host_budget: Some(2 * size + (1 << 16)),
+        ..SwapConfig::default()
+    };
+    let e = SwapEngine::new(b.clone(), cfg).unwrap();
+    for (n, p) in [("a", &pa), ("b", &pb), ("c", &pc)] {
+        e.register_path(n, p, LoadOptions::default()).unwrap();
+    }
+    // a and b end up on the device, idle: loading c must take the least recently used one (a)
+    // off the device and drop its host copy rather than fail.
+    drop(e.acquire("a").unwrap());
+    drop(e.acquire("b").unwrap());
+    drop(e.acquire("c").unwrap());
+    assert_eq!(state(&e, "a"), Residency::OnDisk);
+    assert_eq!(state(&e, "b"), Residency::OnDevice);
+    assert_eq!(e.status().counters.releases, 1);
+
+    // b is changed on the device and offloaded: its host copy now holds the only copy of the
+    // change, so it is never dropped to make room, even when nothing else can go.
+    let changed = random(mb[1].3.len(), 99);
+    let g = e.acquire("b").unwrap();
+    backend::upload(
+        b.as_ref(),
+        g.tensor_ptr(&mb[1].0).unwrap(),
+        &changed,
+        Stream::DEFAULT,
+    )
+    .unwrap();
+    drop(g);
+    e.mark_dirty("b").unwrap();
+    e.offload("b").unwrap();
+    let held = e.acquire("c").unwrap();
+    assert!(matches!(
+        e.acquire("a"),
+        Err(Error::HostBudgetExceeded { .. })
+    ));
+    drop(held);
+    assert_eq!(
+        e.acquire("b").unwrap().read_tensor(&mb[1].0).unwrap(),
+        changed
+    );
+    // With c idle again, a loads (c goes).
+    assert_eq!(
+        e.acquire("a").unwrap().read_tensor(&ma[0].0).unwrap(),
+        ma[0].3
+    );
+    assert_eq!(state(&e, "c"), Residency::OnDisk);
+    drop(e);
+    assert_clean(&b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn streaming_acquires_and_unused_prefetches_are_finished_verified_and_counted() {
+    let b = backend(256 << 20);
+    let cfg = SwapConfig {
+        transfer: vramswap::transfer::TransferConfig {
+            chunk_bytes: 4096,
+            streams_per_direction: 2,
+            verify: true,
+        },
+        ..SwapConfig::default()
+    };
+    let e = SwapEngine::new(b.clone(), cfg).unwrap();
+    register(&e, "a", &model(41, 4));
+    register(&e, "b", &model(42, 4));
+    let g = e.acquire_streaming("a").unwrap();
+    g.wait_all().unwrap();
+    drop(g);
+    assert_eq!(state(&e, "a"), Residency::OnDevice);
+    assert_eq!(e.status().counters.h2d_swaps, 1);
+    // A prefetch nobody acquired still moved the bytes: counted when it is offloaded.
+    e.prefetch("b").unwrap();
+    e.offload("b").unwrap();
+    assert_eq!(state(&e, "b"), Residency::InHost);
+    let c = e.status().counters;
+    assert_eq!((c.h2d_swaps, c.d2h_swaps), (2, 1));
+    drop(e);
+    assert_clean(&b);
+}
+
+#[test]
+fn a_load_that_panics_does_not_leave_the_set_busy_forever() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = temp_dir("panic");
+    let (path, m) = save_model(&dir, "p", 51);
+    let b = backend(256 << 20);
+    let e = SwapEngine::new(b.clone(), SwapConfig::default()).unwrap();
+    let first = Arc::new(AtomicBool::new(true));
+    let opts = LoadOptions {
+        progress: Some(Arc::new(move |_| {
+            if first.swap(false, Ordering::SeqCst) {
+                panic!("a progress callback that panics once");
+            }
+        })),
+        ..LoadOptions::default()
+    };
+    e.register_path("p", &path, opts).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.acquire("p")));
+    assert!(r.is_err());
+    assert_eq!(state(&e, "p"), Residency::OnDisk);
+    // Before the fix this waited forever for the panicked load.
+    let g = e.acquire("p").unwrap();
+    assert_eq!(g.read_tensor(&m[0].0).unwrap(), m[0].3);
+    drop(g);
+    drop(e);
+    assert_clean(&b);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -120,11 +120,13 @@ impl DeviceSpace {
         }
     }
 
-    /// Unbacks and frees the reservation.
-    pub(crate) fn destroy(mut self, b: &dyn Backend) -> Result<()> {
+    /// Unbacks and frees the reservation. On failure the space keeps what it still owns (the
+    /// mapping, or the reservation), so the caller can keep it and try again; on success the
+    /// caller drops it.
+    pub(crate) fn destroy(&mut self, b: &dyn Backend) -> Result<()> {
         self.unback(b)?;
         if let DeviceSpace::Vmm { va, size, .. } = self {
-            b.free_reservation(va, size)?;
+            b.free_reservation(*va, *size)?;
         }
         Ok(())
     }

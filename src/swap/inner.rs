@@ -15,6 +15,30 @@ use crate::load::{self, LoadOptions};
 use crate::transfer::{Direction, Transfer};
 use crate::weights::HostWeights;
 
+/// Clears a set's `busy` flag if the load that set it panics (a progress callback can), so
+/// that other threads waiting on the set do not wait forever.
+struct ClearBusyOnPanic<'a> {
+    inner: &'a Inner,
+    name: &'a str,
+}
+
+impl Drop for ClearBusyOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut st = self
+                .inner
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(e) = st.sets.get_mut(self.name) {
+                e.busy = false;
+                e.last_error = Some("the load panicked".into());
+            }
+            self.inner.changed.notify_all();
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Bring {
     Prefetch,
@@ -57,7 +81,10 @@ impl Inner {
                     e.busy = true;
                     drop(st);
                     let t = Instant::now();
-                    let loaded = self.load_with_room(&path, &opts);
+                    let loaded = {
+                        let _unwinding = ClearBusyOnPanic { inner: self, name };
+                        self.load_with_room(&path, &opts)
+                    };
                     st = self.lock();
                     let e = st.entry(name)?;
                     e.busy = false;
@@ -160,7 +187,9 @@ impl Inner {
     }
 
     /// Loads a file into the arena, releasing least recently used idle host copies that can be
-    /// reloaded when the host budget is in the way.
+    /// reloaded when the host budget is in the way: first sets only in host memory, then idle
+    /// sets on the device (offloaded, then released). Never a set held by a guard, being
+    /// loaded, registered from memory, or holding device changes its source does not have.
     pub(super) fn load_with_room(
         &self,
         path: &Path,
@@ -178,21 +207,35 @@ impl Inner {
                 }
                 Err(e @ Error::HostBudgetExceeded { .. }) => {
                     let mut st = self.lock();
-                    let victim = st
-                        .sets
-                        .iter()
-                        .filter(|(_, e)| {
-                            e.state == Residency::InHost
-                                && e.guards == 0
-                                && !e.busy
-                                && matches!(e.origin, Origin::Path(..))
-                        })
-                        .min_by_key(|(_, e)| e.tick)
-                        .map(|(n, _)| n.clone());
-                    match victim {
-                        Some(v) => self.release_locked(&mut st, &v),
-                        None => return Err(e),
-                    }
+                    let reloadable = |e: &super::Entry| {
+                        e.guards == 0
+                            && !e.busy
+                            && !e.dirty
+                            && !e.host_modified
+                            && e.host.is_some()
+                            && matches!(e.origin, Origin::Path(..))
+                    };
+                    let lru = |on_device: bool| {
+                        st.sets
+                            .iter()
+                            .filter(|(_, e)| {
+                                reloadable(e)
+                                    && if on_device {
+                                        e.resident()
+                                    } else {
+                                        e.state == Residency::InHost && !e.resident()
+                                    }
+                            })
+                            .min_by_key(|(_, e)| e.tick)
+                            .map(|(n, _)| n.clone())
+                    };
+                    let Some(v) = lru(false).or_else(|| lru(true)) else {
+                        return Err(e);
+                    };
+                    // Clean, so the offload is an unmap with no copy; if it fails, the load
+                    // fails with that error and the set stays as it was.
+                    self.offload_locked(&mut st, &v)?;
+                    self.release_locked(&mut st, &v);
                 }
                 Err(e) => return Err(e),
             }
@@ -203,6 +246,7 @@ impl Inner {
         if let Some(e) = st.sets.get_mut(name) {
             e.transfer = None;
             e.host = None;
+            e.host_modified = false;
             e.state = Residency::OnDisk;
             st.counters.releases += 1;
         }
@@ -422,14 +466,23 @@ impl Inner {
             return Ok(());
         }
         let t0 = Instant::now();
-        if let Some(t) = &e.transfer {
-            // An upload nobody waited for (a prefetch): let it land before unmapping. On error
-            // the set stays as it was (uploading, its transfer kept).
+        if let Some(t) = e.transfer.clone() {
+            // An upload nobody waited for (a prefetch, or a streaming acquire whose guard was
+            // dropped early): let it land before unmapping, and finish it so that it is counted
+            // and verified like any other. On a wait error the set stays as it was (uploading,
+            // its transfer kept).
             t.wait()?;
+            if let Err(err) = self.finish_upload(st, name, &t) {
+                // A copy that failed verification: `finish_upload` already discarded it (no
+                // guard holds the set), which is all an offload has to do.
+                tracing::warn!("swap-in of `{name}` failed verification: {err}");
+                st.entry(name)?.last_error = Some(err.to_string());
+            }
         }
-        e.transfer = None;
-        if e.state == Residency::Uploading {
-            e.state = Residency::OnDevice;
+        let e = st.entry(name)?;
+        if !e.resident() {
+            self.changed.notify_all();
+            return Ok(());
         }
         // Work recorded on user streams must finish before the range is unmapped; an event
         // that fails to synchronise stays recorded (and the set resident).
@@ -459,6 +512,7 @@ impl Inner {
             }
             copied = layout.desc.total_bytes;
             e.dirty = false;
+            e.host_modified = true;
             if layout.checksums.is_some() {
                 // The host copy changed: later verified swap-ins compare against its new sums.
                 e.layout = Some(Arc::new(Layout {
@@ -468,7 +522,18 @@ impl Inner {
                 }));
             }
         }
-        e.space.as_mut().expect("resident").unback(b)?;
+        if let Err(err) = e.space.as_mut().expect("resident").unback(b) {
+            // `unback` fails either before unmapping (still resident: the state stays
+            // `OnDevice`) or after (the range is no longer backed, whatever leaked in the
+            // driver): the state follows what is mapped, so no guard is ever handed out over
+            // unmapped memory.
+            if !e.resident() {
+                e.state = Residency::InHost;
+            }
+            e.last_error = Some(err.to_string());
+            self.changed.notify_all();
+            return Err(err);
+        }
         e.state = Residency::InHost;
         st.counters.swap_out(copied, t0.elapsed());
         self.changed.notify_all();
@@ -477,8 +542,26 @@ impl Inner {
 
     pub(super) fn release_guard(&self, name: &str) {
         let mut st = self.lock();
+        let mut done = None;
         if let Some(e) = st.sets.get_mut(name) {
             e.guards = e.guards.saturating_sub(1);
+            // The last guard of a streaming acquire: if its upload has landed, finish it now
+            // (verify, count, mark `OnDevice`) rather than leave the set `Uploading` until the
+            // next acquire or offload. One still in flight is finished by whoever waits next.
+            if e.guards == 0 && e.state == Residency::Uploading {
+                done = e
+                    .transfer
+                    .clone()
+                    .filter(|t| t.is_complete().unwrap_or(false));
+            }
+        }
+        if let Some(t) = done {
+            if let Err(err) = self.finish_upload(&mut st, name, &t) {
+                tracing::warn!("swap-in of `{name}` failed verification: {err}");
+                if let Some(e) = st.sets.get_mut(name) {
+                    e.last_error = Some(err.to_string());
+                }
+            }
         }
         st.touch(name);
         self.changed.notify_all();
@@ -528,7 +611,7 @@ impl Drop for Inner {
                 let _ = b.event_synchronize(ev);
                 let _ = b.event_destroy(ev);
             }
-            if let Some(space) = e.space.take() {
+            if let Some(mut space) = e.space.take() {
                 let _ = space.destroy(b.as_ref());
             }
         }

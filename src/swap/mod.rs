@@ -69,6 +69,9 @@ struct Entry {
     last_use: Instant,
     tick: u64,
     dirty: bool,
+    /// The host copy holds device changes copied back (a dirty offload): it no longer equals
+    /// the source, so the engine never drops it on its own to make room.
+    host_modified: bool,
     busy: bool,
     uses: Vec<Event>,
     last_error: Option<String>,
@@ -88,6 +91,7 @@ impl Entry {
             last_use: Instant::now(),
             tick: 0,
             dirty: false,
+            host_modified: false,
             busy: false,
             uses: Vec::new(),
             last_error: None,
@@ -472,10 +476,12 @@ impl SwapEngine {
             )));
         }
         self.inner.offload_locked(&mut st, name)?;
-        // Free the device side first: if that fails, the set stays registered (and tracked).
+        // Free the device side first: if that fails, the set stays registered, its space (and
+        // whatever the space still owns) tracked.
         let e = st.entry(name)?;
-        if let Some(space) = e.space.take() {
+        if let Some(space) = e.space.as_mut() {
             space.destroy(self.inner.backend.as_ref())?;
+            e.space = None;
         }
         let e = st.sets.remove(name).expect("checked above");
         for ev in e.uses {
