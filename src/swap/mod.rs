@@ -440,7 +440,9 @@ impl SwapEngine {
     }
 
     /// Offloads the set and drops its host copy; the next acquire reloads it from its source.
-    /// Fails for sets registered from memory (they have no source to reload from).
+    /// Fails for sets registered from memory (they have no source to reload from). Changes made
+    /// on the device (see [`SwapEngine::mark_dirty`]) are lost with the host copy: an explicit
+    /// release is the one way they go (the host budget never drops such a copy on its own).
     pub fn release(&self, name: &str) -> Result<()> {
         let mut st = self.inner.wait_idle(name)?;
         let e = st.entry(name)?;
