@@ -30,7 +30,9 @@ pub mod result;
 pub mod state;
 pub mod types;
 
-pub use api::context::{attribute_value, init_with_device, DRIVER_VERSION};
+pub use api::context::{
+    attribute_value, init_with_device, init_with_device_and_options, DRIVER_VERSION,
+};
 pub use api::context::{
     cuCtxGetCurrent, cuCtxSetCurrent, cuCtxSynchronize, cuDeviceGet, cuDeviceGetAttribute,
     cuDeviceGetCount, cuDeviceGetName, cuDevicePrimaryCtxRelease_v2, cuDevicePrimaryCtxRetain,
@@ -44,3 +46,4 @@ pub use api::module::{
 pub use api::stream::*;
 pub use report::{report_json, vramswap_emu_report};
 pub use result::CUresult;
+pub use state::{EmuOptions, SYMBOL_VERSIONS};

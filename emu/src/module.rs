@@ -81,6 +81,56 @@ fn parse_param(decl: &str) -> Result<(usize, usize), String> {
     Ok((size, param_align))
 }
 
+/// The first driver version (1000 * major + 10 * minor) that loads each PTX ISA version, from
+/// the PTX ISA reference's release history ("PTX ISA Version" / "CUDA Release"). A driver JIT
+/// compiles PTX up to its own CUDA version's ISA and refuses newer PTX with
+/// `CUDA_ERROR_UNSUPPORTED_PTX_VERSION` ("the PTX was compiled with an unsupported
+/// toolchain"): PTX from nvcc 13.0 (ISA 9.0) needs a CUDA 13.0 driver.
+pub const PTX_ISA_DRIVERS: &[((u32, u32), i32)] = &[
+    ((6, 5), 10020),
+    ((7, 0), 11000),
+    ((7, 1), 11010),
+    ((7, 2), 11020),
+    ((7, 3), 11030),
+    ((7, 4), 11040),
+    ((7, 5), 11050),
+    ((7, 6), 11060),
+    ((7, 7), 11070),
+    ((7, 8), 11080),
+    ((8, 0), 12000),
+    ((8, 1), 12010),
+    ((8, 2), 12020),
+    ((8, 3), 12030),
+    ((8, 4), 12040),
+    ((8, 5), 12050),
+    ((8, 6), 12070),
+    ((8, 7), 12080),
+    ((8, 8), 12090),
+    ((9, 0), 13000),
+    ((9, 1), 13010),
+];
+
+/// The ISA version of a PTX image: its `.version major.minor` directive.
+pub fn ptx_isa_version(text: &str) -> Option<(u32, u32)> {
+    let pos = text.find(".version")?;
+    let v = text[pos + ".version".len()..].split_whitespace().next()?;
+    let (major, minor) = v.split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// The oldest driver version that loads PTX of ISA `isa`: `Some(0)` for ISAs older than the
+/// table (every emulated driver loads them), `None` for one newer than the table (no driver the
+/// emulator knows loads it).
+pub fn driver_for_ptx_isa(isa: (u32, u32)) -> Option<i32> {
+    if isa < PTX_ISA_DRIVERS[0].0 {
+        return Some(0);
+    }
+    PTX_ISA_DRIVERS
+        .iter()
+        .find(|(v, _)| *v == isa)
+        .map(|(_, d)| *d)
+}
+
 /// Parses the `.entry` kernels of a PTX text image.
 pub fn parse_ptx(text: &str) -> Result<Module, String> {
     if !text.contains(".version") || !text.contains(".target") {

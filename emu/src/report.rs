@@ -28,7 +28,9 @@ fn json_str(s: &str) -> String {
 /// The report as one JSON object: `initialized`, `clean` (no leaks and no violations), the
 /// leaked resources (`device_bytes`, `allocations`, `reservations`, `mappings`,
 /// `physical_handles`, `pinned_bytes`, `registered_ranges`, `streams`, `events`, `modules`),
-/// `primary_context_refs`, and `violations` (messages of the stream-ordering checker). It waits
+/// `primary_context_refs`, `driver_version`, and `violations` (messages of the stream-ordering
+/// checker, then misuse the emulator caught: an entry point the emulated driver version lacks,
+/// a module unloaded while launches of it were queued). It waits
 /// for nothing: a stream-ordered free still queued counts as not yet freed.
 pub fn report_json() -> String {
     let Some(d) = driver_if_initialised() else {
@@ -36,14 +38,20 @@ pub fn report_json() -> String {
     };
     let l = d.dev.leaks();
     let v = d.dev.violations();
+    let misuse = d.misuse.lock().map(|m| m.clone()).unwrap_or_default();
     let modules = d.modules.lock().map(|m| m.len()).unwrap_or(0);
-    let clean = l.is_clean() && v.is_empty() && modules == 0;
-    let msgs: Vec<String> = v.iter().map(|x| json_str(&x.message)).collect();
+    let clean = l.is_clean() && v.is_empty() && misuse.is_empty() && modules == 0;
+    let msgs: Vec<String> = v
+        .iter()
+        .map(|x| json_str(&x.message))
+        .chain(misuse.iter().map(|m| json_str(m)))
+        .collect();
     format!(
         "{{\"initialized\":true,\"clean\":{clean},\"device\":{},\"device_bytes\":{},\
          \"allocations\":{},\"reservations\":{},\"mappings\":{},\"physical_handles\":{},\
          \"pinned_bytes\":{},\"registered_ranges\":{},\"streams\":{},\"events\":{},\
-         \"modules\":{modules},\"primary_context_refs\":{},\"violations\":[{}]}}",
+         \"modules\":{modules},\"primary_context_refs\":{},\"driver_version\":{},\
+         \"violations\":[{}]}}",
         json_str(&d.dev.config().name),
         l.device_bytes,
         l.allocations,
@@ -55,6 +63,7 @@ pub fn report_json() -> String {
         l.streams,
         l.events,
         d.primary_refs.load(Ordering::SeqCst),
+        d.opts.driver_version,
         msgs.join(",")
     )
 }

@@ -24,6 +24,8 @@ pub const CUDA_ERROR_INVALID_IMAGE: CUresult = 200;
 pub const CUDA_ERROR_INVALID_CONTEXT: CUresult = 201;
 /// `CUDA_ERROR_INVALID_PTX`.
 pub const CUDA_ERROR_INVALID_PTX: CUresult = 218;
+/// `CUDA_ERROR_UNSUPPORTED_PTX_VERSION`.
+pub const CUDA_ERROR_UNSUPPORTED_PTX_VERSION: CUresult = 222;
 /// `CUDA_ERROR_INVALID_HANDLE`.
 pub const CUDA_ERROR_INVALID_HANDLE: CUresult = 400;
 /// `CUDA_ERROR_NOT_FOUND`.
@@ -67,6 +69,11 @@ pub const ERRORS: &[(CUresult, &str, &str)] = &[
         218,
         "CUDA_ERROR_INVALID_PTX",
         "a PTX JIT compilation failed",
+    ),
+    (
+        222,
+        "CUDA_ERROR_UNSUPPORTED_PTX_VERSION",
+        "the provided PTX was compiled with an unsupported toolchain.",
     ),
     (400, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"),
     (

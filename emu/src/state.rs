@@ -27,10 +27,131 @@ const MODULE_TAG: u64 = 0x4d4f << 48;
 const FUNCTION_TAG: u64 = 0x4655 << 48;
 const TAG_MASK: u64 = 0xffff << 48;
 
+/// What the emulated driver reports about itself, beyond the simulated device: set by the
+/// emulator's own `VRAMSWAP_EMU_CONF` keys (see [`parse_emu_conf`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmuOptions {
+    /// What `cuDriverGetVersion` reports (1000 * major + 10 * minor). Entry points and device
+    /// attributes that a driver of this version does not have behave as missing (see
+    /// [`SYMBOL_VERSIONS`]).
+    pub driver_version: i32,
+    /// `CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED`; without it
+    /// `CU_MEMHOSTREGISTER_READ_ONLY` gives `CUDA_ERROR_NOT_SUPPORTED`.
+    pub read_only_host_register: bool,
+}
+
+impl Default for EmuOptions {
+    fn default() -> Self {
+        EmuOptions {
+            driver_version: crate::api::context::DRIVER_VERSION,
+            read_only_host_register: true,
+        }
+    }
+}
+
+/// The oldest driver version `driver_version` may name: the virtual-memory calls the emulator
+/// exports exist from CUDA 10.2 on, and older drivers are not modelled.
+pub const OLDEST_DRIVER_VERSION: i32 = 10020;
+
+/// The exported entry points newer than [`OLDEST_DRIVER_VERSION`], with the driver version
+/// (1000 * major + 10 * minor) that added each. On a real driver older than that the symbol
+/// does not exist at all: a program that looks it up fails to find it (cudarc panics,
+/// "Missing symbol"). A shared library cannot hide an exported symbol at run time, so the
+/// emulator answers a call to one with `CUDA_ERROR_NOT_SUPPORTED` and records the misuse in
+/// its report (`violations`, `clean: false`): a backend that calls an entry point its driver
+/// lacks fails its tests here instead of panicking on a user's machine.
+pub const SYMBOL_VERSIONS: &[(&str, i32)] = &[
+    ("cuDevicePrimaryCtxRelease_v2", 11000),
+    ("cuMemAllocAsync", 11020),
+    ("cuMemFreeAsync", 11020),
+    ("cuEventElapsedTime_v2", 12080),
+];
+
+/// The driver version that added `call`, when it is newer than [`OLDEST_DRIVER_VERSION`].
+pub fn symbol_version(call: &str) -> Option<i32> {
+    SYMBOL_VERSIONS
+        .iter()
+        .find(|(n, _)| *n == call)
+        .map(|(_, v)| *v)
+}
+
+/// `12080` as `12.8`.
+pub fn version_text(v: i32) -> String {
+    format!("{}.{}", v / 1000, (v % 1000) / 10)
+}
+
+/// The emulator's own keys of `VRAMSWAP_EMU_CONF`.
+pub const EMU_CONF_KEYS: &str = "driver_version, read_only_host_register";
+
+/// Splits the emulator's own keys out of a `VRAMSWAP_EMU_CONF` value: returns the options they
+/// set (over the defaults) and the remaining `key:value` pairs, for
+/// `vramswap_sim::parse_config`.
+///
+/// - `driver_version:12040`: what `cuDriverGetVersion` reports, from
+///   [`OLDEST_DRIVER_VERSION`] to the emulator's own [`crate::DRIVER_VERSION`]; entry points
+///   added after it behave as missing ([`SYMBOL_VERSIONS`]).
+/// - `read_only_host_register:0` (or `1`): the device attribute
+///   `CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED`.
+///
+/// ```
+/// use vramswap_cuda_emu::state::parse_emu_conf;
+/// let (o, rest) = parse_emu_conf("capacity_mb:64, driver_version:12040").unwrap();
+/// assert_eq!(o.driver_version, 12040);
+/// assert_eq!(rest, "capacity_mb:64");
+/// assert!(parse_emu_conf("driver_version:14000").is_err());
+/// ```
+pub fn parse_emu_conf(spec: &str) -> Result<(EmuOptions, String), String> {
+    let mut o = EmuOptions::default();
+    let mut rest = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once(':') else {
+            rest.push(part);
+            continue;
+        };
+        let (k, v) = (k.trim(), v.trim());
+        match k {
+            "driver_version" => {
+                let n: i32 = v
+                    .parse()
+                    .map_err(|_| format!("driver_version: `{v}` is not an integer"))?;
+                let newest = crate::api::context::DRIVER_VERSION;
+                if !(OLDEST_DRIVER_VERSION..=newest).contains(&n) {
+                    return Err(format!(
+                        "driver_version: {n} is outside {OLDEST_DRIVER_VERSION}..={newest} \
+                         (1000 * major + 10 * minor, CUDA {} to {})",
+                        version_text(OLDEST_DRIVER_VERSION),
+                        version_text(newest)
+                    ));
+                }
+                o.driver_version = n;
+            }
+            "read_only_host_register" => {
+                o.read_only_host_register = match v {
+                    "1" | "true" => true,
+                    "0" | "false" => false,
+                    _ => {
+                        return Err(format!(
+                            "read_only_host_register: `{v}` is not 0, 1, true or false"
+                        ))
+                    }
+                }
+            }
+            _ => rest.push(part),
+        }
+    }
+    Ok((o, rest.join(",")))
+}
+
 /// The initialised driver.
 pub(crate) struct Driver {
     /// The simulated device behind device ordinal 0.
     pub(crate) dev: SimDevice,
+    /// What the driver reports about itself.
+    pub(crate) opts: EmuOptions,
+    /// Misuse the emulator caught beyond the stream-ordering checker (an entry point called
+    /// that the emulated driver version lacks, a module unloaded under queued launches): part
+    /// of the report's `violations`.
+    pub(crate) misuse: Mutex<Vec<String>>,
     /// Retain count of the primary context; it is active while this is positive.
     pub(crate) primary_refs: AtomicU32,
     /// Loaded modules by id.
@@ -59,10 +180,12 @@ pub fn base_config() -> SimConfig {
 }
 
 /// Initialises the driver once with `make`; later calls return the first outcome.
-pub(crate) fn init_with(make: impl FnOnce() -> Result<SimDevice, u32>) -> u32 {
+pub(crate) fn init_with(make: impl FnOnce() -> Result<(SimDevice, EmuOptions), u32>) -> u32 {
     let r = DRIVER.get_or_init(|| {
-        make().map(|dev| Driver {
+        make().map(|(dev, opts)| Driver {
             dev,
+            opts,
+            misuse: Mutex::new(Vec::new()),
             primary_refs: AtomicU32::new(0),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
@@ -82,9 +205,33 @@ pub(crate) fn driver_if_initialised() -> Option<&'static Driver> {
 
 /// The driver, or `CUDA_ERROR_NOT_INITIALIZED`: "If cuInit() has not been called, any function
 /// from the driver API will return CUDA_ERROR_NOT_INITIALIZED" (Driver API, Initialization).
+///
+/// An entry point newer than the emulated driver version ([`SYMBOL_VERSIONS`]) is refused
+/// here, for every exported function alike, and recorded as misuse.
 pub(crate) fn driver(call: &str) -> Res<&'static Driver> {
-    driver_if_initialised()
-        .ok_or_else(|| fail(call, CUDA_ERROR_NOT_INITIALIZED, "cuInit has not succeeded"))
+    let d = driver_if_initialised()
+        .ok_or_else(|| fail(call, CUDA_ERROR_NOT_INITIALIZED, "cuInit has not succeeded"))?;
+    if let Some(added) = symbol_version(call) {
+        if d.opts.driver_version < added {
+            let msg = format!(
+                "{call} was called, but a CUDA {} driver has no such entry point (added in \
+                 CUDA {}): on a real driver of this version looking the symbol up fails",
+                version_text(d.opts.driver_version),
+                version_text(added)
+            );
+            d.record_misuse(msg.clone());
+            return Err(fail(call, CUDA_ERROR_NOT_SUPPORTED, &msg));
+        }
+    }
+    Ok(d)
+}
+
+impl Driver {
+    /// Records misuse for the report (and on stderr, which a test's output shows).
+    pub(crate) fn record_misuse(&self, msg: String) {
+        eprintln!("[vramswap-cuda-emu] misuse: {msg}");
+        self.misuse.lock().expect("misuse lock").push(msg);
+    }
 }
 
 /// The driver, provided the calling thread has a live current context: a call that needs a

@@ -73,6 +73,7 @@ fn every_driver_function_of_the_issue_is_exported_and_unimplemented_ones_say_so(
         "cuEventRecord",
         "cuEventQuery",
         "cuEventSynchronize",
+        "cuEventElapsedTime",
         "cuEventElapsedTime_v2",
         "cuEventDestroy_v2",
         "cuMemGetAllocationGranularity",

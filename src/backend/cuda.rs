@@ -8,6 +8,14 @@
 //! [`CudaBackend::new`] returns [`Error::BackendUnavailable`] instead of letting cudarc panic.
 //! Setting `VRAMSWAP_CUDA_DRIVER` to a library path loads that library first (for the emulated
 //! driver, whose soname is `libcuda.so`, so that cudarc's lookup of `libcuda.so` finds it).
+//!
+//! cudarc is built with the CUDA 13.0 bindings, but the driver may be older: cudarc resolves
+//! each entry point by name on first use and panics where the driver lacks it. So every entry
+//! point called through `sys::` here exists since CUDA [`MIN_DRIVER_VERSION`] (11.2:
+//! `cuMemAllocAsync`, `cuMemFreeAsync` and `CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED` are the
+//! newest), [`CudaBackend::new`] refuses an older driver with [`Error::BackendUnavailable`],
+//! and the one newer entry point used, `cuEventElapsedTime_v2` (CUDA 12.8), is looked up by
+//! hand and replaced by `cuEventElapsedTime` on older drivers.
 
 use std::cell::Cell;
 use std::ffi::{c_void, CStr};
@@ -118,6 +126,67 @@ thread_local! {
     static CURRENT: Cell<usize> = const { Cell::new(0) };
 }
 
+/// The oldest driver the backend runs on, as `cuDriverGetVersion` reports it
+/// (1000 * major + 10 * minor): CUDA 11.2, for `cuMemAllocAsync` / `cuMemFreeAsync` and the
+/// device attribute `CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED` (queried when the backend
+/// opens). NVIDIA drivers of branch R460 and later support it.
+pub const MIN_DRIVER_VERSION: i32 = 11020;
+
+/// The driver version that added `cuEventElapsedTime_v2`.
+const ELAPSED_TIME_V2_VERSION: i32 = 12080;
+
+/// `12080` as `12.8`.
+fn version_text(v: i32) -> String {
+    format!("{}.{}", v / 1000, (v % 1000) / 10)
+}
+
+/// The C signature shared by `cuEventElapsedTime` and `cuEventElapsedTime_v2`.
+type ElapsedTimeFn = unsafe extern "C" fn(*mut f32, sys::CUevent, sys::CUevent) -> CUresult;
+
+/// Looks a driver entry point up by name in the loaded driver: `None` where the driver has no
+/// such symbol (cudarc's own bindings would panic there).
+///
+/// # Safety
+/// `F` must be the entry point's C function-pointer type.
+unsafe fn driver_symbol<F: Copy>(name: &CStr) -> Option<F> {
+    #[cfg(feature = "dynamic-loading")]
+    {
+        // SAFETY: `culib` is the driver cudarc loaded (its presence was checked in `new` before
+        // any driver call); the caller guarantees `F` is the symbol's type.
+        unsafe { sys::culib().get::<F>(name.to_bytes_with_nul()) }
+            .ok()
+            .map(|f| *f)
+    }
+    #[cfg(not(feature = "dynamic-loading"))]
+    {
+        // A build that links libcuda: look in the process's global scope, which holds it.
+        let this = libloading::os::unix::Library::this();
+        // SAFETY: as above; libcuda stays linked for the life of the process, so the pointer
+        // outlives the handle.
+        unsafe { this.get::<F>(name.to_bytes_with_nul()) }
+            .ok()
+            .map(|f| *f)
+    }
+}
+
+/// The elapsed-time entry point for a driver of `version`: `cuEventElapsedTime_v2` from CUDA
+/// 12.8 on, `cuEventElapsedTime` before (every driver has it), with its name.
+fn elapsed_time_fn(version: i32) -> Option<(&'static str, ElapsedTimeFn)> {
+    let candidates: &[(&'static str, &CStr)] = if version >= ELAPSED_TIME_V2_VERSION {
+        &[
+            ("cuEventElapsedTime_v2", c"cuEventElapsedTime_v2"),
+            ("cuEventElapsedTime", c"cuEventElapsedTime"),
+        ]
+    } else {
+        &[("cuEventElapsedTime", c"cuEventElapsedTime")]
+    };
+    candidates.iter().find_map(|(name, sym)| {
+        // SAFETY: both entry points have the signature `ElapsedTimeFn`
+        // (`CUresult (float*, CUevent, CUevent)`).
+        unsafe { driver_symbol::<ElapsedTimeFn>(sym) }.map(|f| (*name, f))
+    })
+}
+
 /// A CUDA device through the driver API. Contexts are per thread in CUDA, so every call makes
 /// the device's primary context current on the calling thread first (cached per thread).
 #[derive(Debug)]
@@ -125,6 +194,8 @@ pub struct CudaBackend {
     ctx: usize,
     device: sys::CUdevice,
     props: DeviceProperties,
+    /// The elapsed-time entry point this driver has, with its name (see `elapsed_time_fn`).
+    elapsed_time: Option<(&'static str, ElapsedTimeFn)>,
     /// The kernels' module, loaded in this backend's context at the first kernel launch.
     kernels: OnceLock<KernelModule>,
 }
@@ -160,6 +231,21 @@ impl CudaBackend {
                  driver, or set VRAMSWAP_CUDA_DRIVER to the emulated driver for testing",
             ));
         }
+        let mut version = 0;
+        // SAFETY: valid out-pointer; cuDriverGetVersion needs no cuInit.
+        check("cuDriverGetVersion", unsafe {
+            sys::cuDriverGetVersion(&mut version)
+        })
+        .map_err(|e| unavailable(format!("{e}")))?;
+        if version < MIN_DRIVER_VERSION {
+            return Err(unavailable(format!(
+                "the CUDA driver supports CUDA {} (cuDriverGetVersion {version}), and the cuda \
+                 backend needs CUDA {} or newer (cuDriverGetVersion {MIN_DRIVER_VERSION}, an \
+                 NVIDIA driver of branch R460 or later): update the NVIDIA driver",
+                version_text(version),
+                version_text(MIN_DRIVER_VERSION)
+            )));
+        }
         // SAFETY: plain driver calls with valid out-pointers.
         unsafe {
             check("cuInit", sys::cuInit(0)).map_err(|e| unavailable(format!("{e}")))?;
@@ -194,13 +280,14 @@ impl CudaBackend {
                     vmm_granularity: 0,
                     copy_engines: 0,
                     compute_capability: (0, 0),
-                    driver_version: 0,
+                    driver_version: version,
                     memory_pools: false,
                 },
+                elapsed_time: elapsed_time_fn(version),
                 kernels: OnceLock::new(),
             };
             b.bind()?;
-            b.props = b.query_properties(ordinal, preloaded.is_some())?;
+            b.props = b.query_properties(ordinal, preloaded.is_some(), version)?;
             Ok(b)
         }
     }
@@ -214,7 +301,12 @@ impl CudaBackend {
         Ok(v)
     }
 
-    fn query_properties(&self, ordinal: i32, preloaded: bool) -> Result<DeviceProperties> {
+    fn query_properties(
+        &self,
+        ordinal: i32,
+        preloaded: bool,
+        version: i32,
+    ) -> Result<DeviceProperties> {
         use sys::CUdevice_attribute as A;
         let mut name = [0 as std::ffi::c_char; 256];
         // SAFETY: the buffer holds 256 bytes and the driver NUL-terminates within that length.
@@ -229,11 +321,6 @@ impl CudaBackend {
         // SAFETY: valid out-pointer.
         check("cuDeviceTotalMem_v2", unsafe {
             sys::cuDeviceTotalMem_v2(&mut total, self.device)
-        })?;
-        let mut version = 0;
-        // SAFETY: valid out-pointer.
-        check("cuDriverGetVersion", unsafe {
-            sys::cuDriverGetVersion(&mut version)
         })?;
         let vmm = self.attribute(A::CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED)? != 0;
         let granularity = if vmm {
@@ -309,7 +396,10 @@ impl CudaBackend {
         if let Some(k) = self.kernels.get() {
             return Ok(k);
         }
-        if let Err(extra) = self.kernels.set(KernelModule::load()?) {
+        if let Err(extra) = self
+            .kernels
+            .set(KernelModule::load(self.props.driver_version)?)
+        {
             extra.unload();
         }
         Ok(self.kernels.get().expect("set above"))
@@ -584,11 +674,19 @@ impl Backend for CudaBackend {
     }
 
     fn event_elapsed_ms(&self, start: Event, end: Event) -> Result<f32> {
+        let Some((name, f)) = self.elapsed_time else {
+            return Err(Error::Unsupported(format!(
+                "the CUDA driver (CUDA {}) exports neither cuEventElapsedTime_v2 nor \
+                 cuEventElapsedTime",
+                version_text(self.props.driver_version)
+            )));
+        };
         self.bind()?;
         let mut ms = 0f32;
-        // SAFETY: valid out-pointer; the driver validates the handles.
-        check("cuEventElapsedTime_v2", unsafe {
-            sys::cuEventElapsedTime_v2(&mut ms, Self::event(start), Self::event(end))
+        // SAFETY: `f` is the driver's cuEventElapsedTime(_v2), looked up with its C signature;
+        // valid out-pointer; the driver validates the handles.
+        check(name, unsafe {
+            f(&mut ms, Self::event(start), Self::event(end))
         })?;
         Ok(ms)
     }

@@ -130,17 +130,40 @@ pub(super) struct KernelModule {
     cast: usize,
 }
 
+/// The `.version` directive of PTX text (`"9.0"`), for messages.
+fn ptx_isa(ptx: &str) -> &str {
+    ptx.find(".version")
+        .and_then(|p| ptx[p + ".version".len()..].split_whitespace().next())
+        .unwrap_or("?")
+}
+
 impl KernelModule {
-    /// Loads the kernels into the context current on this thread.
-    pub(super) fn load() -> Result<KernelModule> {
+    /// Loads the kernels into the context current on this thread, of a driver that reports
+    /// `driver_version` (for the message when it cannot load the PTX).
+    pub(super) fn load(driver_version: i32) -> Result<KernelModule> {
         let ptx = ptx()?;
         let image = CString::new(ptx.as_bytes())
             .map_err(|_| Error::InvalidState("the kernels' PTX contains a NUL byte".into()))?;
         let mut module: sys::CUmodule = ptr::null_mut();
         // SAFETY: `image` is NUL-terminated PTX text that outlives the call; valid out-pointer.
-        check("cuModuleLoadData", unsafe {
-            sys::cuModuleLoadData(&mut module, image.as_ptr() as *const c_void)
-        })?;
+        let r = unsafe { sys::cuModuleLoadData(&mut module, image.as_ptr() as *const c_void) };
+        if r == sys::CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION {
+            // A driver JIT-compiles PTX up to its own CUDA version's ISA only.
+            return Err(Error::Unsupported(format!(
+                "the CUDA driver (CUDA {}.{}) cannot load vramswap's kernels: their PTX ({}) \
+                 is of ISA {}, newer than the driver compiles; update the NVIDIA driver, or \
+                 build vramswap with an nvcc no newer than the driver (NVCC=...). Only the \
+                 kernels need it: checksums (verify), poisoning and casts",
+                driver_version / 1000,
+                (driver_version % 1000) / 10,
+                match embedded_kernel_image() {
+                    KernelImage::Ptx(_) => "embedded by nvcc at build time",
+                    KernelImage::Source(_) => "compiled by NVRTC",
+                },
+                ptx_isa(&ptx),
+            )));
+        }
+        check("cuModuleLoadData", r)?;
         let mut m = KernelModule {
             module: module as usize,
             checksum_partial: 0,

@@ -14,20 +14,29 @@ use crate::result::{
     CUDA_ERROR_INVALID_VALUE, CUDA_ERROR_NOT_SUPPORTED, CUDA_SUCCESS,
 };
 use crate::state::{
-    check_device, current, driver, non_null, set_current, with_context, PRIMARY_CONTEXT,
+    check_device, current, driver, non_null, set_current, version_text, with_context, EmuOptions,
+    EMU_CONF_KEYS, PRIMARY_CONTEXT,
 };
 
 /// The driver version the emulator reports (CUDA 13.0).
 pub const DRIVER_VERSION: c_int = 13000;
 
-/// Builds the device from `VRAMSWAP_EMU_CONF` and plants `VRAMSWAP_EMU_FAULTS`.
-fn device_from_env() -> Result<SimDevice, CUresult> {
+/// The emulator's own options from `VRAMSWAP_EMU_CONF`, and the rest of it for the device.
+fn options_from_env() -> Result<(EmuOptions, String), String> {
     let conf = std::env::var("VRAMSWAP_EMU_CONF").unwrap_or_default();
+    crate::state::parse_emu_conf(&conf)
+        .map_err(|e| format!("VRAMSWAP_EMU_CONF: {e} (emulator keys: {EMU_CONF_KEYS})"))
+}
+
+/// Builds the device from `VRAMSWAP_EMU_CONF` and plants `VRAMSWAP_EMU_FAULTS`.
+fn device_from_env() -> Result<(SimDevice, EmuOptions), CUresult> {
+    let (opts, conf) =
+        options_from_env().map_err(|e| fail("cuInit", CUDA_ERROR_INVALID_VALUE, &e))?;
     let config = vramswap_sim::parse_config(&conf, crate::state::base_config()).map_err(|e| {
         fail(
             "cuInit",
             CUDA_ERROR_INVALID_VALUE,
-            &format!("VRAMSWAP_EMU_CONF: {e}"),
+            &format!("VRAMSWAP_EMU_CONF: {e}; emulator keys: {EMU_CONF_KEYS}"),
         )
     })?;
     let faults = std::env::var("VRAMSWAP_EMU_FAULTS").unwrap_or_default();
@@ -42,14 +51,20 @@ fn device_from_env() -> Result<SimDevice, CUresult> {
     for (op, n) in plan {
         dev.inject_fault(op, n);
     }
-    Ok(dev)
+    Ok((dev, opts))
 }
 
 /// Initialises the emulated driver with a given device instead of reading the environment (for
 /// tests that need a particular configuration). Like `cuInit`, only the first initialisation
 /// counts; returns the `CUresult` of the first one.
 pub fn init_with_device(dev: SimDevice) -> CUresult {
-    crate::state::init_with(|| Ok(dev))
+    init_with_device_and_options(dev, EmuOptions::default())
+}
+
+/// [`init_with_device`] with the emulator's own options (driver version, read-only host
+/// registration) too.
+pub fn init_with_device_and_options(dev: SimDevice, opts: EmuOptions) -> CUresult {
+    crate::state::init_with(|| Ok((dev, opts)))
 }
 
 /// `cuInit`: initialises the driver. "Currently, the Flags parameter must be 0."
@@ -72,7 +87,9 @@ pub unsafe extern "C" fn cuInit(flags: c_uint) -> CUresult {
     })
 }
 
-/// `cuDriverGetVersion`: 13000. Needs no initialisation, as on the real driver.
+/// `cuDriverGetVersion`: 13000, or the `driver_version` of `VRAMSWAP_EMU_CONF`. Needs no
+/// initialisation, as on the real driver ("Returns in *driverVersion the version of CUDA
+/// supported by the driver ... (1000 major + 10 minor)").
 ///
 /// # Safety
 /// `version` must be NULL or valid for a write.
@@ -81,8 +98,15 @@ pub unsafe extern "C" fn cuDriverGetVersion(version: *mut c_int) -> CUresult {
     guard("cuDriverGetVersion", || {
         code((|| {
             non_null("cuDriverGetVersion", version, "driverVersion")?;
+            let v = match crate::state::driver_if_initialised() {
+                Some(d) => d.opts.driver_version,
+                // Before cuInit: what cuInit will configure (a bad value fails cuInit).
+                None => options_from_env()
+                    .map(|(o, _)| o.driver_version)
+                    .unwrap_or(DRIVER_VERSION),
+            };
             // SAFETY: checked non-null; the caller passes a writable int.
-            unsafe { *version = DRIVER_VERSION };
+            unsafe { *version = v };
             Ok(())
         })())
     })
@@ -171,8 +195,18 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: c_int) -> C
     })
 }
 
+/// Device attributes newer than CUDA 10.2 that the emulator models, with the driver version
+/// that added each: a driver older than that does not know the number and answers
+/// `CUDA_ERROR_INVALID_VALUE`, as for any number outside its `CUdevice_attribute`.
+pub const ATTRIBUTE_VERSIONS: &[(c_int, i32)] = &[
+    (113, 11010), // READ_ONLY_HOST_REGISTER_SUPPORTED
+    (115, 11020), // MEMORY_POOLS_SUPPORTED
+];
+
 /// The value of a device attribute of the emulated Hopper-like device (attribute numbers from
 /// `cuda.h`, `CUdevice_attribute`), or `None` for attributes the emulator does not model.
+/// `READ_ONLY_HOST_REGISTER_SUPPORTED` (113) is 1 here; `VRAMSWAP_EMU_CONF`'s
+/// `read_only_host_register:0` makes `cuDeviceGetAttribute` report 0.
 pub fn attribute_value(attr: c_int, copy_engines: u32) -> Option<c_int> {
     Some(match attr {
         1 => 1024,                   // MAX_THREADS_PER_BLOCK
@@ -223,13 +257,29 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(
                     &format!("attribute {attr} is not a CUdevice_attribute"),
                 ));
             }
-            let v = attribute_value(attr, d.dev.config().copy_engines).ok_or_else(|| {
+            if let Some((_, added)) = ATTRIBUTE_VERSIONS.iter().find(|(a, _)| *a == attr) {
+                if d.opts.driver_version < *added {
+                    return Err(fail(
+                        "cuDeviceGetAttribute",
+                        CUDA_ERROR_INVALID_VALUE,
+                        &format!(
+                            "attribute {attr} was added in CUDA {}; this is a CUDA {} driver",
+                            version_text(*added),
+                            version_text(d.opts.driver_version)
+                        ),
+                    ));
+                }
+            }
+            let mut v = attribute_value(attr, d.dev.config().copy_engines).ok_or_else(|| {
                 fail(
                     "cuDeviceGetAttribute",
                     CUDA_ERROR_NOT_SUPPORTED,
                     &format!("attribute {attr} is not modelled by the emulator"),
                 )
             })?;
+            if attr == 113 && !d.opts.read_only_host_register {
+                v = 0;
+            }
             // SAFETY: checked non-null.
             unsafe { *value = v };
             Ok(())

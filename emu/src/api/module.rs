@@ -12,13 +12,15 @@ use std::sync::atomic::Ordering;
 use vramswap_sim::{CastType, Kernel};
 
 use crate::api::context::ctx;
-use crate::module::{parse_ptx, Entry};
+use crate::module::{driver_for_ptx_isa, parse_ptx, ptx_isa_version, Entry};
 use crate::result::{
     code, fail, guard, sim_fail, CUresult, Res, CUDA_ERROR_INVALID_HANDLE,
     CUDA_ERROR_INVALID_IMAGE, CUDA_ERROR_INVALID_PTX, CUDA_ERROR_INVALID_VALUE,
-    CUDA_ERROR_NOT_FOUND, CUDA_ERROR_NOT_SUPPORTED,
+    CUDA_ERROR_NOT_FOUND, CUDA_ERROR_NOT_SUPPORTED, CUDA_ERROR_UNSUPPORTED_PTX_VERSION,
 };
-use crate::state::{function_handle, function_id, module_handle, module_id, non_null, stream_id};
+use crate::state::{
+    function_handle, function_id, module_handle, module_id, non_null, stream_id, version_text,
+};
 
 macro_rules! export {
     ($call:literal, $body:block) => {
@@ -67,6 +69,33 @@ pub unsafe extern "C" fn cuModuleLoadData(
             };
             fail("cuModuleLoadData", c, &e)
         })?;
+        // "CUDA_ERROR_UNSUPPORTED_PTX_VERSION: This indicates that the provided PTX was compiled
+        // with an unsupported toolchain": PTX of an ISA newer than the driver's CUDA version.
+        if let Some(isa) = ptx_isa_version(text) {
+            let have = d.opts.driver_version;
+            let refuse =
+                |why: String| fail("cuModuleLoadData", CUDA_ERROR_UNSUPPORTED_PTX_VERSION, &why);
+            match driver_for_ptx_isa(isa) {
+                Some(need) if need <= have => {}
+                Some(need) => {
+                    return Err(refuse(format!(
+                        "PTX ISA {}.{} needs a CUDA {} driver; this is a CUDA {} driver",
+                        isa.0,
+                        isa.1,
+                        version_text(need),
+                        version_text(have)
+                    )))
+                }
+                None => {
+                    return Err(refuse(format!(
+                        "PTX ISA {}.{} is newer than this CUDA {} driver",
+                        isa.0,
+                        isa.1,
+                        version_text(have)
+                    )))
+                }
+            }
+        }
         let id = d.next_id.fetch_add(1, Ordering::SeqCst);
         d.modules.lock().expect("modules lock").insert(id, m);
         // SAFETY: checked non-null.

@@ -245,9 +245,54 @@ pub unsafe extern "C" fn cuEventSynchronize(event: *mut c_void) -> CUresult {
     })
 }
 
-/// `cuEventElapsedTime_v2`: milliseconds between two completed timing events; an event not
-/// yet complete gives `CUDA_ERROR_NOT_READY`, one created with `CU_EVENT_DISABLE_TIMING`
-/// `CUDA_ERROR_INVALID_HANDLE`. The figure is host time of the simulated work, not GPU time.
+/// Shared body of `cuEventElapsedTime` and `cuEventElapsedTime_v2`, which the reference
+/// describes alike: milliseconds between two completed timing events; "If cuEventRecord() has
+/// been called on both events but one or both of them has not yet been completed ...
+/// CUDA_ERROR_NOT_READY is returned. If either event was created with the
+/// CU_EVENT_DISABLE_TIMING flag, then this function will return CUDA_ERROR_INVALID_HANDLE."
+/// The figure is host time of the simulated work, not GPU time.
+///
+/// # Safety
+/// `ms` must be NULL or valid for a write.
+unsafe fn elapsed_time(
+    call: &'static str,
+    ms: *mut f32,
+    start: *mut c_void,
+    end: *mut c_void,
+) -> Res<()> {
+    let d = ctx(call)?;
+    non_null(call, ms, "pMilliseconds")?;
+    let a = event_id(call, start)?;
+    let b = event_id(call, end)?;
+    let v = d
+        .dev
+        .event_elapsed_ms(a, b)
+        .map_err(|err| sim_fail(call, err))?;
+    // SAFETY: checked non-null.
+    unsafe { *ms = v };
+    Ok(())
+}
+
+/// `cuEventElapsedTime`: the entry point every driver has (`cuda.h` of CUDA 13 declares only
+/// the `_v2`, but drivers keep exporting the first version for programs built against older
+/// headers). See `elapsed_time`.
+///
+/// # Safety
+/// `ms` must be NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuEventElapsedTime(
+    ms: *mut f32,
+    start: *mut c_void,
+    end: *mut c_void,
+) -> CUresult {
+    guard("cuEventElapsedTime", || {
+        // SAFETY: forwarded contract.
+        code(unsafe { elapsed_time("cuEventElapsedTime", ms, start, end) })
+    })
+}
+
+/// `cuEventElapsedTime_v2`: added in CUDA 12.8; on an older emulated driver version
+/// (`VRAMSWAP_EMU_CONF` `driver_version`) it behaves as missing. See `elapsed_time`.
 ///
 /// # Safety
 /// `ms` must be NULL or valid for a write.
@@ -257,18 +302,9 @@ pub unsafe extern "C" fn cuEventElapsedTime_v2(
     start: *mut c_void,
     end: *mut c_void,
 ) -> CUresult {
-    export!("cuEventElapsedTime_v2", {
-        let d = ctx("cuEventElapsedTime_v2")?;
-        non_null("cuEventElapsedTime_v2", ms, "pMilliseconds")?;
-        let a = event_id("cuEventElapsedTime_v2", start)?;
-        let b = event_id("cuEventElapsedTime_v2", end)?;
-        let v = d
-            .dev
-            .event_elapsed_ms(a, b)
-            .map_err(|err| sim_fail("cuEventElapsedTime_v2", err))?;
-        // SAFETY: checked non-null.
-        unsafe { *ms = v };
-        Ok(())
+    guard("cuEventElapsedTime_v2", || {
+        // SAFETY: forwarded contract.
+        code(unsafe { elapsed_time("cuEventElapsedTime_v2", ms, start, end) })
     })
 }
 

@@ -1,0 +1,213 @@
+//! The `cuda` backend over the emulated driver configured as a particular driver would be: an
+//! older driver version, another library changing the current context, a device without
+//! read-only host registration.
+//!
+//! The emulator reads `VRAMSWAP_EMU_CONF` once, at `cuInit`, and the backend loads the driver
+//! once per process, so each test runs its body in a child process of this test binary (the
+//! `#[ignore]`d test of the same name with a `_child` suffix), over the emulator named by
+//! `VRAMSWAP_CUDA_DRIVER`, or else `target/<profile>/libvramswap_cuda_emu.so` (built by
+//! `cargo test --workspace`, or `cargo build -p vramswap-cuda-emu`).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use vramswap::backend::cuda::{CudaBackend, MIN_DRIVER_VERSION};
+use vramswap::backend::cuda_kernels::{embedded_kernel_image, KernelImage};
+use vramswap::backend::Backend;
+use vramswap::conformance;
+use vramswap::Error;
+
+/// Set in the child processes; the `_child` tests do nothing without it.
+const CHILD: &str = "VRAMSWAP_CUDA_DRIVER_TEST_CHILD";
+
+fn emulator() -> PathBuf {
+    if let Ok(p) = std::env::var("VRAMSWAP_CUDA_DRIVER") {
+        if !p.trim().is_empty() {
+            return p.into();
+        }
+    }
+    let exe = std::env::current_exe().unwrap();
+    let lib = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("libvramswap_cuda_emu.so");
+    assert!(
+        lib.is_file(),
+        "{} was not built: run `cargo build -p vramswap-cuda-emu` (`cargo test --workspace` \
+         builds it)",
+        lib.display()
+    );
+    lib
+}
+
+/// What a child process printed, and the emulator's exit report (empty when the driver was
+/// never initialised).
+struct Child {
+    output: String,
+    report: String,
+}
+
+/// Runs `<name>_child` in a child process over the emulator configured with `conf`, and
+/// asserts it passed.
+fn in_child(name: &str, conf: &str) -> Child {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            &format!("{name}_child"),
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .env("VRAMSWAP_CUDA_DRIVER", emulator())
+        .env("VRAMSWAP_EMU_CONF", conf)
+        .env("VRAMSWAP_EMU_REPORT", &report)
+        .env_remove("VRAMSWAP_EMU_FAULTS")
+        .env_remove("VRAMSWAP_BACKEND")
+        .output()
+        .unwrap();
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{name} failed in its child:\n{output}"
+    );
+    assert!(
+        output.contains("1 passed"),
+        "{name}_child did not run:\n{output}"
+    );
+    let report = std::fs::read_to_string(&report).unwrap_or_default();
+    Child { output, report }
+}
+
+fn is_child() -> bool {
+    std::env::var_os(CHILD).is_some()
+}
+
+fn assert_clean(c: &Child) {
+    assert!(
+        c.report.contains("\"clean\":true"),
+        "the emulator reports misuse, leaks or races:\n{}\n{}",
+        c.report,
+        c.output
+    );
+}
+
+// ----- the driver version ------------------------------------------------------------------
+
+/// A CUDA 12.4 driver (R550) has no `cuEventElapsedTime_v2` (added in 12.8): timing events
+/// must use `cuEventElapsedTime`, never the missing entry point (cudarc panics on a real one).
+#[test]
+fn a_cuda_12_4_driver_times_events_without_the_12_8_entry_point() {
+    let c = in_child(
+        "a_cuda_12_4_driver_times_events_without_the_12_8_entry_point",
+        "driver_version:12040",
+    );
+    assert_clean(&c);
+    assert!(
+        c.report.contains("\"driver_version\":12040"),
+        "{}",
+        c.report
+    );
+}
+
+#[test]
+#[ignore = "run in a child process by the test without the suffix"]
+fn a_cuda_12_4_driver_times_events_without_the_12_8_entry_point_child() {
+    if !is_child() {
+        return;
+    }
+    let b = CudaBackend::new(0).expect("a CUDA 12.4 driver is supported");
+    assert_eq!(b.properties().driver_version, 12040);
+    let check = conformance::checks()
+        .into_iter()
+        .find(|c| c.name == "event_elapsed_time_is_non_negative")
+        .unwrap();
+    let out = conformance::run_one(&b, &check);
+    assert!(out.passed, "{:?}", out.message);
+    // The same through the trait directly, with work between the events.
+    let s = b.stream_create().unwrap();
+    let (t0, t1) = (b.event_create(true).unwrap(), b.event_create(true).unwrap());
+    let x = b.alloc(1 << 20).unwrap();
+    b.event_record(t0, s).unwrap();
+    b.memset_d8_async(x, 1, 1 << 20, s).unwrap();
+    b.event_record(t1, s).unwrap();
+    b.event_synchronize(t1).unwrap();
+    let ms = b
+        .event_elapsed_ms(t0, t1)
+        .expect("cuEventElapsedTime times the events");
+    assert!(ms >= 0.0 && ms.is_finite(), "{ms}");
+    b.event_destroy(t0).unwrap();
+    b.event_destroy(t1).unwrap();
+    b.free(x).unwrap();
+    b.stream_destroy(s).unwrap();
+}
+
+/// A driver older than the minimum is refused when the backend opens, with a message naming
+/// both versions, instead of a panic at the first missing entry point.
+#[test]
+fn a_driver_older_than_the_minimum_is_refused_naming_both_versions() {
+    let c = in_child(
+        "a_driver_older_than_the_minimum_is_refused_naming_both_versions",
+        "driver_version:11000",
+    );
+    assert!(c.output.contains("CUDA 11.0"), "{}", c.output);
+}
+
+#[test]
+#[ignore = "run in a child process by the test without the suffix"]
+fn a_driver_older_than_the_minimum_is_refused_naming_both_versions_child() {
+    if !is_child() {
+        return;
+    }
+    assert_eq!(MIN_DRIVER_VERSION, 11020);
+    match CudaBackend::new(0) {
+        Err(Error::BackendUnavailable { backend, reason }) => {
+            assert_eq!(backend, "cuda");
+            assert!(
+                reason.contains("CUDA 11.0") && reason.contains("CUDA 11.2"),
+                "{reason}"
+            );
+            println!("refused: {reason}");
+        }
+        other => panic!("a CUDA 11.0 driver was not refused: {other:?}"),
+    }
+}
+
+/// The oldest supported driver opens and passes the conformance suite, except the kernels:
+/// their PTX (ISA 9.0 from nvcc 13.0, or NVRTC's) is newer than a CUDA 11.2 driver compiles,
+/// and loading it is a clear `unsupported` error, as on a real driver of that age.
+#[test]
+fn the_oldest_supported_driver_passes_the_conformance_suite_but_the_kernels() {
+    let c = in_child(
+        "the_oldest_supported_driver_passes_the_conformance_suite_but_the_kernels",
+        "driver_version:11020",
+    );
+    assert_clean(&c);
+}
+
+#[test]
+#[ignore = "run in a child process by the test without the suffix"]
+fn the_oldest_supported_driver_passes_the_conformance_suite_but_the_kernels_child() {
+    if !is_child() {
+        return;
+    }
+    let b = CudaBackend::new(0).expect("CUDA 11.2 is supported");
+    for o in conformance::run_all(&b) {
+        let msg = o.message.clone().unwrap_or_default();
+        if o.name.contains("kernel") {
+            let clear = msg.contains("cannot load vramswap's kernels")
+                || (matches!(embedded_kernel_image(), KernelImage::Source(_))
+                    && msg.contains("NVRTC"));
+            assert!(!o.passed && clear, "{}: {msg}", o.name);
+        } else {
+            assert!(o.passed, "{}: {msg}", o.name);
+        }
+    }
+}
