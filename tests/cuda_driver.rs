@@ -211,3 +211,51 @@ fn the_oldest_supported_driver_passes_the_conformance_suite_but_the_kernels_chil
         }
     }
 }
+
+// ----- the current context ------------------------------------------------------------------
+
+/// Another library on the same thread unbinds the context (`cuCtxSetCurrent(NULL)`) between
+/// two backend calls: the backend must notice through the driver and bind again, not trust
+/// what it remembers (the call would fail with `CUDA_ERROR_INVALID_CONTEXT`).
+#[test]
+fn the_backend_binds_again_after_another_library_unbinds_the_context() {
+    let c = in_child(
+        "the_backend_binds_again_after_another_library_unbinds_the_context",
+        "",
+    );
+    assert_clean(&c);
+}
+
+#[test]
+#[ignore = "run in a child process by the test without the suffix"]
+fn the_backend_binds_again_after_another_library_unbinds_the_context_child() {
+    if !is_child() {
+        return;
+    }
+    use cudarc::driver::sys;
+    let unbind = || {
+        // SAFETY: a plain driver call; NULL unbinds the calling thread's context.
+        let r = unsafe { sys::cuCtxSetCurrent(std::ptr::null_mut()) };
+        assert_eq!(r, sys::CUresult::CUDA_SUCCESS);
+    };
+    let b = CudaBackend::new(0).unwrap();
+    let x = b.alloc(4096).unwrap();
+    unbind();
+    let y = b
+        .alloc(4096)
+        .expect("alloc after another library unbound the context");
+    unbind();
+    b.free(x).unwrap();
+    unbind();
+    b.free(y).unwrap();
+    // The same on another thread, whose first call binds it.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let z = b.alloc(4096).unwrap();
+            unbind();
+            b.free(z).unwrap();
+            unbind();
+            b.synchronize().unwrap();
+        });
+    });
+}

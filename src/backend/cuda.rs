@@ -17,7 +17,6 @@
 //! and the one newer entry point used, `cuEventElapsedTime_v2` (CUDA 12.8), is looked up by
 //! hand and replaced by `cuEventElapsedTime` on older drivers.
 
-use std::cell::Cell;
 use std::ffi::{c_void, CStr};
 use std::ptr;
 use std::sync::OnceLock;
@@ -121,11 +120,6 @@ fn preload_driver() -> Result<Option<String>> {
         .map_err(unavailable)
 }
 
-thread_local! {
-    /// The context last made current on this thread by this module.
-    static CURRENT: Cell<usize> = const { Cell::new(0) };
-}
-
 /// The oldest driver the backend runs on, as `cuDriverGetVersion` reports it
 /// (1000 * major + 10 * minor): CUDA 11.2, for `cuMemAllocAsync` / `cuMemFreeAsync` and the
 /// device attribute `CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED` (queried when the backend
@@ -188,7 +182,8 @@ fn elapsed_time_fn(version: i32) -> Option<(&'static str, ElapsedTimeFn)> {
 }
 
 /// A CUDA device through the driver API. Contexts are per thread in CUDA, so every call makes
-/// the device's primary context current on the calling thread first (cached per thread).
+/// the device's primary context current on the calling thread first, unless the driver says it
+/// already is (`cuCtxGetCurrent`: another library on the thread may have changed it).
 #[derive(Debug)]
 pub struct CudaBackend {
     ctx: usize,
@@ -367,18 +362,20 @@ impl CudaBackend {
         prop
     }
 
-    /// Makes the primary context current on this thread (contexts are per thread).
+    /// Makes the primary context current on this thread (contexts are per thread). The
+    /// driver's current context is asked each time, not remembered: another library on the
+    /// same thread (PyTorch, a user's own driver calls) may have set another context, or none,
+    /// since our last call. `cuCtxGetCurrent` is a thread-local read in the driver.
     fn bind(&self) -> Result<()> {
-        CURRENT.with(|c| {
-            if c.get() == self.ctx {
-                return Ok(());
-            }
-            // SAFETY: `ctx` is the retained primary context of this device.
-            check("cuCtxSetCurrent", unsafe {
-                sys::cuCtxSetCurrent(self.ctx as sys::CUcontext)
-            })?;
-            c.set(self.ctx);
-            Ok(())
+        let mut cur: sys::CUcontext = ptr::null_mut();
+        // SAFETY: valid out-pointer.
+        check("cuCtxGetCurrent", unsafe { sys::cuCtxGetCurrent(&mut cur) })?;
+        if cur as usize == self.ctx {
+            return Ok(());
+        }
+        // SAFETY: `ctx` is the retained primary context of this device.
+        check("cuCtxSetCurrent", unsafe {
+            sys::cuCtxSetCurrent(self.ctx as sys::CUcontext)
         })
     }
 
@@ -418,11 +415,6 @@ impl Drop for CudaBackend {
         unsafe {
             let _ = sys::cuDevicePrimaryCtxRelease_v2(self.device);
         }
-        CURRENT.with(|c| {
-            if c.get() == self.ctx {
-                c.set(0)
-            }
-        });
     }
 }
 
