@@ -259,3 +259,66 @@ fn the_backend_binds_again_after_another_library_unbinds_the_context_child() {
         });
     });
 }
+
+// ----- read-only host registration -----------------------------------------------------------
+
+/// A device without `CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED`: the backend reports
+/// it and refuses a read-only registration with a clear `unsupported` error, before the driver
+/// would answer `CUDA_ERROR_NOT_SUPPORTED`; a read-write registration still works.
+#[test]
+fn read_only_registration_is_a_clear_error_where_the_device_lacks_it() {
+    let c = in_child(
+        "read_only_registration_is_a_clear_error_where_the_device_lacks_it",
+        "read_only_host_register:0",
+    );
+    assert_clean(&c);
+}
+
+#[test]
+#[ignore = "run in a child process by the test without the suffix"]
+fn read_only_registration_is_a_clear_error_where_the_device_lacks_it_child() {
+    if !is_child() {
+        return;
+    }
+    let b = CudaBackend::new(0).unwrap();
+    assert!(!b.properties().read_only_host_register);
+    let mut buf = vec![0u8; 1 << 16];
+    // SAFETY: `buf` outlives the registration, which is undone below; no copy uses it.
+    match unsafe { b.host_register(buf.as_mut_ptr(), buf.len() as u64, true) } {
+        Err(Error::Unsupported(m)) => assert!(
+            m.contains("READ_ONLY_HOST_REGISTER_SUPPORTED") && m.contains("direct"),
+            "{m}"
+        ),
+        other => panic!("a read-only registration was not refused clearly: {other:?}"),
+    }
+    // SAFETY: as above.
+    unsafe {
+        b.host_register(buf.as_mut_ptr(), buf.len() as u64, false)
+            .unwrap();
+        b.host_unregister(buf.as_mut_ptr()).unwrap();
+    }
+}
+
+/// Where the device has it (the emulator's default), both kinds of registration work.
+#[test]
+fn read_only_registration_works_where_the_device_has_it() {
+    let c = in_child("read_only_registration_works_where_the_device_has_it", "");
+    assert_clean(&c);
+}
+
+#[test]
+#[ignore = "run in a child process by the test without the suffix"]
+fn read_only_registration_works_where_the_device_has_it_child() {
+    if !is_child() {
+        return;
+    }
+    let b = CudaBackend::new(0).unwrap();
+    assert!(b.properties().read_only_host_register);
+    let mut buf = vec![0u8; 1 << 16];
+    // SAFETY: `buf` outlives the registration, undone below; no copy uses it.
+    unsafe {
+        b.host_register(buf.as_mut_ptr(), buf.len() as u64, true)
+            .unwrap();
+        b.host_unregister(buf.as_mut_ptr()).unwrap();
+    }
+}

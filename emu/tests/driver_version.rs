@@ -50,6 +50,16 @@ fn a_cuda_12_4_driver_lacks_what_came_later() {
         assert_eq!(emu::cuDeviceGetAttribute(&mut a, 115, 0), CUDA_SUCCESS);
         assert_eq!(a, 1);
 
+        // Without the attribute, a read-only registration is CUDA_ERROR_NOT_SUPPORTED.
+        let mut buf = vec![0u8; 1 << 16];
+        let p = buf.as_mut_ptr() as *mut c_void;
+        assert_eq!(
+            emu::cuMemHostRegister_v2(p, buf.len(), 8),
+            CUDA_ERROR_NOT_SUPPORTED
+        );
+        assert_eq!(emu::cuMemHostRegister_v2(p, buf.len(), 0), CUDA_SUCCESS);
+        assert_eq!(emu::cuMemHostUnregister(p), CUDA_SUCCESS);
+
         let (mut e0, mut e1) = (std::ptr::null_mut(), std::ptr::null_mut());
         assert_eq!(emu::cuEventCreate(&mut e0, 0), CUDA_SUCCESS);
         assert_eq!(emu::cuEventCreate(&mut e1, 0), CUDA_SUCCESS);

@@ -277,6 +277,7 @@ impl CudaBackend {
                     compute_capability: (0, 0),
                     driver_version: version,
                     memory_pools: false,
+                    read_only_host_register: false,
                 },
                 elapsed_time: elapsed_time_fn(version),
                 kernels: OnceLock::new(),
@@ -349,6 +350,9 @@ impl CudaBackend {
             ),
             driver_version: version,
             memory_pools: self.attribute(A::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED)? != 0,
+            read_only_host_register: self
+                .attribute(A::CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED)?
+                != 0,
         })
     }
 
@@ -551,6 +555,18 @@ impl Backend for CudaBackend {
     }
 
     unsafe fn host_register(&self, ptr: *mut u8, bytes: u64, read_only: bool) -> Result<()> {
+        // "Using this flag with a current context associated with a device that does not have
+        // this attribute set will cause cuMemHostRegister to error with
+        // CUDA_ERROR_NOT_SUPPORTED" (CU_MEMHOSTREGISTER_READ_ONLY): say why before asking.
+        if read_only && !self.props.read_only_host_register {
+            return Err(Error::Unsupported(format!(
+                "{} cannot register host memory read-only \
+                 (CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED is 0), which direct \
+                 loading of mapped weight files needs; load without `direct` (into the pinned \
+                 arena) instead",
+                self.props.name
+            )));
+        }
         self.bind()?;
         let mut flags = sys::CU_MEMHOSTREGISTER_PORTABLE;
         if read_only {

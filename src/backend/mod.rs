@@ -132,6 +132,10 @@ pub struct DeviceProperties {
     pub driver_version: i32,
     /// Whether stream-ordered allocation (`cuMemAllocAsync`) is supported.
     pub memory_pools: bool,
+    /// Whether [`Backend::host_register`] with `read_only` is supported
+    /// (`CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED`); where it is not, such a
+    /// registration is [`Error::Unsupported`].
+    pub read_only_host_register: bool,
 }
 
 /// Free and total device memory.
@@ -191,7 +195,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// `ptr` must come from `host_alloc_pinned` of this backend, with no copy still using it.
     unsafe fn host_free_pinned(&self, ptr: *mut u8) -> Result<()>;
     /// Page-locks an existing host range (`cuMemHostRegister`); with `read_only` the device may
-    /// only read it (for mapped files).
+    /// only read it (for mapped files), which is [`Error::Unsupported`] on a device without
+    /// [`DeviceProperties::read_only_host_register`].
     ///
     /// # Safety
     /// `[ptr, ptr + bytes)` must be a valid mapping that stays valid until unregistered.

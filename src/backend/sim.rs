@@ -69,6 +69,7 @@ impl SimBackend {
             compute_capability: (9, 0),
             driver_version: 0,
             memory_pools: true,
+            read_only_host_register: true,
         };
         SimBackend {
             dev: SimDevice::new(config),

@@ -422,8 +422,11 @@ const REGISTER_READ_ONLY: c_uint = 8;
 
 /// `cuMemHostRegister_v2`: page-locks an existing range. With `CU_MEMHOSTREGISTER_READ_ONLY`
 /// "The pointer is treated as pointing to memory that is considered read-only by the device":
-/// a device-to-host copy into it fails. A range overlapping one already registered gives
-/// `CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED`.
+/// a device-to-host copy into it fails; "Using this flag with a current context associated
+/// with a device that does not have this attribute set
+/// [CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED] will cause cuMemHostRegister to
+/// error with CUDA_ERROR_NOT_SUPPORTED" (`VRAMSWAP_EMU_CONF` `read_only_host_register:0`). A
+/// range overlapping one already registered gives `CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED`.
 ///
 /// # Safety
 /// The range must stay valid while registered.
@@ -447,6 +450,14 @@ pub unsafe extern "C" fn cuMemHostRegister_v2(
                 "cuMemHostRegister_v2",
                 CUDA_ERROR_INVALID_VALUE,
                 "unknown flags",
+            ));
+        }
+        if flags & REGISTER_READ_ONLY != 0 && !d.opts.read_only_host_register {
+            return Err(fail(
+                "cuMemHostRegister_v2",
+                CUDA_ERROR_NOT_SUPPORTED,
+                "CU_MEMHOSTREGISTER_READ_ONLY on a device without \
+                 CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED",
             ));
         }
         d.dev
