@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::config::{AllocatorConfig, MemoryLimit, POISON_PATTERN};
 use super::history::{History, HistoryEvent};
-use super::pool::{BlockPool, BlockState};
+use super::pool::BlockPool;
 use super::sizing::{round_size, segment_size, PoolKind};
 use super::stats::AllocatorStats;
 use crate::backend::{DevicePtr, Event, SharedBackend, Stream};
@@ -454,22 +454,54 @@ impl CachingAllocator {
 
     /// Frees a block. It goes back to its stream's free list at once, or, when
     /// [`CachingAllocator::record_stream`] named other streams, once their work is done. An
-    /// unknown pointer is [`Error::NotFound`]; a second free is [`Error::InvalidState`].
+    /// unknown pointer (one never handed out, such as the free rest of a split segment) is
+    /// [`Error::NotFound`]; a second free is [`Error::InvalidState`].
+    ///
+    /// A stream the block was used on may be gone (destroyed by its user): its event cannot be
+    /// recorded, and the free waits for the whole device instead. Likewise a poison fill that
+    /// its stream no longer takes runs on the default stream. Either the block is freed and the
+    /// result is `Ok`, or the error leaves it allocated, as it was.
     pub fn free(&self, ptr: DevicePtr) -> Result<()> {
         let mut st = self.lock();
-        let Some(idx) = st.live.remove(&ptr.0) else {
-            return Err(match st.pool.find_block_at(ptr.0) {
-                Some(_) => Error::InvalidState(format!("double free of device pointer {ptr}")),
-                None => Error::NotFound {
-                    kind: "allocation",
-                    name: ptr.to_string(),
-                },
-            });
+        let Some(&idx) = st.live.get(&ptr.0) else {
+            return Err(self.not_live(&st, ptr));
         };
         let (size, requested, stream, id) = {
             let b = st.pool.block(idx);
             (b.size, b.requested, Stream(b.stream), b.tag)
         };
+        let others = if st.used_on.is_empty() {
+            None
+        } else {
+            st.used_on.remove(&idx)
+        };
+        let mut parked = false;
+        if let Some(streams) = &others {
+            match self.free_after(&mut st, idx, streams) {
+                Ok(()) => parked = true,
+                Err(e) => {
+                    // The events could not be recorded: order the reuse by waiting for the
+                    // device instead.
+                    if let Err(sync) = self.backend.synchronize() {
+                        tracing::debug!("free of {ptr}: {e}; waiting for the device failed too");
+                        st.used_on.insert(idx, others.unwrap_or_default());
+                        return Err(sync);
+                    }
+                    st.stats.num_sync_all_streams += 1;
+                    tracing::debug!("free of {ptr}: {e}; waited for the device instead");
+                }
+            }
+        }
+        if !parked && self.config.poison {
+            if let Err(e) = self.poison(&mut st, ptr, size, stream) {
+                if let Some(streams) = others {
+                    st.used_on.insert(idx, streams);
+                }
+                return Err(e);
+            }
+        }
+        // Nothing below fails.
+        st.live.remove(&ptr.0);
         let s = &mut st.stats;
         s.allocated_bytes.sub(size);
         s.requested_bytes.sub(requested);
@@ -477,36 +509,75 @@ impl CachingAllocator {
         if st.history.enabled() {
             st.history.push(HistoryEvent::Free { id });
         }
-        let others = if st.used_on.is_empty() {
-            None
-        } else {
-            st.used_on.remove(&idx)
-        };
-        let result = match others {
-            Some(streams) => self.free_after(&mut st, idx, &streams),
-            None => Ok(()),
-        };
-        let mut result = result;
-        if result.is_err() {
-            // The events could not be recorded: order the reuse by waiting for the device.
-            let _ = self.backend.synchronize();
-        }
-        if st.pool.block(idx).state == BlockState::Allocated {
-            if self.config.poison {
-                // Ordered on the block's stream, before any reuse on it.
-                if let Err(e) = self
-                    .backend
-                    .fill_u32_async(ptr, size, POISON_PATTERN, stream)
-                {
-                    result = result.and(Err(e));
-                }
-            }
+        if !parked {
             st.stats.active_bytes.sub(size);
             st.stats.active.sub(1);
             st.pool.release(idx);
             self.update_split_stats(&mut st);
         }
-        result
+        Ok(())
+    }
+
+    /// The error for freeing `ptr`, which is no live block: a block handed out at that
+    /// address and freed is a double free, anything else is not found.
+    #[cold]
+    fn not_live(&self, st: &State, ptr: DevicePtr) -> Error {
+        match st.pool.find_block_at(ptr.0) {
+            Some(i) if st.pool.block(i).handed_out => {
+                Error::InvalidState(format!("double free of device pointer {ptr}"))
+            }
+            _ => Error::NotFound {
+                kind: "allocation",
+                name: ptr.to_string(),
+            },
+        }
+    }
+
+    /// Fills a freed block with [`POISON_PATTERN`], ordered before its reuse on `stream`.
+    /// When `stream` no longer takes work (its user destroyed it), the fill runs on the
+    /// default stream after the device is idle, and is waited for.
+    fn poison(&self, st: &mut State, ptr: DevicePtr, size: u64, stream: Stream) -> Result<()> {
+        let Err(e) = self
+            .backend
+            .fill_u32_async(ptr, size, POISON_PATTERN, stream)
+        else {
+            return Ok(());
+        };
+        let fallback = || -> Result<()> {
+            self.backend.synchronize()?;
+            self.backend
+                .fill_u32_async(ptr, size, POISON_PATTERN, Stream::default())?;
+            self.backend.synchronize()
+        };
+        if let Err(f) = fallback() {
+            tracing::debug!("poisoning freed block {ptr}: {e}; on the default stream: {f}");
+            return Err(f);
+        }
+        st.stats.num_sync_all_streams += 1;
+        tracing::debug!("poisoning freed block {ptr}: {e}; filled on the default stream");
+        Ok(())
+    }
+
+    /// Forgets `stream` before its user destroys it: the blocks allocated or cached on it
+    /// belong to the default stream from now on, and nothing is recorded on it again (a
+    /// destroyed `CUstream` must not reach the driver). The caller has synchronised `stream`,
+    /// so its blocks may be reused on the default stream at once.
+    pub fn forget_stream(&self, stream: Stream) {
+        let to = Stream::default();
+        if stream == to {
+            return;
+        }
+        let mut st = self.lock();
+        st.pool.move_stream(stream.0, to.0);
+        st.used_on.retain(|_, on| {
+            on.retain(|s| *s != stream);
+            !on.is_empty()
+        });
+        if let Some(i) = st.stream_events.iter().position(|(s, _)| *s == stream) {
+            let (_, e) = st.stream_events.swap_remove(i);
+            st.spare_events.push(e);
+        }
+        self.update_split_stats(&mut st);
     }
 
     /// Returns every unused cached byte to the backend (after waiting for the device).
@@ -544,6 +615,9 @@ mod events;
 mod expandable;
 #[path = "report.rs"]
 mod report;
+#[cfg(test)]
+#[path = "caching_tests.rs"]
+mod tests;
 
 #[allow(dead_code)]
 fn _assert_send_sync() {

@@ -2,7 +2,6 @@
 //! on those streams; the events are queried lazily at the next allocation.
 
 use super::{CachingAllocator, Pending, State};
-use crate::alloc::config::POISON_PATTERN;
 use crate::alloc::history::HistoryEvent;
 use crate::backend::{DevicePtr, Stream};
 use crate::error::{Error, Result};
@@ -29,32 +28,42 @@ impl CachingAllocator {
         Ok(())
     }
 
+    /// Returns a parked block to its free list once its events completed (waiting for them
+    /// first; for the device when an event cannot be waited for), poisoning it when so
+    /// configured. On failure the block stays parked in `st.pending`, as it was.
     pub(super) fn finish_pending(&self, st: &mut State, p: Pending) -> Result<()> {
-        let mut result = Ok(());
-        for e in p.events {
-            // Complete already (or waited for here, on a cache release); this tells the
-            // backend the host observed it, which orders the block's next use after that work.
-            if let Err(err) = self.backend.event_synchronize(e) {
-                result = Err(err);
+        // Complete already (or waited for here, on a cache release); this tells the backend
+        // the host observed it, which orders the block's next use after that work.
+        if let Some(Err(e)) = p
+            .events
+            .iter()
+            .map(|&e| self.backend.event_synchronize(e))
+            .find(Result::is_err)
+        {
+            if let Err(sync) = self.backend.synchronize() {
+                tracing::debug!("a freed block's event: {e}; waiting for the device failed too");
+                st.pending.push(p);
+                return Err(sync);
             }
-            st.spare_events.push(e);
+            st.stats.num_sync_all_streams += 1;
         }
         let (addr, size, stream) = {
             let b = st.pool.block(p.block);
             (b.addr, b.size, b.stream)
         };
-        let filled = if self.config.poison {
+        if self.config.poison {
             // The other streams' work is done; the fill is ordered before reuse on `stream`.
-            self.backend
-                .fill_u32_async(DevicePtr(addr), size, POISON_PATTERN, Stream(stream))
-        } else {
-            Ok(())
-        };
+            if let Err(e) = self.poison(st, DevicePtr(addr), size, Stream(stream)) {
+                st.pending.push(p);
+                return Err(e);
+            }
+        }
+        st.spare_events.extend(p.events);
         st.stats.active_bytes.sub(size);
         st.stats.active.sub(1);
         st.pool.release(p.block);
         self.update_split_stats(st);
-        result.and(filled)
+        Ok(())
     }
 
     /// Records an event on each of `streams` and parks the block until all complete.

@@ -44,6 +44,9 @@ pub struct Block {
     pub state: BlockState,
     /// A caller's tag (the history's allocation id).
     pub tag: u64,
+    /// The block's address was handed to a user (by [`BlockPool::set_user`]) since the block
+    /// was made: a free of a non-live block there is a double free, not an unknown pointer.
+    pub handed_out: bool,
     prev: u32,
     next: u32,
     fprev: u32,
@@ -151,11 +154,12 @@ impl BlockPool {
         &self.blocks[idx as usize]
     }
 
-    /// Sets the tag and requested size of an allocated block.
+    /// Sets the tag and requested size of an allocated block, and marks it handed out.
     pub fn set_user(&mut self, idx: u32, requested: u64, tag: u64) {
         let b = &mut self.blocks[idx as usize];
         b.requested = requested;
         b.tag = tag;
+        b.handed_out = true;
     }
 
     /// The segment at `idx`.
@@ -356,6 +360,7 @@ impl BlockPool {
             stream,
             state: BlockState::Allocated,
             tag: 0,
+            handed_out: false,
             prev: NIL,
             next: NIL,
             fprev: NIL,
@@ -456,6 +461,7 @@ impl BlockPool {
                 stream: b.stream,
                 state: BlockState::Allocated,
                 tag: 0,
+                handed_out: false,
                 prev: idx,
                 next: b.next,
                 fprev: NIL,
@@ -524,6 +530,49 @@ impl BlockPool {
         self.push_free(idx);
         self.account(seg);
         idx
+    }
+
+    /// Moves everything of stream `from` to stream `to`: segments, blocks in any state, and
+    /// free blocks into `to`'s free lists, merged with free neighbours there. Only sound once
+    /// the work on `from` is complete (before its user destroys it).
+    pub fn move_stream(&mut self, from: u64, to: u64) {
+        if from == to {
+            return;
+        }
+        let mut free = Vec::new();
+        for seg in 0..self.segments.len() as u32 {
+            if !self.segments[seg as usize].live {
+                continue;
+            }
+            if self.segments[seg as usize].stream == from {
+                self.segments[seg as usize].stream = to;
+            }
+            let mut cur = self.segments[seg as usize].first;
+            while cur != NIL {
+                let b = &mut self.blocks[cur as usize];
+                if b.stream == from {
+                    if b.state == BlockState::Free {
+                        free.push(cur);
+                    } else {
+                        b.stream = to;
+                    }
+                }
+                cur = b.next;
+            }
+        }
+        // A block of `from` merges only with blocks of `to`, never with another of `from` not
+        // yet moved: no index in `free` is absorbed before its turn.
+        for idx in free {
+            let seg = self.blocks[idx as usize].segment;
+            self.unaccount(seg);
+            self.unlink_free(idx);
+            let b = &mut self.blocks[idx as usize];
+            b.stream = to;
+            b.state = BlockState::Allocated;
+            self.account(seg);
+            self.release(idx);
+        }
+        self.lists.retain(|l| l.stream != from);
     }
 
     /// Merges every pair of adjacent free blocks regardless of stream, tagging the result with

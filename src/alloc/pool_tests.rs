@@ -22,6 +22,26 @@ fn taking_a_block_splits_off_the_rest() {
 }
 
 #[test]
+fn only_blocks_given_to_a_user_are_marked_handed_out() {
+    let (mut p, b) = pool_with_segment(2 * MIB, PoolKind::Small);
+    assert!(!p.block(b).handed_out);
+    let a = p.take(b, 4096, MAX);
+    p.set_user(a, 4000, 7);
+    let rest = p.find_block_at(0x1000_0000 + 4096).unwrap();
+    assert!(p.block(a).handed_out);
+    assert!(
+        !p.block(rest).handed_out,
+        "the split-off rest was never handed out"
+    );
+    // Freed, the block keeps the mark (a second free is a double free) and absorbs the rest.
+    let merged = p.release(a);
+    assert_eq!(merged, a);
+    assert!(p.block(a).handed_out);
+    assert_eq!(p.find_block_at(0x1000_0000 + 4096), None);
+    p.check().unwrap();
+}
+
+#[test]
 fn freed_neighbours_coalesce_back_into_one_block() {
     let (mut p, b) = pool_with_segment(2 * MIB, PoolKind::Small);
     let a = p.take(b, 4096, MAX);
@@ -44,6 +64,29 @@ fn free_blocks_of_different_streams_do_not_merge() {
     p.check().unwrap();
     assert!(p.empty_segments().is_empty());
     p.merge_all_free();
+    p.check().unwrap();
+    assert_eq!(p.empty_segments().len(), 1);
+}
+
+#[test]
+fn moving_a_stream_merges_its_free_blocks_into_the_new_one() {
+    let (mut p, b) = pool_with_segment(2 * MIB, PoolKind::Small);
+    let a = p.take(b, 4096, MAX);
+    let f = p.find_free(PoolKind::Small, 1, 4096, MAX).unwrap();
+    let c = p.take(f, 4096, MAX);
+    let f = p.find_free(PoolKind::Small, 1, 4096, MAX).unwrap();
+    let live = p.take(f, 4096, MAX);
+    let a = p.release(a);
+    p.retag(a, 2);
+    p.release(c);
+    p.check().unwrap();
+    p.move_stream(1, 2);
+    p.check().unwrap();
+    assert_eq!(p.block(live).stream, 2, "allocated blocks move too");
+    assert_eq!(p.segment(p.block(live).segment).stream, 2);
+    assert_eq!(p.find_free(PoolKind::Small, 1, 512, MAX), None);
+    assert_eq!(p.block(a).size, 8192, "merged with its moved neighbour");
+    p.release(live);
     p.check().unwrap();
     assert_eq!(p.empty_segments().len(), 1);
 }
