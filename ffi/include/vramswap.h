@@ -373,7 +373,9 @@ vramswap_status vramswap_guard_tensors_json(const vramswap_guard *guard,
 
 /*
  Copies tensor `name`'s bytes from the device into `dst` of `dst_len` bytes, and its size into
- `*needed` when `needed` is not NULL; a buffer too small is `VRAMSWAP_BUFFER_TOO_SMALL`.
+ `*needed` when `needed` is not NULL; a buffer too small is `VRAMSWAP_BUFFER_TOO_SMALL` and
+ copies nothing. Call with `dst` NULL and `dst_len` 0 to ask for the size (nothing is read
+ from the device); `dst` NULL with `dst_len` > 0 is `VRAMSWAP_NULL_POINTER`.
 
  # Safety
  `guard` is NULL or live; `name` is NULL or NUL-terminated; `dst` is NULL or valid for

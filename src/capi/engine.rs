@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_void};
 
 use super::context::{context, device_ptr_out, vramswap_context};
-use super::{check_non_null, guarded, str_arg, vramswap_status, write_json, CResult};
+use super::{check_non_null, guarded, str_arg, vramswap_status, write_json, CResult, Failure};
 use crate::load::LoadOptions;
 use crate::swap::{SwapEngine, WeightGuard};
 
@@ -189,7 +189,9 @@ pub unsafe extern "C" fn vramswap_guard_tensors_json(
 }
 
 /// Copies tensor `name`'s bytes from the device into `dst` of `dst_len` bytes, and its size into
-/// `*needed` when `needed` is not NULL; a buffer too small is `VRAMSWAP_BUFFER_TOO_SMALL`.
+/// `*needed` when `needed` is not NULL; a buffer too small is `VRAMSWAP_BUFFER_TOO_SMALL` and
+/// copies nothing. Call with `dst` NULL and `dst_len` 0 to ask for the size (nothing is read
+/// from the device); `dst` NULL with `dst_len` > 0 is `VRAMSWAP_NULL_POINTER`.
 ///
 /// # Safety
 /// `guard` is NULL or live; `name` is NULL or NUL-terminated; `dst` is NULL or valid for
@@ -205,23 +207,44 @@ pub unsafe extern "C" fn vramswap_guard_read_tensor(
     guarded("vramswap_guard_read_tensor", || {
         // SAFETY: NULL-checked inside; live / NUL-terminated otherwise (caller's contract).
         let (g, name) = unsafe { (guard_ref(guard)?, str_arg(name, "name")?) };
-        let data = g.read_tensor(name)?;
-        if !needed.is_null() {
-            // SAFETY: not NULL and valid for a write (caller's contract).
-            unsafe { needed.write(data.len()) };
-        }
-        if dst_len < data.len() {
-            return Err(super::Failure::new(
-                vramswap_status::VRAMSWAP_BUFFER_TOO_SMALL,
-                format!(
-                    "tensor `{name}` has {} bytes, the buffer {dst_len}",
-                    data.len()
-                ),
+        if dst.is_null() && dst_len != 0 {
+            return Err(Failure::new(
+                vramswap_status::VRAMSWAP_NULL_POINTER,
+                format!("`dst` is NULL but `dst_len` is {dst_len}"),
             ));
         }
-        check_non_null(dst, "dst")?;
-        // SAFETY: `dst` is not NULL and valid for dst_len >= data.len() bytes; `data` is a
-        // distinct allocation.
+        // The length from the guard's table: a size query reads nothing from the device.
+        // `tensor_ptr` fails (NOT_FOUND) exactly when the table lacks the name.
+        g.tensor_ptr(name)?;
+        let len = g
+            .tensors()
+            .iter()
+            .find(|t| t.name == name)
+            .map_or(0, |t| t.len);
+        let len = usize::try_from(len)
+            .map_err(|_| Failure::invalid(format!("tensor `{name}` has {len} bytes")))?;
+        if !needed.is_null() {
+            // SAFETY: not NULL and valid for a write (caller's contract).
+            unsafe { needed.write(len) };
+        }
+        if dst_len < len {
+            return Err(Failure::new(
+                vramswap_status::VRAMSWAP_BUFFER_TOO_SMALL,
+                format!("tensor `{name}` has {len} bytes, the buffer {dst_len}"),
+            ));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let data = g.read_tensor(name)?;
+        if data.len() != len {
+            return Err(Failure::new(
+                vramswap_status::VRAMSWAP_INVALID_STATE,
+                format!("tensor `{name}` read {} bytes, not {len}", data.len()),
+            ));
+        }
+        // SAFETY: `dst` is not NULL (dst_len >= len > 0) and valid for dst_len >= data.len()
+        // bytes; `data` is a distinct allocation.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst.cast::<u8>(), data.len()) };
         Ok(())
     })
@@ -324,4 +347,80 @@ pub unsafe extern "C" fn vramswap_engine_status_json(
         // SAFETY: forwarded from the caller's contract.
         unsafe { write_json(&c.engine.status(), buf, buf_len, needed) }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ptr::null_mut;
+
+    use super::*;
+    use crate::capi::{vramswap_context_create, vramswap_context_destroy, VRAMSWAP_BACKEND_SIM};
+    use crate::weights::DType;
+    use vramswap_sim::FaultOp;
+
+    #[test]
+    fn a_size_query_reads_nothing_from_the_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        let w: Vec<u8> = (0..64u8).collect();
+        crate::load::save(&path, &[("w", DType::F32, &[16], &w)]).unwrap();
+        let path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        let (set, tensor) = (c"set", c"w");
+        let mut ctx = null_mut();
+        let mut g = null_mut();
+        // SAFETY: valid out-pointers and NUL-terminated strings; the context and guard are
+        // live until released and destroyed at the end.
+        unsafe {
+            let st = vramswap_context_create(VRAMSWAP_BACKEND_SIM, 0, 64 << 20, &mut ctx);
+            assert_eq!(st, vramswap_status::VRAMSWAP_OK);
+            let st = vramswap_engine_register(ctx, set.as_ptr(), path.as_ptr());
+            assert_eq!(st, vramswap_status::VRAMSWAP_OK);
+            let st = vramswap_engine_acquire(ctx, set.as_ptr(), &mut g);
+            assert_eq!(st, vramswap_status::VRAMSWAP_OK);
+            let c: &vramswap_context = &*ctx;
+            let dev = c.inner.backend.sim_device().unwrap();
+            let copies = dev.calls(FaultOp::Copy);
+            let mut needed = 0;
+            let st = vramswap_guard_read_tensor(g, tensor.as_ptr(), null_mut(), 0, &mut needed);
+            assert_eq!(st, vramswap_status::VRAMSWAP_BUFFER_TOO_SMALL);
+            assert_eq!(needed, 64);
+            assert_eq!(
+                dev.calls(FaultOp::Copy),
+                copies,
+                "a size query reads nothing"
+            );
+            let mut small = [0u8; 8];
+            let st = vramswap_guard_read_tensor(
+                g,
+                tensor.as_ptr(),
+                small.as_mut_ptr().cast(),
+                8,
+                &mut needed,
+            );
+            assert_eq!(st, vramswap_status::VRAMSWAP_BUFFER_TOO_SMALL);
+            assert_eq!(small, [0; 8], "a buffer too small is untouched");
+            // NULL `dst` with a length: reported before `*needed` is written.
+            let mut untouched = 7;
+            let st = vramswap_guard_read_tensor(g, tensor.as_ptr(), null_mut(), 64, &mut untouched);
+            assert_eq!(st, vramswap_status::VRAMSWAP_NULL_POINTER);
+            assert_eq!(untouched, 7);
+            let st = vramswap_guard_read_tensor(g, c"nope".as_ptr(), null_mut(), 0, &mut untouched);
+            assert_eq!(st, vramswap_status::VRAMSWAP_NOT_FOUND);
+            assert_eq!(untouched, 7);
+            assert_eq!(dev.calls(FaultOp::Copy), copies, "no device read so far");
+            let mut all = [0u8; 64];
+            let st = vramswap_guard_read_tensor(
+                g,
+                tensor.as_ptr(),
+                all.as_mut_ptr().cast(),
+                64,
+                null_mut(),
+            );
+            assert_eq!(st, vramswap_status::VRAMSWAP_OK);
+            assert_eq!(all.as_slice(), w.as_slice());
+            assert!(dev.calls(FaultOp::Copy) > copies);
+            vramswap_guard_release(g);
+            vramswap_context_destroy(ctx);
+        }
+    }
 }
