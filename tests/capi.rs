@@ -309,3 +309,255 @@ fn last_error_is_per_thread() {
     assert_eq!(other, "", "another thread sees no error");
     assert!(!last_error().is_empty(), "this thread still sees it");
 }
+
+fn stream(c: &Ctx) -> *mut c_void {
+    let mut s = null_mut();
+    // SAFETY: live context, valid out-pointer.
+    let st = unsafe { vramswap_stream_create(c.0, &mut s) };
+    assert_eq!(st, VRAMSWAP_OK, "{}", last_error());
+    s
+}
+
+#[test]
+fn streams_the_context_did_not_create_are_not_found() {
+    let c = context();
+    let (_dir, path, _) = weights_file();
+    let name = cstr("tiny");
+    // SAFETY: live context, NUL-terminated strings.
+    let st = unsafe { vramswap_engine_register(c.0, name.as_ptr(), path.as_ptr()) };
+    assert_eq!(st, VRAMSWAP_OK, "{}", last_error());
+    let p = malloc(&c, 256);
+    let mut b = [0u8; 256];
+    // SAFETY: live context; the handles are only looked up, never used as host pointers; `b`
+    // has 256 bytes, `p` 256 device bytes.
+    unsafe {
+        // Small integers are the engine's own copy streams on sim (and CU_STREAM_LEGACY /
+        // _PER_THREAD on CUDA): not the caller's to destroy.
+        for h in 1..=4usize {
+            let foreign = h as *mut c_void;
+            assert_eq!(
+                vramswap_stream_destroy(c.0, foreign),
+                VRAMSWAP_NOT_FOUND,
+                "stream {h}"
+            );
+            assert!(last_error().contains("stream"), "{}", last_error());
+            assert_eq!(vramswap_record_stream(c.0, p, foreign), VRAMSWAP_NOT_FOUND);
+            let mut q = std::ptr::dangling_mut::<c_void>();
+            assert_eq!(
+                vramswap_malloc(c.0, 64, foreign, &mut q),
+                VRAMSWAP_NOT_FOUND
+            );
+            assert!(q.is_null());
+            assert_eq!(
+                vramswap_copy_to_device(c.0, p, b.as_ptr().cast(), 256, foreign),
+                VRAMSWAP_NOT_FOUND
+            );
+            assert_eq!(
+                vramswap_copy_to_host(c.0, b.as_mut_ptr().cast(), p, 256, foreign),
+                VRAMSWAP_NOT_FOUND
+            );
+        }
+        // The engine's streams survived.
+        let g = acquire(&c, &name);
+        vramswap_guard_release(g);
+        // The default stream still works everywhere but in destroy.
+        assert_eq!(vramswap_record_stream(c.0, p, null_mut()), VRAMSWAP_OK);
+        assert_eq!(
+            vramswap_copy_to_device(c.0, p, b.as_ptr().cast(), 256, null_mut()),
+            VRAMSWAP_OK
+        );
+        assert_eq!(vramswap_free(c.0, p), VRAMSWAP_OK);
+    }
+    assert_eq!(stats(&c)["allocated_bytes"]["current"], 0);
+}
+
+#[test]
+fn a_stream_is_destroyed_once() {
+    let c = context();
+    let s = stream(&c);
+    let p = {
+        let mut p = null_mut();
+        // SAFETY: live context, a stream of this context, valid out-pointer.
+        let st = unsafe { vramswap_malloc(c.0, 512, s, &mut p) };
+        assert_eq!(st, VRAMSWAP_OK, "{}", last_error());
+        p
+    };
+    // SAFETY: live context; `s` from vramswap_stream_create, looked up before any use.
+    unsafe {
+        assert_eq!(vramswap_free(c.0, p), VRAMSWAP_OK);
+        assert_eq!(
+            vramswap_stream_destroy(c.0, s),
+            VRAMSWAP_OK,
+            "{}",
+            last_error()
+        );
+        assert_eq!(vramswap_stream_destroy(c.0, s), VRAMSWAP_NOT_FOUND);
+        let mut q = null_mut();
+        assert_eq!(vramswap_malloc(c.0, 512, s, &mut q), VRAMSWAP_NOT_FOUND);
+        // Another context never knew it.
+        let other = context();
+        let s2 = stream(&c);
+        assert_eq!(vramswap_stream_destroy(other.0, s2), VRAMSWAP_NOT_FOUND);
+        assert_eq!(
+            vramswap_stream_destroy(c.0, s2),
+            VRAMSWAP_OK,
+            "{}",
+            last_error()
+        );
+    }
+}
+
+/// A block used on a stream that is destroyed before the free: the free says OK, and the
+/// block is freed (the allocator forgot the stream when it was destroyed; had it not, the free
+/// could not record an event there).
+#[test]
+fn free_after_the_recorded_stream_is_gone_succeeds_once() {
+    for conf in ["", "poison:true"] {
+        let c = context_with(Some(conf), Some(""));
+        let s = stream(&c);
+        let p = malloc(&c, 1000);
+        // SAFETY: live context; `p` live; `s` created above.
+        unsafe {
+            assert_eq!(
+                vramswap_record_stream(c.0, p, s),
+                VRAMSWAP_OK,
+                "{}",
+                last_error()
+            );
+            assert_eq!(
+                vramswap_stream_destroy(c.0, s),
+                VRAMSWAP_OK,
+                "{}",
+                last_error()
+            );
+            assert_eq!(
+                vramswap_free(c.0, p),
+                VRAMSWAP_OK,
+                "{conf}: {}",
+                last_error()
+            );
+            assert_eq!(stats(&c)["allocated_bytes"]["current"], 0);
+            assert_eq!(vramswap_free(c.0, p), VRAMSWAP_INVALID_STATE, "{conf}");
+        }
+        // The block is reusable.
+        let q = malloc(&c, 1000);
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { vramswap_free(c.0, q) },
+            VRAMSWAP_OK,
+            "{}",
+            last_error()
+        );
+    }
+}
+
+/// With `poison:true` a freed block is filled on its own stream; when the caller destroyed
+/// that stream first, the fill runs on the default stream and the free says OK.
+#[test]
+fn poisoned_free_of_a_block_whose_stream_is_gone_succeeds_once() {
+    let c = context_with(Some("poison:true"), Some(""));
+    let s = stream(&c);
+    let mut p = null_mut();
+    // SAFETY: live context; `s` created above; valid out-pointer.
+    unsafe {
+        let st = vramswap_malloc(c.0, 4096, s, &mut p);
+        assert_eq!(st, VRAMSWAP_OK, "{}", last_error());
+        assert_eq!(
+            vramswap_stream_destroy(c.0, s),
+            VRAMSWAP_OK,
+            "{}",
+            last_error()
+        );
+        assert_eq!(vramswap_free(c.0, p), VRAMSWAP_OK, "{}", last_error());
+        assert_eq!(stats(&c)["allocated_bytes"]["current"], 0);
+        assert_eq!(vramswap_free(c.0, p), VRAMSWAP_INVALID_STATE);
+        let mut back = [0u8; 8];
+        let st = vramswap_copy_to_host(c.0, back.as_mut_ptr().cast(), p, 8, null_mut());
+        assert_eq!(st, VRAMSWAP_OK, "{}", last_error());
+        assert_eq!(
+            back,
+            [0xef, 0xbe, 0xad, 0xde, 0xef, 0xbe, 0xad, 0xde],
+            "poisoned"
+        );
+    }
+    // The block is reusable on the default stream.
+    let q = malloc(&c, 4096);
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { vramswap_free(c.0, q) },
+        VRAMSWAP_OK,
+        "{}",
+        last_error()
+    );
+}
+
+/// The free remainder of a split segment was never handed out: NOT_FOUND, as documented,
+/// not a double free.
+#[test]
+fn free_of_a_split_remainder_is_not_found() {
+    let c = context();
+    let p = malloc(&c, 1024);
+    let rest = p.wrapping_byte_add(1024);
+    // SAFETY: live context; the pointers are only looked up.
+    unsafe {
+        assert_eq!(
+            vramswap_free(c.0, rest),
+            VRAMSWAP_NOT_FOUND,
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            vramswap_record_stream(c.0, rest, null_mut()),
+            VRAMSWAP_NOT_FOUND
+        );
+        assert_eq!(vramswap_free(c.0, p), VRAMSWAP_OK);
+        assert_eq!(vramswap_free(c.0, p), VRAMSWAP_INVALID_STATE);
+        assert!(last_error().contains("double free"), "{}", last_error());
+    }
+    // A block handed out and freed at that address is a double free again.
+    let a = malloc(&c, 1024);
+    let b = malloc(&c, 1024);
+    assert_eq!((a, b), (p, rest));
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(vramswap_free(c.0, b), VRAMSWAP_OK);
+        assert_eq!(vramswap_free(c.0, b), VRAMSWAP_INVALID_STATE);
+        assert_eq!(vramswap_free(c.0, a), VRAMSWAP_OK);
+    }
+}
+
+/// A block parked by `record_stream` is poisoned when its events complete, at a later
+/// allocation; by then the caller may have destroyed both its streams, and that allocation
+/// still succeeds.
+#[test]
+fn parked_block_whose_streams_are_gone_is_poisoned_at_the_next_malloc() {
+    let c = context_with(Some("poison:true"), Some(""));
+    let (s, s2) = (stream(&c), stream(&c));
+    let mut p = null_mut();
+    // SAFETY: live context; `s`, `s2` created above; valid out-pointers.
+    unsafe {
+        assert_eq!(vramswap_malloc(c.0, 4096, s, &mut p), VRAMSWAP_OK);
+        assert_eq!(vramswap_record_stream(c.0, p, s2), VRAMSWAP_OK);
+        assert_eq!(vramswap_free(c.0, p), VRAMSWAP_OK, "{}", last_error());
+        // Destroying waits for each stream: the event on `s2` is complete after this.
+        assert_eq!(
+            vramswap_stream_destroy(c.0, s),
+            VRAMSWAP_OK,
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            vramswap_stream_destroy(c.0, s2),
+            VRAMSWAP_OK,
+            "{}",
+            last_error()
+        );
+        let q = malloc(&c, 512);
+        assert_eq!(stats(&c)["active_bytes"]["current"], 512);
+        let mut back = [0u8; 4];
+        let st = vramswap_copy_to_host(c.0, back.as_mut_ptr().cast(), p, 4, null_mut());
+        assert_eq!(st, VRAMSWAP_OK, "{}", last_error());
+        assert_eq!(u32::from_le_bytes(back), 0xDEAD_BEEF, "poisoned");
+        assert_eq!(vramswap_free(c.0, q), VRAMSWAP_OK);
+    }
+}

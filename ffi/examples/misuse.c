@@ -1,8 +1,8 @@
 /*
  * Misuse of the vramswap C API, each case answered with a status (never a crash):
- * NULL pointers, a double free, a pointer that was never allocated, zero, negative and
- * overflowing sizes, too-small JSON buffers, unknown names and kinds, and the PyTorch entry
- * points' silent failures. Run with VRAMSWAP_BACKEND=sim. Prints one line per failed
+ * NULL pointers, a double free, a pointer that was never allocated, a stream the context did
+ * not create, zero, negative and overflowing sizes, too-small JSON buffers, unknown names and
+ * kinds, and the PyTorch entry points' silent failures. Run with VRAMSWAP_BACKEND=sim. Prints one line per failed
  * expectation and exits 1 if any failed.
  */
 #include <stdint.h>
@@ -37,7 +37,7 @@ static int checks = 0, failures = 0;
 int main(void) {
   vramswap_context *ctx = NULL;
   vramswap_guard *guard = (vramswap_guard *)NULL;
-  void *p = NULL, *q = NULL;
+  void *p = NULL, *q = NULL, *stream = NULL;
   void *never = (void *)(uintptr_t)0xdead0000u;
   char small[4] = {'x', 'x', 'x', 'x'};
   size_t needed = 0;
@@ -101,7 +101,15 @@ int main(void) {
   EXPECT(vramswap_record_stream(ctx, never, NULL), VRAMSWAP_NOT_FOUND);
   EXPECT(vramswap_malloc(ctx, 1000, NULL, &q), VRAMSWAP_OK);
   EXPECT(vramswap_free(ctx, (char *)q + 8), VRAMSWAP_NOT_FOUND); /* inside a block */
+  EXPECT(vramswap_free(ctx, (char *)q + 1024), VRAMSWAP_NOT_FOUND); /* the free rest */
   EXPECT(vramswap_free(ctx, q), VRAMSWAP_OK);
+
+  /* Streams this context did not create (the engine's own, on sim), or destroyed already. */
+  EXPECT(vramswap_stream_destroy(ctx, (void *)1), VRAMSWAP_NOT_FOUND);
+  EXPECT(vramswap_malloc(ctx, 16, (void *)2, &p), VRAMSWAP_NOT_FOUND);
+  EXPECT(vramswap_stream_create(ctx, &stream), VRAMSWAP_OK);
+  EXPECT(vramswap_stream_destroy(ctx, stream), VRAMSWAP_OK);
+  EXPECT(vramswap_stream_destroy(ctx, stream), VRAMSWAP_NOT_FOUND);
 
   /* Too-small JSON buffers: a status, the size needed, and the buffer untouched. */
   EXPECT(vramswap_stats_json(ctx, small, sizeof small, &needed), VRAMSWAP_BUFFER_TOO_SMALL);

@@ -53,8 +53,8 @@ typedef enum {
    */
   VRAMSWAP_OUT_OF_MEMORY = 3,
   /*
-   A named weight set or tensor, or a device pointer, is unknown (a pointer this context
-   never allocated).
+   A named weight set or tensor, a device pointer or a stream is unknown (a pointer this
+   context never handed out, a stream it did not create or has destroyed).
    */
   VRAMSWAP_NOT_FOUND = 4,
   /*
@@ -184,9 +184,10 @@ vramswap_status vramswap_context_create_with_config(vramswap_backend_kind backen
 void vramswap_context_destroy(vramswap_context *ctx);
 
 /*
- Allocates `size` bytes of device memory for use on `stream` (NULL: the default stream)
- from the caching allocator. `size` 0, or a size too large to round, is
- `VRAMSWAP_INVALID_ARGUMENT`. On failure `*out_ptr` is NULL.
+ Allocates `size` bytes of device memory for use on `stream` from the caching allocator.
+ `stream` is NULL (the default stream) or a stream from `vramswap_stream_create` on this
+ context; any other handle is `VRAMSWAP_NOT_FOUND`. `size` 0, or a size too large to round,
+ is `VRAMSWAP_INVALID_ARGUMENT`. On failure `*out_ptr` is NULL.
 
  # Safety
  `ctx` is NULL or live; `out_ptr` is NULL or valid for writing a pointer.
@@ -198,7 +199,7 @@ vramswap_status vramswap_malloc(vramswap_context *ctx, size_t size, void *stream
  context never handed out is `VRAMSWAP_NOT_FOUND`; freeing a block twice is
  `VRAMSWAP_INVALID_STATE` (or `VRAMSWAP_NOT_FOUND` once its bytes were merged into a
  neighbour), and a double free after the address was handed out again frees the new block:
- the allocator cannot tell those apart.
+ the allocator cannot tell those apart. A free that fails leaves the block allocated.
 
  # Safety
  `ctx` is NULL or live.
@@ -207,7 +208,10 @@ vramswap_status vramswap_free(vramswap_context *ctx, void *ptr);
 
 /*
  Marks a live block as used on `stream` too: once freed, it is reused only after the work
- queued on `stream` before the free has completed.
+ queued on `stream` before the free has completed. `stream` is NULL (the default stream)
+ or a stream from `vramswap_stream_create` on this context; any other handle is
+ `VRAMSWAP_NOT_FOUND`. The stream may be destroyed before the free (destroying it waits
+ for its work).
 
  # Safety
  `ctx` is NULL or live.
@@ -253,7 +257,8 @@ vramswap_status vramswap_device_json(vramswap_context *ctx,
 /*
  Copies `bytes` bytes from host memory `src` to device memory `dst` on `stream` and waits
  for the copy. The way to fill device memory on the simulated device, whose pointers the
- host cannot dereference.
+ host cannot dereference. `stream` is NULL (the default stream) or a stream from
+ `vramswap_stream_create` on this context; any other handle is `VRAMSWAP_NOT_FOUND`.
 
  # Safety
  `ctx` is NULL or live; `src` is NULL or valid for reading `bytes` bytes; `dst` is a device
@@ -267,7 +272,7 @@ vramswap_status vramswap_copy_to_device(vramswap_context *ctx,
 
 /*
  Copies `bytes` bytes from device memory `src` to host memory `dst` on `stream` and waits
- for the copy.
+ for the copy. `stream` is as for `vramswap_copy_to_device`.
 
  # Safety
  `ctx` is NULL or live; `dst` is NULL or valid for writing `bytes` bytes; `src` is a device
@@ -281,7 +286,9 @@ vramswap_status vramswap_copy_to_host(vramswap_context *ctx,
 
 /*
  Creates a stream on the context's device (a `CUstream` on CUDA) into `*out`. Destroy it
- with `vramswap_stream_destroy`.
+ with `vramswap_stream_destroy`. Besides NULL (the default stream), the streams made here
+ are the only ones this context's calls accept: a `CUstream` created elsewhere is
+ `VRAMSWAP_NOT_FOUND`.
 
  # Safety
  `ctx` is NULL or live; `out` is NULL or valid for writing a pointer.
@@ -289,8 +296,11 @@ vramswap_status vramswap_copy_to_host(vramswap_context *ctx,
 vramswap_status vramswap_stream_create(vramswap_context *ctx, void **out);
 
 /*
- Waits for the work on `stream` and destroys it. NULL (the default stream) is
- `VRAMSWAP_INVALID_ARGUMENT`.
+ Waits for the work on `stream` and destroys it. `stream` must come from
+ `vramswap_stream_create` on this context: NULL (the default stream) is
+ `VRAMSWAP_INVALID_ARGUMENT`; any other handle, a stream destroyed already included, is
+ `VRAMSWAP_NOT_FOUND`. When the wait or the destruction fails, the stream stays known to
+ the context and the call may be repeated.
 
  # Safety
  `ctx` is NULL or live.

@@ -1,7 +1,8 @@
 //! `vramswap_context`: a backend, a caching allocator and a swap engine; the allocator calls.
 
+use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use super::{check_non_null, guarded, str_arg, vramswap_status, write_json, CResult, Failure};
 use crate::alloc::{AllocatorConfig, CachingAllocator};
@@ -36,6 +37,9 @@ pub(crate) struct Context {
     pub(crate) engine: SwapEngine,
     pub(crate) alloc: Arc<CachingAllocator>,
     pub(crate) backend: SharedBackend,
+    /// The streams `vramswap_stream_create` made and `vramswap_stream_destroy` has not yet
+    /// destroyed: the only handles besides NULL that the C calls accept.
+    streams: RwLock<HashSet<u64>>,
 }
 
 impl Context {
@@ -93,8 +97,41 @@ impl Context {
             engine,
             alloc,
             backend,
+            streams: RwLock::new(HashSet::new()),
         })
     }
+
+    /// A C `stream` argument: NULL (the default stream) or a stream this context created and
+    /// has not destroyed; any other handle is `VRAMSWAP_NOT_FOUND`, so the engine's own streams
+    /// (small integers on sim) and destroyed `CUstream`s never reach the backend.
+    pub(crate) fn stream(&self, stream: *mut c_void) -> CResult<Stream> {
+        let s = stream_arg(stream);
+        if s.0 == 0 || self.known_streams().contains(&s.0) {
+            Ok(s)
+        } else {
+            Err(unknown_stream(s))
+        }
+    }
+
+    fn known_streams(&self) -> std::sync::RwLockReadGuard<'_, HashSet<u64>> {
+        // The set is never left half-updated: a panic elsewhere does not poison its contents.
+        self.streams.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn known_streams_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashSet<u64>> {
+        self.streams.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn unknown_stream(s: Stream) -> Failure {
+    Failure::new(
+        vramswap_status::VRAMSWAP_NOT_FOUND,
+        format!(
+            "stream {:#x} was not created by vramswap_stream_create on this context, or was \
+             destroyed",
+            s.0
+        ),
+    )
 }
 
 /// The context behind a handle.
@@ -108,7 +145,9 @@ pub(crate) unsafe fn context<'a>(ctx: *const vramswap_context) -> CResult<&'a Co
     Ok(unsafe { &*(*ctx).inner })
 }
 
-/// A C `stream` argument: a `CUstream` on CUDA, a stream handle on sim; NULL is the default.
+/// A C `stream` argument, unchecked: a `CUstream` on CUDA, a stream handle on sim; NULL is the
+/// default. The context's calls check it with [`Context::stream`]; the PyTorch calls take
+/// PyTorch's streams as they come.
 pub(crate) fn stream_arg(stream: *mut c_void) -> Stream {
     Stream(stream as usize as u64)
 }
@@ -206,9 +245,10 @@ pub unsafe extern "C" fn vramswap_context_destroy(ctx: *mut vramswap_context) {
     });
 }
 
-/// Allocates `size` bytes of device memory for use on `stream` (NULL: the default stream)
-/// from the caching allocator. `size` 0, or a size too large to round, is
-/// `VRAMSWAP_INVALID_ARGUMENT`. On failure `*out_ptr` is NULL.
+/// Allocates `size` bytes of device memory for use on `stream` from the caching allocator.
+/// `stream` is NULL (the default stream) or a stream from `vramswap_stream_create` on this
+/// context; any other handle is `VRAMSWAP_NOT_FOUND`. `size` 0, or a size too large to round,
+/// is `VRAMSWAP_INVALID_ARGUMENT`. On failure `*out_ptr` is NULL.
 ///
 /// # Safety
 /// `ctx` is NULL or live; `out_ptr` is NULL or valid for writing a pointer.
@@ -225,7 +265,7 @@ pub unsafe extern "C" fn vramswap_malloc(
         unsafe { out_ptr.write(std::ptr::null_mut()) };
         // SAFETY: NULL-checked inside; live otherwise (caller's contract).
         let c = unsafe { context(ctx) }?;
-        let p = allocate(c, size as u64, stream_arg(stream))?;
+        let p = allocate(c, size as u64, c.stream(stream)?)?;
         // SAFETY: as above.
         unsafe { out_ptr.write(device_ptr_out(p)) };
         Ok(())
@@ -249,7 +289,7 @@ pub(crate) fn allocate(c: &Context, size: u64, stream: Stream) -> CResult<Device
 /// context never handed out is `VRAMSWAP_NOT_FOUND`; freeing a block twice is
 /// `VRAMSWAP_INVALID_STATE` (or `VRAMSWAP_NOT_FOUND` once its bytes were merged into a
 /// neighbour), and a double free after the address was handed out again frees the new block:
-/// the allocator cannot tell those apart.
+/// the allocator cannot tell those apart. A free that fails leaves the block allocated.
 ///
 /// # Safety
 /// `ctx` is NULL or live.
@@ -267,7 +307,10 @@ pub unsafe extern "C" fn vramswap_free(
 }
 
 /// Marks a live block as used on `stream` too: once freed, it is reused only after the work
-/// queued on `stream` before the free has completed.
+/// queued on `stream` before the free has completed. `stream` is NULL (the default stream)
+/// or a stream from `vramswap_stream_create` on this context; any other handle is
+/// `VRAMSWAP_NOT_FOUND`. The stream may be destroyed before the free (destroying it waits
+/// for its work).
 ///
 /// # Safety
 /// `ctx` is NULL or live.
@@ -281,8 +324,8 @@ pub unsafe extern "C" fn vramswap_record_stream(
         // SAFETY: NULL-checked inside; live otherwise (caller's contract).
         let c = unsafe { context(ctx) }?;
         check_non_null(ptr, "ptr")?;
-        Ok(c.alloc
-            .record_stream(device_ptr_arg(ptr), stream_arg(stream))?)
+        let s = c.stream(stream)?;
+        Ok(c.alloc.record_stream(device_ptr_arg(ptr), s)?)
     })
 }
 
@@ -345,7 +388,8 @@ pub unsafe extern "C" fn vramswap_device_json(
 
 /// Copies `bytes` bytes from host memory `src` to device memory `dst` on `stream` and waits
 /// for the copy. The way to fill device memory on the simulated device, whose pointers the
-/// host cannot dereference.
+/// host cannot dereference. `stream` is NULL (the default stream) or a stream from
+/// `vramswap_stream_create` on this context; any other handle is `VRAMSWAP_NOT_FOUND`.
 ///
 /// # Safety
 /// `ctx` is NULL or live; `src` is NULL or valid for reading `bytes` bytes; `dst` is a device
@@ -364,19 +408,15 @@ pub unsafe extern "C" fn vramswap_copy_to_device(
         check_non_null(dst, "dst")?;
         check_non_null(src, "src")?;
         check_len(bytes)?;
+        let s = c.stream(stream)?;
         // SAFETY: not NULL, valid for `bytes` bytes (caller's contract), bytes <= isize::MAX.
         let data = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), bytes) };
-        Ok(backend::upload(
-            &*c.backend,
-            device_ptr_arg(dst),
-            data,
-            stream_arg(stream),
-        )?)
+        Ok(backend::upload(&*c.backend, device_ptr_arg(dst), data, s)?)
     })
 }
 
 /// Copies `bytes` bytes from device memory `src` to host memory `dst` on `stream` and waits
-/// for the copy.
+/// for the copy. `stream` is as for `vramswap_copy_to_device`.
 ///
 /// # Safety
 /// `ctx` is NULL or live; `dst` is NULL or valid for writing `bytes` bytes; `src` is a device
@@ -395,16 +435,12 @@ pub unsafe extern "C" fn vramswap_copy_to_host(
         check_non_null(dst, "dst")?;
         check_non_null(src, "src")?;
         check_len(bytes)?;
+        let s = c.stream(stream)?;
         // SAFETY: not NULL, valid for writing `bytes` bytes (caller's contract), no Rust
         // reference aliases it, bytes <= isize::MAX.
         let out = unsafe { std::slice::from_raw_parts_mut(dst.cast::<u8>(), bytes) };
         let src = DevicePtr(src as usize as u64);
-        Ok(backend::download(
-            &*c.backend,
-            out,
-            src,
-            stream_arg(stream),
-        )?)
+        Ok(backend::download(&*c.backend, out, src, s)?)
     })
 }
 
@@ -418,7 +454,9 @@ fn check_len(bytes: usize) -> CResult {
 }
 
 /// Creates a stream on the context's device (a `CUstream` on CUDA) into `*out`. Destroy it
-/// with `vramswap_stream_destroy`.
+/// with `vramswap_stream_destroy`. Besides NULL (the default stream), the streams made here
+/// are the only ones this context's calls accept: a `CUstream` created elsewhere is
+/// `VRAMSWAP_NOT_FOUND`.
 ///
 /// # Safety
 /// `ctx` is NULL or live; `out` is NULL or valid for writing a pointer.
@@ -434,14 +472,18 @@ pub unsafe extern "C" fn vramswap_stream_create(
         // SAFETY: NULL-checked inside; live otherwise (caller's contract).
         let c = unsafe { context(ctx) }?;
         let s = c.backend.stream_create()?;
+        c.known_streams_mut().insert(s.0);
         // SAFETY: not NULL and valid for a pointer write (caller's contract).
         unsafe { out.write(std::ptr::without_provenance_mut(s.0 as usize)) };
         Ok(())
     })
 }
 
-/// Waits for the work on `stream` and destroys it. NULL (the default stream) is
-/// `VRAMSWAP_INVALID_ARGUMENT`.
+/// Waits for the work on `stream` and destroys it. `stream` must come from
+/// `vramswap_stream_create` on this context: NULL (the default stream) is
+/// `VRAMSWAP_INVALID_ARGUMENT`; any other handle, a stream destroyed already included, is
+/// `VRAMSWAP_NOT_FOUND`. When the wait or the destruction fails, the stream stays known to
+/// the context and the call may be repeated.
 ///
 /// # Safety
 /// `ctx` is NULL or live.
@@ -457,7 +499,19 @@ pub unsafe extern "C" fn vramswap_stream_destroy(
             return Err(Failure::invalid("the default stream cannot be destroyed"));
         }
         let s = stream_arg(stream);
-        c.backend.stream_synchronize(s)?;
-        Ok(c.backend.stream_destroy(s)?)
+        // Taken out first: of two threads destroying one stream, only one reaches the driver.
+        if !c.known_streams_mut().remove(&s.0) {
+            return Err(unknown_stream(s));
+        }
+        let done = c.backend.stream_synchronize(s).and_then(|()| {
+            // Its work is done: the allocator's blocks of `s` move to the default stream, so
+            // that no later free or reuse names the destroyed stream.
+            c.alloc.forget_stream(s);
+            c.backend.stream_destroy(s)
+        });
+        if done.is_err() {
+            c.known_streams_mut().insert(s.0);
+        }
+        Ok(done?)
     })
 }

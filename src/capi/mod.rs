@@ -8,8 +8,8 @@
 //!   `vramswap_engine_acquire` and `vramswap_guard_release`.
 //! - **A status from every fallible call** ([`vramswap_status`]), results through
 //!   out-parameters. Out-parameters are written only on success, except that `*_json` calls
-//!   write `*needed` on `VRAMSWAP_BUFFER_TOO_SMALL` too, and pointer out-parameters are set to
-//!   NULL first.
+//!   and `vramswap_guard_read_tensor` write `*needed` on `VRAMSWAP_BUFFER_TOO_SMALL` too, and
+//!   pointer out-parameters are set to NULL first.
 //! - **A thread-local last-error message** (`vramswap_last_error_message`), set by every call
 //!   that fails and cleared by every fallible call on entry.
 //! - **No panic crosses the boundary**: every entry point runs inside [`catch_unwind`]; a panic
@@ -56,8 +56,8 @@ pub enum vramswap_status {
     VRAMSWAP_NULL_POINTER = 2,
     /// Device or allocator out of memory, or a device or host budget exceeded.
     VRAMSWAP_OUT_OF_MEMORY = 3,
-    /// A named weight set or tensor, or a device pointer, is unknown (a pointer this context
-    /// never allocated).
+    /// A named weight set or tensor, a device pointer or a stream is unknown (a pointer this
+    /// context never handed out, a stream it did not create or has destroyed).
     VRAMSWAP_NOT_FOUND = 4,
     /// A weight set of that name is already registered.
     VRAMSWAP_ALREADY_EXISTS = 5,
