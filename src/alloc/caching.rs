@@ -460,7 +460,8 @@ impl CachingAllocator {
     /// A stream the block was used on may be gone (destroyed by its user): its event cannot be
     /// recorded, and the free waits for the whole device instead. Likewise a poison fill that
     /// its stream no longer takes runs on the default stream. Either the block is freed and the
-    /// result is `Ok`, or the error leaves it allocated, as it was.
+    /// result is `Ok`, or the error (the device cannot be waited for; with `poison`, the fill
+    /// fails on the default stream too) leaves it allocated, as it was.
     pub fn free(&self, ptr: DevicePtr) -> Result<()> {
         let mut st = self.lock();
         let Some(&idx) = st.live.get(&ptr.0) else {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::backend::{self, sim::SimBackend, Backend};
+use vramswap_sim::FaultOp;
 
 fn setup(conf: &str) -> (Arc<SimBackend>, CachingAllocator) {
     let backend = Arc::new(SimBackend::with_capacity(64 << 20));
@@ -119,4 +120,45 @@ fn a_forgotten_stream_is_never_named_again() {
     assert_eq!(alloc.stats().allocated_bytes.current, 0);
     alloc.lock().pool.check().unwrap();
     destroy(&backend, s2);
+}
+
+#[test]
+fn a_poison_fill_that_fails_leaves_the_block_allocated() {
+    let (backend, alloc) = setup("poison:true");
+    let dev = backend.sim_device().unwrap();
+    let p = alloc.allocate(4096, Stream::default()).unwrap();
+    // The fill on the block's stream and the one on the default stream both fail.
+    dev.inject_fault(FaultOp::Launch, 1);
+    dev.inject_fault(FaultOp::Launch, 2);
+    let before = alloc.stats();
+    alloc.free(p).unwrap_err();
+    let after = alloc.stats();
+    assert_eq!(
+        after.allocated_bytes.current,
+        before.allocated_bytes.current
+    );
+    assert_eq!(after.active_bytes.current, before.active_bytes.current);
+    // Nothing changed: the retry frees it.
+    alloc.free(p).unwrap();
+    assert_eq!(alloc.stats().allocated_bytes.current, 0);
+    assert_eq!(first_word(&backend, p), POISON_PATTERN);
+    alloc.lock().pool.check().unwrap();
+}
+
+#[test]
+fn a_parked_block_is_released_even_when_its_poison_fill_fails() {
+    let (backend, alloc) = setup("poison:true");
+    let dev = backend.sim_device().unwrap();
+    let s = backend.stream_create().unwrap();
+    let p = alloc.allocate(4096, Stream::default()).unwrap();
+    alloc.record_stream(p, s).unwrap();
+    alloc.free(p).unwrap();
+    backend.stream_synchronize(s).unwrap();
+    dev.inject_fault(FaultOp::Launch, 1);
+    dev.inject_fault(FaultOp::Launch, 2);
+    // The allocation is about other memory: it succeeds, and the parked block is released.
+    let q = alloc.allocate(512, Stream::default()).unwrap();
+    assert_eq!(alloc.stats().active_bytes.current, 512);
+    alloc.free(q).unwrap();
+    destroy(&backend, s);
 }
