@@ -1,10 +1,17 @@
 //! DLPack export of device tensors (the unversioned `dltensor` capsule every framework reads).
 //!
-//! The exported tensor views the set's device memory with no copy. Its memory is valid while the
-//! set is resident: the export shares the handle's guard, so a consumer keeps the set on the
-//! device until the handle is explicitly released; after that (the `vramswap.torch.adopt`
-//! pattern) the addresses stay reserved (stable addresses) and the set comes back to them on the
-//! next acquire.
+//! The exported tensor views the set's device memory with no copy. By default the export holds
+//! its own share of the handle's guard until the consumer calls the deleter, as the DLPack
+//! contract asks: the memory stays valid (the set stays on the device) for as long as the
+//! consumer's tensor lives, whatever happens to the handle or the engine meanwhile.
+//!
+//! `Handle.tensor(name, hold=False)` exports a view that does not hold the set: the
+//! `vramswap.torch.adopt` pattern, where framework tensors live for the model's lifetime over
+//! the set's stable addresses and hooks acquire the set around each use. Only with stable
+//! addresses, and the caller promises never to touch the memory while no handle holds the set.
+//!
+//! Either way, exporting from a handle that was released (or whose engine was closed) is a
+//! `BufferError`: the memory may already be gone.
 
 use std::ffi::{c_void, CStr};
 use std::sync::Arc;
@@ -12,6 +19,7 @@ use std::sync::Arc;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
+use vramswap::swap::WeightGuard;
 use vramswap::weights::{DType, TensorInfo};
 
 use crate::handle::Slot;
@@ -53,10 +61,11 @@ struct DLManagedTensor {
     deleter: Option<unsafe extern "C" fn(*mut DLManagedTensor)>,
 }
 
-/// What a managed tensor owns: its shape array and a share of the handle's guard.
+/// What a managed tensor owns: its shape array and (unless exported with `hold=False`) a share
+/// of the handle's guard, which keeps the set on the device until the deleter runs.
 struct Context {
     _shape: Vec<i64>,
-    _slot: Arc<Slot>,
+    _guard: Option<Arc<WeightGuard>>,
 }
 
 fn dl_dtype(d: DType) -> DLDataType {
@@ -118,10 +127,17 @@ pub struct DeviceTensor {
     dtype: DType,
     ordinal: i32,
     slot: Arc<Slot>,
+    hold: bool,
 }
 
 impl DeviceTensor {
-    pub fn new(ptr: u64, t: &TensorInfo, ordinal: i32, slot: Arc<Slot>) -> PyResult<DeviceTensor> {
+    pub fn new(
+        ptr: u64,
+        t: &TensorInfo,
+        ordinal: i32,
+        slot: Arc<Slot>,
+        hold: bool,
+    ) -> PyResult<DeviceTensor> {
         let shape = t
             .shape
             .iter()
@@ -136,6 +152,7 @@ impl DeviceTensor {
             dtype: t.dtype,
             ordinal,
             slot,
+            hold,
         })
     }
 }
@@ -148,8 +165,9 @@ impl DeviceTensor {
     }
 
     /// A `dltensor` capsule. The set's copies were waited for when it was acquired, so the data
-    /// is ready on every stream: `stream` needs no synchronisation. `copy=True` is refused (this
-    /// is a zero-copy export).
+    /// is ready on every stream: `stream` needs no synchronisation (0, which the DLPack spec
+    /// disallows for CUDA as ambiguous, is refused). `copy=True` is refused (this is a
+    /// zero-copy export), and so is an export from a released handle.
     #[pyo3(signature = (*, stream=None, max_version=None, dl_device=None, copy=None))]
     fn __dlpack__(
         &self,
@@ -159,7 +177,28 @@ impl DeviceTensor {
         dl_device: Option<(i32, i32)>,
         copy: Option<bool>,
     ) -> PyResult<PyObject> {
-        let _ = (stream, max_version);
+        let _ = max_version;
+        if let Some(s) = stream {
+            if s.extract::<i64>().is_ok_and(|s| s == 0) {
+                return Err(pyo3::exceptions::PyValueError::new_err(
+                    "stream=0 is ambiguous and disallowed for CUDA by the DLPack spec: pass 1 for \
+                     the legacy default stream, 2 for the per-thread default, or a stream handle",
+                ));
+            }
+        }
+        // The guard now, not when the tensor was made: the handle may have been released (or
+        // the engine closed) since, and then the memory may be unmapped or freed.
+        let guard = self
+            .slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                pyo3::exceptions::PyBufferError::new_err(
+                    "the handle this tensor came from was released (or its engine closed): its \
+                     device memory may be gone; acquire the set again",
+                )
+            })?;
         if copy == Some(true) {
             return Err(pyo3::exceptions::PyBufferError::new_err(
                 "vramswap exports device memory without a copy; copy=True is not supported",
@@ -175,7 +214,7 @@ impl DeviceTensor {
         }
         let mut ctx = Box::new(Context {
             _shape: self.shape.clone(),
-            _slot: self.slot.clone(),
+            _guard: self.hold.then_some(guard),
         });
         let shape_ptr = ctx._shape.as_mut_ptr();
         let ndim = self.shape.len() as i32;

@@ -55,6 +55,22 @@ impl Engine {
     }
 }
 
+impl Drop for Engine {
+    /// An engine collected without `close()`: dropping it joins its background loads, so do it
+    /// without the GIL (other Python threads keep running, and a load's progress never needs
+    /// it).
+    fn drop(&mut self) {
+        let live = self
+            .live
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(live) = live {
+            Python::with_gil(|py| py.allow_threads(move || drop(live)));
+        }
+    }
+}
+
 /// One contiguous array, referenced (so its memory stays) while the engine copies its bytes.
 /// The limited API of Python 3.9 has no buffer protocol; the array interface gives the address.
 pub struct ArrayBytes {
@@ -185,7 +201,11 @@ impl Engine {
                     "idle_timeout must be a positive number of seconds, not {t}"
                 ))));
             }
-            config.idle_timeout = Some(Duration::from_secs_f64(t));
+            config.idle_timeout = Some(Duration::try_from_secs_f64(t).map_err(|_| {
+                to_py(Error::InvalidArgument(format!(
+                    "idle_timeout of {t} seconds is out of range"
+                )))
+            })?);
         }
         let (backend, why, live) = py
             .allow_threads(|| -> vramswap::Result<_> {
@@ -280,13 +300,17 @@ impl Engine {
     }
 
     /// Names of the registered sets.
-    fn names(&self) -> PyResult<Vec<String>> {
-        Ok(self.swap()?.names())
+    fn names(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        // The engine's lock can be held for a while (a verified swap-in checks its copy under
+        // it): wait for it without the GIL.
+        let swap = self.swap()?;
+        Ok(py.allow_threads(|| swap.names()))
     }
 
     /// The Rust status JSON as a dict.
     fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let st = self.swap()?.status();
+        let swap = self.swap()?;
+        let st = py.allow_threads(|| swap.status());
         serde_to_py(py, &st)
     }
 
@@ -317,7 +341,9 @@ impl Engine {
         py.allow_threads(|| alloc.empty_cache()).py()
     }
 
-    /// Releases every handle, set, allocation, stream and pinned byte. Idempotent.
+    /// Releases every handle, set, allocation, stream and pinned byte. Idempotent. A tensor
+    /// exported through DLPack (with the default `hold=True`) keeps its set's device memory, and
+    /// what it needs, until the consumer lets it go.
     fn close(&self, py: Python<'_>) {
         let live = self.live.write().unwrap_or_else(|p| p.into_inner()).take();
         let slots: Vec<Arc<Slot>> = self
@@ -348,6 +374,12 @@ impl Engine {
     #[getter]
     fn backend(&self) -> String {
         self.backend.kind().to_string()
+    }
+
+    /// The device ordinal.
+    #[getter]
+    fn device(&self) -> i32 {
+        self.backend.properties().ordinal
     }
 
     /// Why `backend="auto"` chose what it chose.

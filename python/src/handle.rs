@@ -12,8 +12,8 @@ use crate::convert::numpy_dtype;
 use crate::dlpack::DeviceTensor;
 use crate::errors::{to_py, IntoPyResult};
 
-/// The guard a handle holds; `None` once released. Shared with DLPack exports, which keep the
-/// guard alive while a consumer holds the tensor and the handle is not explicitly released.
+/// The guard a handle holds; `None` once released. Shared with the handle's `DeviceTensor`s,
+/// which take their own share of the guard when exported (see `dlpack`).
 pub type Slot = Mutex<Option<Arc<WeightGuard>>>;
 
 /// A weight set held on the device. Also a context manager that releases on exit.
@@ -141,7 +141,13 @@ impl Handle {
 
     /// The tensor as a DLPack producer (`__dlpack__`, `__dlpack_device__`), zero-copy over the
     /// device memory: `torch.from_dlpack(handle.tensor(name))`. CUDA only.
-    fn tensor(&self, tensor: &str) -> PyResult<DeviceTensor> {
+    ///
+    /// By default each export keeps the set on the device until the consumer lets the tensor
+    /// go (even past `release()` or the engine's `close()`). With `hold=False` (stable addresses
+    /// only) it does not: the consumer's tensor is valid only while some handle holds the set,
+    /// which the caller guarantees (as `vramswap.torch.adopt`'s hooks do).
+    #[pyo3(signature = (tensor, *, hold=true))]
+    fn tensor(&self, tensor: &str, hold: bool) -> PyResult<DeviceTensor> {
         if !self.cuda {
             return Err(to_py(Error::Unsupported(format!(
                 "tensor `{tensor}`: the simulated device's memory lives in the simulator and \
@@ -150,8 +156,15 @@ impl Handle {
             ))));
         }
         let (g, t) = self.info(tensor)?;
+        if !hold && !g.stable_addresses() {
+            return Err(to_py(Error::Unsupported(format!(
+                "tensor `{tensor}` with hold=False: the set's addresses are not stable on this \
+                 device or configuration, so a view that outlives the handle could end up over \
+                 another set's memory"
+            ))));
+        }
         let ptr = g.tensor_ptr(tensor).py()?;
-        DeviceTensor::new(ptr.0, &t, self.ordinal, self.slot.clone())
+        DeviceTensor::new(ptr.0, &t, self.ordinal, self.slot.clone(), hold)
     }
 
     /// Records that work queued on `stream` (a `CUstream` handle, e.g. PyTorch's

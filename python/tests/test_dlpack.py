@@ -62,16 +62,44 @@ with vramswap.Engine(backend="cuda") as e:
     set_name(b, USED.value)
     mb = ctypes.cast(get(b, USED.value), ctypes.POINTER(DLManagedTensor))
     mb.contents.deleter(mb)
-    # An unconsumed capsule shares the handle's guard: dropping the handle keeps the set held
-    # until the capsule goes.
-    del h, t
+    # An export holds its own share of the guard (the DLPack contract: valid until the deleter):
+    # even an explicit release keeps the set held until the capsule goes...
+    h.release()
     out["guards_with_capsule"] = guards(e)
+    # ...and nothing more can be exported from the released handle.
+    try:
+        t.__dlpack__()
+        out["export_after_release"] = "allowed"
+    except BufferError as ex:
+        out["export_after_release"] = "released" in str(ex)
+    del h, t
     del cap, m, d
     out["guards_after_capsule"] = guards(e)
+    # hold=False (the adopt pattern): the view does not keep the set.
+    h2 = e.acquire("a")
+    view = h2.tensor("w", hold=False).__dlpack__()
+    h2.release()
+    out["guards_with_view"] = guards(e)
+    del view
     try:
         e.acquire("a").tensor("w").__dlpack__(copy=True)
     except BufferError as ex:
         out["copy_refused"] = "copy" in str(ex)
+    try:
+        e.acquire("a").tensor("w").__dlpack__(stream=0)
+    except ValueError as ex:
+        out["stream0_refused"] = "ambiguous" in str(ex)
+    # A capsule outlives its engine's close(): the memory stays until the capsule goes.
+    h3 = e.acquire("a")
+    late = h3.tensor("w").__dlpack__()
+# Read it back through the driver after close(): still the tensor's bytes.
+import os
+drv = ctypes.CDLL(os.environ["VRAMSWAP_CUDA_DRIVER"])
+late_ptr = DLManagedTensor.from_address(get(late, b"dltensor")).dl_tensor.data
+buf = (ctypes.c_float * 12)()
+rc = drv.cuMemcpyDtoH_v2(buf, ctypes.c_uint64(late_ptr), ctypes.c_size_t(48))
+out["read_after_close"] = [rc, list(buf)]
+del late
 print(json.dumps(out))
 '''
 
@@ -87,7 +115,11 @@ def test_dlpack_capsules_describe_the_device_tensor_and_free_cleanly(tmp_path):
                             strides_null=True, dlpack_device=[2, 0])
     assert out["bf16"] == [4, 16]
     assert out["guards_with_capsule"] == 1 and out["guards_after_capsule"] == 0
+    assert out["export_after_release"] is True
+    assert out["guards_with_view"] == 0
     assert out["copy_refused"] is True
+    assert out["stream0_refused"] is True
+    assert out["read_after_close"] == [0, [float(i) for i in range(12)]]
     assert json.loads(report.read_text())["clean"] is True, report.read_text()
 
 

@@ -59,6 +59,10 @@ def test_real_failures_raise_their_classes(engine, tmp_path, monkeypatch):
         engine.release("a")
     with pytest.raises(vramswap.InvalidArgumentError):
         vramswap.Engine(backend="tpu")
+    # Finite but past what a Duration holds: an error, not a PanicException.
+    for t in (1e20, float("inf"), -1.0):
+        with pytest.raises(vramswap.InvalidArgumentError, match="idle_timeout"):
+            vramswap.Engine(backend="sim", idle_timeout=t)
     with pytest.raises(vramswap.InvalidArgumentError):
         engine.register_arrays("obj", {"w": np.array(["a", "b"])})
 

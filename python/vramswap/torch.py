@@ -1,10 +1,15 @@
 """PyTorch on vramswap, for any model, with no per-model code (CUDA only).
 
 ``adopt(engine, name, obj)`` moves every parameter and buffer of a model into one weight set and
-rebinds them, zero-copy through DLPack, to tensors over the set's stable device addresses. A
-forward pre-hook acquires the set (the first call after an offload brings the weights back) and a
-forward hook releases it once the forward returns, so ``engine.offload(name)`` frees the device
-memory between calls while the module objects stay untouched::
+rebinds them, zero-copy through DLPack, to tensors over the set's stable device addresses. Forward
+pre-hooks acquire the set (the first call after an offload brings the weights back) and forward
+hooks release it once the forward returns, so ``engine.offload(name)`` frees the device memory
+between calls while the module objects stay untouched. The hooks sit on every top-level module
+and on every submodule that owns parameters or buffers itself, so entry points that are not the
+top-level ``forward`` (``SentenceTransformer.encode``, a VAE's ``decode``) still hold the set
+while any of its layers runs. What runs outside any module call does not: a backward pass
+(training), or code that reads ``module.weight`` directly; acquire the set around such code
+(``with engine.acquire(name): ...``)::
 
     engine = vramswap.Engine(device_budget="20GiB")
     model = vramswap.torch.adopt(engine, "sdxl", pipe)   # a diffusers pipeline, or any module
@@ -14,7 +19,9 @@ memory between calls while the module objects stay untouched::
 
 ``use_allocator()`` routes PyTorch's CUDA allocations through vramswap's caching allocator
 (``torch.cuda.memory.CUDAPluggableAllocator`` over the C ABI's ``vramswap_torch_malloc`` and
-``vramswap_torch_free``).
+``vramswap_torch_free``). That allocator is the C ABI's own process-wide one, not an ``Engine``'s:
+when PyTorch's allocations fill the device, it does not offload an engine's idle sets. Give the
+engine a ``device_budget`` that leaves PyTorch room, or offload explicitly.
 """
 
 from __future__ import annotations
@@ -151,12 +158,15 @@ def adopt(engine: Engine, name: str, obj: Any) -> AdoptedModel:
     del arrays
     with engine.acquire(name) as h:
         for key, t in tensors.items():
-            dev = torch.from_dlpack(h.tensor(key))
+            # hold=False: the parameters live as long as the model, and must not keep the set
+            # on the device; the hooks below hold it whenever the model runs.
+            dev = torch.from_dlpack(h.tensor(key, hold=False))
             if dev.dtype != t.dtype:
                 dev = dev.view(t.dtype)  # 8-bit floats travel as uint8
             t.data = dev  # the same Parameter/buffer object, now over the set's memory
     hooks = []
     local = threading.local()
+    device = torch.device("cuda", engine.device)
 
     def pre(module, args):
         stack = getattr(local, "stack", None)
@@ -168,13 +178,21 @@ def adopt(engine: Engine, name: str, obj: Any) -> AdoptedModel:
         stack = getattr(local, "stack", None)
         if stack:
             h = stack.pop()
-            # Offloads wait for the kernels this forward queued on the current stream.
-            h.record_stream(torch.cuda.current_stream().cuda_stream)
-            h.release()
+            try:
+                # Offloads wait for the kernels this forward queued on the engine's device's
+                # current stream.
+                h.record_stream(torch.cuda.current_stream(device).cuda_stream)
+            finally:
+                h.release()
 
+    hooked = set()
     for _, m in modules:
-        hooks.append(m.register_forward_pre_hook(pre))
-        hooks.append(m.register_forward_hook(post, always_call=True))
+        for sub in m.modules():
+            owns = any(True for _ in sub.parameters(recurse=False)) or any(True for _ in sub.buffers(recurse=False))
+            if (sub is m or owns) and id(sub) not in hooked:
+                hooked.add(id(sub))
+                hooks.append(sub.register_forward_pre_hook(pre))
+                hooks.append(sub.register_forward_hook(post, always_call=True))
     return AdoptedModel(engine, name, modules, tensors, hooks)
 
 
