@@ -322,3 +322,56 @@ fn read_only_registration_works_where_the_device_has_it_child() {
         b.host_unregister(buf.as_mut_ptr()).unwrap();
     }
 }
+
+// ----- the kernels' module --------------------------------------------------------------------
+
+/// Dropping the backend while a kernel launch is still queued (behind a slow copy, on a stream
+/// already destroyed): the module must be unloaded only after that work, since the reference
+/// does not promise that queued launches keep it. The emulator reports an unload under queued
+/// launches as misuse.
+#[test]
+fn the_kernels_module_is_unloaded_only_after_queued_launches() {
+    let c = in_child(
+        "the_kernels_module_is_unloaded_only_after_queued_launches",
+        "d2d_gbps:0.01",
+    );
+    if c.output.contains("skipped: no kernels") {
+        eprintln!(
+            "the_kernels_module_is_unloaded_only_after_queued_launches: {}",
+            c.output
+        );
+        return;
+    }
+    assert_clean(&c);
+}
+
+#[test]
+#[ignore = "run in a child process by the test without the suffix"]
+fn the_kernels_module_is_unloaded_only_after_queued_launches_child() {
+    if !is_child() {
+        return;
+    }
+    let b = CudaBackend::new(0).unwrap();
+    let s = b.stream_create().unwrap();
+    let n = 4u64 << 20; // 400 ms at the configured 0.01 GB/s
+    let x = b.alloc_async(n, s).unwrap();
+    let y = b.alloc_async(n, s).unwrap();
+    b.copy_dtod_async(y, x, n, s).unwrap();
+    match b.fill_u32_async(x, n, 0x5a5a_5a5a, s) {
+        Ok(()) => {}
+        Err(Error::Unsupported(m)) if m.contains("NVRTC") => {
+            // A build without nvcc and no libnvrtc: there is no module to unload.
+            println!("skipped: no kernels in this build ({m})");
+            b.synchronize().unwrap();
+            b.free_async(x, s).unwrap();
+            b.free_async(y, s).unwrap();
+            b.stream_destroy(s).unwrap();
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    }
+    b.free_async(x, s).unwrap();
+    b.free_async(y, s).unwrap();
+    b.stream_destroy(s).unwrap();
+    drop(b);
+}

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use vramswap_sim::{SimConfig, SimDevice};
+use vramswap_sim::{SimConfig, SimDevice, WorkMark};
 
 use crate::module::Module;
 use crate::result::{
@@ -158,6 +158,9 @@ pub(crate) struct Driver {
     pub(crate) modules: Mutex<HashMap<u64, Module>>,
     /// Function handles: id -> (module id, entry index).
     pub(crate) functions: Mutex<HashMap<u64, (u64, usize)>>,
+    /// Per module id, where its latest launches sit in their streams (completed ones are
+    /// dropped at the next launch): `cuModuleUnload` reports unloading under queued launches.
+    pub(crate) launches: Mutex<HashMap<u64, Vec<WorkMark>>>,
     /// Next module or function id.
     pub(crate) next_id: AtomicU64,
 }
@@ -189,6 +192,7 @@ pub(crate) fn init_with(make: impl FnOnce() -> Result<(SimDevice, EmuOptions), u
             primary_refs: AtomicU32::new(0),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            launches: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         })
     });

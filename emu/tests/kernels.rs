@@ -294,3 +294,51 @@ fn images_that_are_not_the_projects_ptx_are_refused() {
     );
     assert_eq!(parsed.entries[3].params, [8, 4, 8, 4, 8]);
 }
+
+#[test]
+fn unloading_a_module_under_queued_launches_is_reported_as_misuse() {
+    setup();
+    let reported = || {
+        emu::report_json()
+            .matches("while 1 stream(s) still had launches")
+            .count()
+    };
+    let before = reported();
+    let n = 1usize << 20;
+    let s = stream();
+    let dst = alloc(n);
+    let mut host = std::ptr::null_mut();
+    // SAFETY: valid out-pointer.
+    assert_cu!(
+        unsafe { emu::cuMemHostAlloc(&mut host, n, 0) },
+        CUDA_SUCCESS
+    );
+    for wait_first in [true, false] {
+        let (r, m) = load(PTX);
+        assert_cu!(r, CUDA_SUCCESS);
+        let (r, fill) = function(m, "vramswap_fill_u32");
+        assert_cu!(r, CUDA_SUCCESS);
+        // A pinned copy at the test device's 10 MB/s keeps the stream busy for 100 ms, so the
+        // launch behind it is still queued when the module goes.
+        // SAFETY: `host` holds `n` bytes and lives until the synchronisation below.
+        let r = unsafe { emu::cuMemcpyHtoDAsync_v2(dst, host, n, s) };
+        assert_cu!(r, CUDA_SUCCESS);
+        let (mut a0, mut a1, mut a2) = (dst, n as u64, 7u32);
+        assert_cu!(
+            launch(fill, s, &mut [arg!(a0), arg!(a1), arg!(a2)]),
+            CUDA_SUCCESS
+        );
+        if wait_first {
+            // SAFETY: a stream made above.
+            assert_cu!(unsafe { emu::cuStreamSynchronize(s) }, CUDA_SUCCESS);
+        }
+        // SAFETY: the module loaded above.
+        assert_cu!(unsafe { emu::cuModuleUnload(m) }, CUDA_SUCCESS);
+        let want = before + usize::from(!wait_first);
+        assert_eq!(reported(), want, "{}", emu::report_json());
+    }
+    destroy(s);
+    // SAFETY: no copy uses `host` any more (the stream was synchronised).
+    assert_cu!(unsafe { emu::cuMemFreeHost(host) }, CUDA_SUCCESS);
+    free(dst);
+}

@@ -34,6 +34,7 @@ pub use host::HostKind;
 pub use kernels::CastType;
 pub use memory::VA_BASE;
 pub use race::{Access, Space, Violation};
+pub use stream::WorkMark;
 
 /// What the stream-ordering checker does with a violation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

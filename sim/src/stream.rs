@@ -124,6 +124,32 @@ impl Drop for Stream {
 }
 
 /// A recorded point in a stream.
+/// A point in a stream's queue: everything submitted to the stream up to the moment the mark
+/// was taken ([`crate::SimDevice::work_mark`]). It stays meaningful after the stream is
+/// destroyed, whose queued work still runs. The emulated driver uses it to tell whether work
+/// that used a resource (a module's kernels) is still queued when the resource goes away.
+#[derive(Clone)]
+pub struct WorkMark {
+    pub(crate) stream: Arc<StreamShared>,
+    pub(crate) seq: u64,
+}
+
+impl WorkMark {
+    /// Whether the stream has completed everything up to the mark.
+    pub fn is_done(&self) -> bool {
+        self.stream.completed() >= self.seq
+    }
+}
+
+impl std::fmt::Debug for WorkMark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkMark")
+            .field("seq", &self.seq)
+            .field("done", &self.is_done())
+            .finish()
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct EventPoint {
     pub(crate) stream: Arc<StreamShared>,

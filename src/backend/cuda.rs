@@ -401,6 +401,7 @@ impl CudaBackend {
             .kernels
             .set(KernelModule::load(self.props.driver_version)?)
         {
+            // The copy that lost the race was never launched from.
             extra.unload();
         }
         Ok(self.kernels.get().expect("set above"))
@@ -411,7 +412,12 @@ impl Drop for CudaBackend {
     fn drop(&mut self) {
         if let Some(k) = self.kernels.take() {
             // The module belongs to the primary context, which must be current to unload it.
+            // The reference does not promise that launches still queued keep the module, so
+            // wait for the context's work first (launches may have used any stream, destroyed
+            // ones included); an error of that work belongs to it, not to the unload.
             if self.bind().is_ok() {
+                // SAFETY: plain driver call with the context bound.
+                let _ = unsafe { sys::cuCtxSynchronize() };
                 k.unload();
             }
         }

@@ -197,10 +197,12 @@ impl KernelModule {
         Ok(f as usize)
     }
 
-    /// Unloads the module. Its context must be current on this thread.
+    /// Unloads the module. Its context must be current on this thread, and no launch of its
+    /// kernels may still be queued (the caller synchronises first: the reference does not
+    /// promise that queued launches keep the module alive).
     pub(super) fn unload(self) {
-        // SAFETY: the module was loaded by `load` and no launch can use it after this (the
-        // value is consumed). Queued launches keep their own reference in the driver.
+        // SAFETY: the module was loaded by `load`; no new launch can use it after this (the
+        // value is consumed) and the caller waited for the queued ones.
         unsafe {
             let _ = sys::cuModuleUnload(self.module as sys::CUmodule);
         }

@@ -170,7 +170,9 @@ pub unsafe extern "C" fn cuModuleGetFunction(
     })
 }
 
-/// `cuModuleUnload`: its functions become invalid handles.
+/// `cuModuleUnload`: its functions become invalid handles. Unloading a module while launches of
+/// its kernels are still queued is recorded as misuse in the report: the reference does not
+/// promise that queued launches keep the module alive.
 ///
 /// # Safety
 /// Callable from any thread with a current context.
@@ -194,6 +196,23 @@ pub unsafe extern "C" fn cuModuleUnload(module: *mut c_void) -> CUresult {
             .lock()
             .expect("functions lock")
             .retain(|_, (m, _)| *m != mid);
+        let marks = d
+            .launches
+            .lock()
+            .expect("launches lock")
+            .remove(&mid)
+            .unwrap_or_default();
+        let queued = marks.iter().filter(|m| !m.is_done()).count();
+        if queued > 0 {
+            // The reference promises nothing for launches still queued when their module is
+            // unloaded ("Use of the handle after this call is undefined behavior"): the caller
+            // must wait for them first (cuCtxSynchronize, or the streams they used).
+            d.record_misuse(format!(
+                "cuModuleUnload of module {:#x} while {queued} stream(s) still had launches \
+                 of its kernels queued; synchronise before unloading",
+                module as u64
+            ));
+        }
         Ok(())
     })
 }
@@ -378,7 +397,7 @@ pub unsafe extern "C" fn cuLaunchKernel(
         let d = ctx(CALL)?;
         let fid = function_id(CALL, f)?;
         let s = stream_id(CALL, stream)?;
-        let entry = {
+        let (mid, entry) = {
             let funcs = d.functions.lock().expect("functions lock");
             let (mid, idx) = *funcs.get(&fid).ok_or_else(|| {
                 fail(
@@ -388,9 +407,11 @@ pub unsafe extern "C" fn cuLaunchKernel(
                 )
             })?;
             let mods = d.modules.lock().expect("modules lock");
-            mods.get(&mid)
+            let entry = mods
+                .get(&mid)
                 .map(|m| m.entries[idx].clone())
-                .ok_or_else(|| fail(CALL, CUDA_ERROR_INVALID_HANDLE, "module was unloaded"))?
+                .ok_or_else(|| fail(CALL, CUDA_ERROR_INVALID_HANDLE, "module was unloaded"))?;
+            (mid, entry)
         };
         let dims = [grid_x, grid_y, grid_z, block_x, block_y, block_z];
         if dims.contains(&0) {
@@ -424,6 +445,14 @@ pub unsafe extern "C" fn cuLaunchKernel(
         // SAFETY: forwarded contract.
         let args = unsafe { read_args(&entry, params, extra)? };
         let k = kernel_of(&entry.name, &args)?;
-        d.dev.launch(k, s).map_err(|e| sim_fail(CALL, e))
+        d.dev.launch(k, s).map_err(|e| sim_fail(CALL, e))?;
+        // Remember where the launch sits in its stream, for cuModuleUnload's check.
+        if let Ok(mark) = d.dev.work_mark(s) {
+            let mut launches = d.launches.lock().expect("launches lock");
+            let marks = launches.entry(mid).or_default();
+            marks.retain(|m| !m.is_done());
+            marks.push(mark);
+        }
+        Ok(())
     })
 }

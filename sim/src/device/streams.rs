@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::SimDevice;
 use crate::error::{SimError, SimResult};
 use crate::race::Access;
-use crate::stream::{EventPoint, EventState, Job, Stream};
+use crate::stream::{EventPoint, EventState, Job, Stream, WorkMark};
 use crate::{FaultOp, RaceMode};
 
 impl SimDevice {
@@ -78,6 +78,17 @@ impl SimDevice {
         let clock = checker.clock_of(stream);
         checker.host_observed(&clock);
         Ok(())
+    }
+
+    /// A mark of everything submitted to `stream` so far (no device operation, no fault
+    /// injection): [`WorkMark::is_done`] says later whether that work has completed.
+    pub fn work_mark(&self, stream: u64) -> SimResult<WorkMark> {
+        let s = self.stream(stream)?;
+        let seq = s.submit.lock().expect("submit lock").seq;
+        Ok(WorkMark {
+            stream: s.shared.clone(),
+            seq,
+        })
     }
 
     /// Waits for all work queued on `stream` (`cuStreamSynchronize`).
