@@ -44,7 +44,7 @@ pub fn checks() -> Vec<Check> {
     c![
         device_reports_sane_properties,
         pinned_copy_round_trips_random_bytes,
-        pageable_copy_round_trips_and_completes_before_return,
+        pageable_copy_round_trips_once_the_stream_is_synchronized,
         device_to_device_copy_moves_bytes,
         memset_sets_every_byte,
         work_on_one_stream_runs_in_order,
@@ -223,22 +223,28 @@ fn pinned_copy_round_trips_random_bytes(b: &dyn Backend) -> Result<(), String> {
     })
 }
 
-fn pageable_copy_round_trips_and_completes_before_return(b: &dyn Backend) -> Result<(), String> {
+fn pageable_copy_round_trips_once_the_stream_is_synchronized(
+    b: &dyn Backend,
+) -> Result<(), String> {
     let len = 1 << 20;
     let data = random(len, 2);
     let s = S::new(b)?;
     let d = Dev::new(b, len as u64)?;
     let mut out = vec![0u8; len];
-    // SAFETY: pageable copies complete before returning; both buffers outlive the calls.
-    unsafe {
+    // SAFETY: both buffers outlive the copies and are not touched by the host until the
+    // stream has been synchronised below.
+    let queued = unsafe {
         b.copy_htod_async(d.ptr, data.as_ptr(), len as u64, s.s)
-            .map_err(e)?;
-        b.copy_dtoh_async(out.as_mut_ptr(), d.ptr, len as u64, s.s)
-            .map_err(e)?;
-    }
-    // No synchronisation: a device-to-pageable copy is synchronous.
+            .and_then(|()| b.copy_dtoh_async(out.as_mut_ptr(), d.ptr, len as u64, s.s))
+    };
+    // A copy with pageable memory "might be synchronous", no more: the destination is read
+    // only after the stream is synchronised (also when queueing failed, so that no copy still
+    // uses the buffers when they are dropped).
+    let synced = b.stream_synchronize(s.s);
+    queued.map_err(e)?;
+    synced.map_err(e)?;
     ensure(out == data, || {
-        "pageable device-to-host copy was not complete on return".into()
+        "bytes differ after a pageable round trip".into()
     })
 }
 
@@ -476,8 +482,8 @@ fn vmm_copy_into_unmapped_range_fails(b: &dyn Backend) -> Result<(), String> {
         b.map(va.offset(g), g, h).map_err(e)?;
         b.release_physical(h).map_err(e)?;
         let data = vec![1u8; 4096];
-        // A pageable source makes the copy synchronous, so the error (if any) is immediate.
-        // SAFETY: `data` outlives the synchronous copy.
+        // The destination is checked when the copy is queued, so the error is immediate.
+        // SAFETY: `data` outlives the copies, which are synchronised below.
         let bad = unsafe { b.copy_htod_async(va, data.as_ptr(), 4096, s.s) };
         let good = unsafe { b.copy_htod_async(va.offset(g), data.as_ptr(), 4096, s.s) };
         b.stream_synchronize(s.s).map_err(e)?;

@@ -44,7 +44,7 @@ macro_rules! conformance_tests {
 conformance_tests![
     device_reports_sane_properties,
     pinned_copy_round_trips_random_bytes,
-    pageable_copy_round_trips_and_completes_before_return,
+    pageable_copy_round_trips_once_the_stream_is_synchronized,
     device_to_device_copy_moves_bytes,
     memset_sets_every_byte,
     work_on_one_stream_runs_in_order,

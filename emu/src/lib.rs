@@ -11,8 +11,9 @@
 //! - contexts are per thread: a call that needs one with none current on the calling thread
 //!   gives `CUDA_ERROR_INVALID_CONTEXT`;
 //! - allocation errors, VMM granularity, `cuMemMap` offset 0, access only after
-//!   `cuMemSetAccess`, unmap/free order, pageable copies synchronous and pinned ones
-//!   asynchronous, `CUDA_ERROR_NOT_READY` from queries while work is pending;
+//!   `cuMemSetAccess`, unmap/free order, asynchronous copies stream-ordered whether the host
+//!   side is pinned or pageable (a pageable one "might be synchronous": no more is given),
+//!   `CUDA_ERROR_NOT_READY` from queries while work is pending;
 //! - PTX modules: `.entry` kernels found by name, launches checked against the declared
 //!   parameters, the project's kernels run by their Rust implementations.
 //!

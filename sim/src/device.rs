@@ -65,7 +65,7 @@ pub struct SimCounters {
     pub bytes_h2d: u64,
     /// Bytes copied device to host.
     pub bytes_d2h: u64,
-    /// Copies that ran synchronously because the host side was pageable.
+    /// Copies whose host side was pageable (neither pinned nor registered).
     pub pageable_copies: u64,
     /// Kernel launches.
     pub launches: u64,
@@ -165,11 +165,12 @@ struct Inner {
 /// let d = dev.alloc(1024).unwrap();
 /// let src = vec![7u8; 1024];
 /// let mut dst = vec![0u8; 1024];
-/// // SAFETY: the buffers outlive the copies (pageable copies are synchronous).
+/// // SAFETY: the buffers outlive the copies, which are waited for before `dst` is read.
 /// unsafe {
 ///     dev.copy_htod(d, src.as_ptr(), 1024, 0).unwrap();
 ///     dev.copy_dtoh(dst.as_mut_ptr(), d, 1024, 0).unwrap();
 /// }
+/// dev.stream_synchronize(0).unwrap();
 /// assert_eq!(src, dst);
 /// dev.free(d).unwrap();
 /// ```

@@ -1,7 +1,8 @@
 //! Host memory the simulated device knows about: pinned allocations and registered ranges.
 //!
-//! A copy whose host side lies entirely inside a known range is asynchronous; anything else is
-//! pageable memory, copied synchronously as the CUDA driver does.
+//! A copy whose host side lies entirely inside a known range is a pinned copy; anything else is
+//! pageable memory, slower under the bandwidth model. Both are asynchronous in the model: the
+//! reference says only that a pageable copy "might be synchronous".
 
 use std::alloc::{self, Layout};
 use std::collections::BTreeMap;

@@ -11,7 +11,8 @@
 //!   stream-wait-event;
 //! - virtual address reservation, physical allocations and mapping at a granularity, with
 //!   access granted separately, as `cuMemSetAccess` does;
-//! - pinned and pageable host memory (copies from pageable memory are synchronous);
+//! - pinned and pageable host memory (copies of either are stream-ordered and asynchronous:
+//!   for pageable memory the driver reference promises no more than "might be synchronous");
 //! - fault injection (fail the Nth call of an operation);
 //! - an optional bandwidth model per copy direction;
 //! - a stream-ordering checker that reports unordered conflicting accesses on different streams.

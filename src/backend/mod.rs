@@ -151,9 +151,11 @@ pub struct MemInfo {
 /// [`sim::SimBackend`]; used as `Arc<dyn Backend>`.
 ///
 /// Semantics follow the CUDA Driver API: work on one stream runs in order, work on different
-/// streams is unordered unless an event orders it, copies between device memory and pinned host
-/// memory are asynchronous, copies involving pageable host memory complete before the call
-/// returns.
+/// streams is unordered unless an event orders it, copies between device memory and host
+/// memory are stream-ordered. With pinned host memory they are asynchronous; with pageable host
+/// memory the reference says only that the call "might be synchronous", so callers must treat
+/// them as asynchronous too (synchronise before reading a pageable destination or reusing a
+/// pageable source); `sim` and the emulated driver never complete them early.
 pub trait Backend: Send + Sync + fmt::Debug {
     /// Device facts.
     fn properties(&self) -> &DeviceProperties;
@@ -340,8 +342,7 @@ pub fn checksum(backend: &dyn Backend, src: DevicePtr, bytes: u64, stream: Strea
     let result = (|| {
         backend.checksum_async(src, bytes, out, stream)?;
         let mut v = [0u8; 8];
-        // SAFETY: `v` is a live local buffer; the copy is waited for below before it is read
-        // (a pageable destination makes the copy synchronous anyway).
+        // SAFETY: `v` is a live local buffer; the copy is waited for below before it is read.
         unsafe { backend.copy_dtoh_async(v.as_mut_ptr(), out, 8, stream)? };
         backend.stream_synchronize(stream)?;
         Ok(u64::from_le_bytes(v))

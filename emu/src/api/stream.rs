@@ -308,9 +308,11 @@ pub unsafe extern "C" fn cuEventElapsedTime_v2(
     })
 }
 
-/// `cuMemcpyHtoDAsync_v2`: from pinned or registered memory the copy is asynchronous; from
-/// pageable memory "the function will return once the pageable buffer has been copied"
-/// (API synchronization behavior), which the emulator models by completing the copy.
+/// `cuMemcpyHtoDAsync_v2`: stream-ordered and asynchronous. From pageable memory the reference
+/// says only that "the function might be synchronous with respect to host" (API
+/// synchronization behavior, asynchronous memcpy) and that undocumented behaviour must not be
+/// relied upon, so the emulator gives no more than stream order there either: the source must
+/// stay untouched until the stream has passed the copy.
 ///
 /// # Safety
 /// `src` must be valid for `bytes` bytes until the copy has completed.
@@ -330,8 +332,10 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
     })
 }
 
-/// `cuMemcpyDtoHAsync_v2`: into pinned memory asynchronous; "For transfers from device memory
-/// to pageable host memory, the function will return only once the copy has completed."
+/// `cuMemcpyDtoHAsync_v2`: stream-ordered and asynchronous, into pinned and pageable memory
+/// alike ("For transfers between device memory and pageable host memory, the function might be
+/// synchronous with respect to host"): the destination is ready once the stream has passed the
+/// copy (a synchronisation), not when the call returns.
 ///
 /// # Safety
 /// `dst` must be valid for `bytes` bytes and untouched until the copy has completed.

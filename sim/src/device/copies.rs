@@ -1,5 +1,13 @@
-//! Copies and memsets on the simulated device: pinned copies asynchronous, pageable ones
-//! synchronous, each reserving its link under the bandwidth model.
+//! Copies and memsets on the simulated device: every copy runs in stream order, asynchronous to
+//! the host whether the host side is pinned or pageable, each reserving its link under the
+//! bandwidth model.
+//!
+//! For pageable memory the reference promises no more: "For transfers between device memory and
+//! pageable host memory, the function might be synchronous with respect to host" (CUDA Driver
+//! API, "API synchronization behavior"), and "undocumented behavior should not be relied upon".
+//! A real driver usually completes such a copy (or stages it) before returning; the model does
+//! not, so code that reads a pageable destination, or reuses a pageable source, before
+//! synchronising reads stale bytes here instead of working by luck.
 
 use super::{sleep_until, CopyJob, Dir, Link, SimDevice};
 use crate::error::{SimError, SimResult};
@@ -26,7 +34,7 @@ impl SimDevice {
         })
     }
 
-    /// Runs a copy job on the stream; synchronously (waiting for completion) when `sync`.
+    /// Queues a copy job on the stream. `pageable` only slows it under the bandwidth model.
     pub(crate) fn submit_copy(&self, stream: u64, copy: CopyJob) -> SimResult<()> {
         let CopyJob {
             op,
@@ -56,40 +64,31 @@ impl SimDevice {
             }
             Ok(())
         });
-        let seq = self.enqueue(stream, op, accesses, job)?;
-        {
-            let mut c = self.inner.counters.lock().expect("counters lock");
-            match dir {
-                Dir::H2D => {
-                    c.copies_h2d += 1;
-                    c.bytes_h2d += bytes;
-                }
-                Dir::D2H => {
-                    c.copies_d2h += 1;
-                    c.bytes_d2h += bytes;
-                }
-                Dir::D2D => c.copies_d2d += 1,
+        self.enqueue(stream, op, accesses, job)?;
+        let mut c = self.inner.counters.lock().expect("counters lock");
+        match dir {
+            Dir::H2D => {
+                c.copies_h2d += 1;
+                c.bytes_h2d += bytes;
             }
-            if pageable {
-                c.pageable_copies += 1;
+            Dir::D2H => {
+                c.copies_d2h += 1;
+                c.bytes_d2h += bytes;
             }
+            Dir::D2D => c.copies_d2d += 1,
         }
         if pageable {
-            // "For transfers from pageable host memory to device memory, ... the function will
-            // return once the pageable buffer has been copied" and device-to-pageable copies are
-            // synchronous (CUDA Runtime/Driver API, "API synchronization behavior").
-            self.host_wait(stream, seq)?;
+            c.pageable_copies += 1;
         }
         Ok(())
     }
 
-    /// Copies `len` bytes from host `src` to device `dst` on `stream` (`cuMemcpyHtoDAsync`).
-    /// From pinned memory the copy is asynchronous; from pageable memory it completes before
-    /// this returns.
+    /// Copies `len` bytes from host `src` to device `dst` on `stream` (`cuMemcpyHtoDAsync`),
+    /// asynchronously, from pinned and pageable memory alike.
     ///
     /// # Safety
-    /// `src` must be valid for reads of `len` bytes until the copy has completed (for pinned
-    /// memory: until the stream has passed this operation).
+    /// `src` must be valid for reads of `len` bytes, and not be written by the host, until the
+    /// stream has passed this operation.
     pub unsafe fn copy_htod(
         &self,
         dst: u64,
@@ -101,11 +100,12 @@ impl SimDevice {
         unsafe { self.copy_host(Dir::H2D, src as *mut u8, dst, len, stream) }
     }
 
-    /// Copies `len` bytes from device `src` to host `dst` on `stream` (`cuMemcpyDtoHAsync`).
+    /// Copies `len` bytes from device `src` to host `dst` on `stream` (`cuMemcpyDtoHAsync`),
+    /// asynchronously, into pinned and pageable memory alike.
     ///
     /// # Safety
-    /// `dst` must be valid for writes of `len` bytes until the copy has completed, and not be
-    /// accessed by the host in the meantime.
+    /// `dst` must be valid for writes of `len` bytes until the stream has passed this operation,
+    /// and not be accessed by the host in the meantime.
     pub unsafe fn copy_dtoh(&self, dst: *mut u8, src: u64, len: u64, stream: u64) -> SimResult<()> {
         // SAFETY: forwarded contract.
         unsafe { self.copy_host(Dir::D2H, dst, src, len, stream) }
@@ -143,19 +143,19 @@ impl SimDevice {
             )));
         }
         let pageable = kind == HostKind::Pageable;
-        let mut accesses = vec![if to_device {
-            Access::write(Space::Device, dev, len)
+        // Recorded on the stream only: the host is ordered after the copy by a synchronisation,
+        // never by the call returning, whatever kind of host memory it is.
+        let accesses = if to_device {
+            vec![
+                Access::write(Space::Device, dev, len),
+                Access::read(Space::Host, host as u64, len),
+            ]
         } else {
-            Access::read(Space::Device, dev, len)
-        }];
-        if !pageable {
-            // Pageable memory is copied synchronously, so the host is ordered with it anyway.
-            accesses.push(if to_device {
-                Access::read(Space::Host, host as u64, len)
-            } else {
-                Access::write(Space::Host, host as u64, len)
-            });
-        }
+            vec![
+                Access::read(Space::Device, dev, len),
+                Access::write(Space::Host, host as u64, len),
+            ]
+        };
         let host = host as usize;
         self.submit_copy(
             stream,
