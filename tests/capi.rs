@@ -319,7 +319,7 @@ fn stream(c: &Ctx) -> *mut c_void {
 }
 
 #[test]
-fn streams_the_context_did_not_create_are_not_found() {
+fn streams_the_caller_may_not_use_are_not_found() {
     let c = context();
     let (_dir, path, _) = weights_file();
     let name = cstr("tiny");
@@ -332,7 +332,7 @@ fn streams_the_context_did_not_create_are_not_found() {
     // has 256 bytes, `p` 256 device bytes.
     unsafe {
         // Small integers are the engine's own copy streams on sim (and CU_STREAM_LEGACY /
-        // _PER_THREAD on CUDA): not the caller's to destroy.
+        // _PER_THREAD on CUDA): never the caller's to destroy.
         for h in 1..=4usize {
             let foreign = h as *mut c_void;
             assert_eq!(
@@ -341,6 +341,15 @@ fn streams_the_context_did_not_create_are_not_found() {
                 "stream {h}"
             );
             assert!(last_error().contains("stream"), "{}", last_error());
+        }
+        // On sim every stream comes from the context, so anything else is refused everywhere.
+        // (On CUDA a caller's own CUstream is accepted, as by PyTorch's allocator: CUDA's
+        // special handles 1 and 2 are used below.)
+        for h in 1..=4usize {
+            if backend_kind() == VRAMSWAP_BACKEND_CUDA {
+                break;
+            }
+            let foreign = h as *mut c_void;
             assert_eq!(vramswap_record_stream(c.0, p, foreign), VRAMSWAP_NOT_FOUND);
             let mut q = std::ptr::dangling_mut::<c_void>();
             assert_eq!(
@@ -360,6 +369,20 @@ fn streams_the_context_did_not_create_are_not_found() {
         // The engine's streams survived.
         let g = acquire(&c, &name);
         vramswap_guard_release(g);
+        if backend_kind() == VRAMSWAP_BACKEND_CUDA {
+            // CU_STREAM_LEGACY: a stream of the caller's, accepted.
+            for h in 1..=1usize {
+                let s = h as *mut c_void;
+                let mut q = null_mut();
+                assert_eq!(vramswap_malloc(c.0, 64, s, &mut q), VRAMSWAP_OK, "{h}");
+                assert_eq!(vramswap_record_stream(c.0, p, s), VRAMSWAP_OK, "{h}");
+                assert_eq!(
+                    vramswap_copy_to_device(c.0, p, b.as_ptr().cast(), 256, s),
+                    VRAMSWAP_OK
+                );
+                assert_eq!(vramswap_free(c.0, q), VRAMSWAP_OK, "{}", last_error());
+            }
+        }
         // The default stream still works everywhere but in destroy.
         assert_eq!(vramswap_record_stream(c.0, p, null_mut()), VRAMSWAP_OK);
         assert_eq!(
@@ -392,8 +415,12 @@ fn a_stream_is_destroyed_once() {
             last_error()
         );
         assert_eq!(vramswap_stream_destroy(c.0, s), VRAMSWAP_NOT_FOUND);
-        let mut q = null_mut();
-        assert_eq!(vramswap_malloc(c.0, 512, s, &mut q), VRAMSWAP_NOT_FOUND);
+        if backend_kind() == VRAMSWAP_BACKEND_SIM {
+            // On CUDA a destroyed CUstream is as unusable as in CUDA itself (the context
+            // accepts the caller's own streams there, and cannot tell a dead one).
+            let mut q = null_mut();
+            assert_eq!(vramswap_malloc(c.0, 512, s, &mut q), VRAMSWAP_NOT_FOUND);
+        }
         // Another context never knew it.
         let other = context();
         let s2 = stream(&c);

@@ -54,7 +54,7 @@ typedef enum {
   VRAMSWAP_OUT_OF_MEMORY = 3,
   /*
    A named weight set or tensor, a device pointer or a stream is unknown (a pointer this
-   context never handed out, a stream it did not create or has destroyed).
+   context never handed out, a stream it may not use or destroy: see `vramswap_malloc`).
    */
   VRAMSWAP_NOT_FOUND = 4,
   /*
@@ -185,9 +185,11 @@ void vramswap_context_destroy(vramswap_context *ctx);
 
 /*
  Allocates `size` bytes of device memory for use on `stream` from the caching allocator.
- `stream` is NULL (the default stream) or a stream from `vramswap_stream_create` on this
- context; any other handle is `VRAMSWAP_NOT_FOUND`. `size` 0, or a size too large to round,
- is `VRAMSWAP_INVALID_ARGUMENT`. On failure `*out_ptr` is NULL.
+ `stream` is NULL (the default stream), a stream from `vramswap_stream_create` on this
+ context, or on CUDA a `CUstream` of the caller's own, kept alive while vramswap may use it;
+ any other handle (the engine's own copy streams; on sim, anything else) is
+ `VRAMSWAP_NOT_FOUND`. `size` 0, or a size too large to round, is
+ `VRAMSWAP_INVALID_ARGUMENT`. On failure `*out_ptr` is NULL.
 
  # Safety
  `ctx` is NULL or live; `out_ptr` is NULL or valid for writing a pointer.
@@ -208,10 +210,9 @@ vramswap_status vramswap_free(vramswap_context *ctx, void *ptr);
 
 /*
  Marks a live block as used on `stream` too: once freed, it is reused only after the work
- queued on `stream` before the free has completed. `stream` is NULL (the default stream)
- or a stream from `vramswap_stream_create` on this context; any other handle is
- `VRAMSWAP_NOT_FOUND`. The stream may be destroyed before the free (destroying it waits
- for its work).
+ queued on `stream` before the free has completed. `stream` is as for `vramswap_malloc`.
+ A stream from `vramswap_stream_create` may be destroyed before the free (destroying it
+ waits for its work); a `CUstream` of the caller's own must outlive the free.
 
  # Safety
  `ctx` is NULL or live.
@@ -257,8 +258,7 @@ vramswap_status vramswap_device_json(vramswap_context *ctx,
 /*
  Copies `bytes` bytes from host memory `src` to device memory `dst` on `stream` and waits
  for the copy. The way to fill device memory on the simulated device, whose pointers the
- host cannot dereference. `stream` is NULL (the default stream) or a stream from
- `vramswap_stream_create` on this context; any other handle is `VRAMSWAP_NOT_FOUND`.
+ host cannot dereference. `stream` is as for `vramswap_malloc`.
 
  # Safety
  `ctx` is NULL or live; `src` is NULL or valid for reading `bytes` bytes; `dst` is a device

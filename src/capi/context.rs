@@ -101,16 +101,20 @@ impl Context {
         })
     }
 
-    /// A C `stream` argument: NULL (the default stream) or a stream this context created and
-    /// has not destroyed; any other handle is `VRAMSWAP_NOT_FOUND`, so the engine's own streams
-    /// (small integers on sim) and destroyed `CUstream`s never reach the backend.
+    /// A C `stream` argument: NULL (the default stream), a stream this context created and has
+    /// not destroyed, or, on CUDA, a `CUstream` of the caller's own (what PyTorch's and RMM's
+    /// allocators take; keeping it alive while vramswap may use it is the caller's part, as with
+    /// any CUDA call). Never one of the swap engine's copy streams, and on sim (whose streams
+    /// all come from this context) nothing else: those are `VRAMSWAP_NOT_FOUND`.
     pub(crate) fn stream(&self, stream: *mut c_void) -> CResult<Stream> {
         let s = stream_arg(stream);
         if s.0 == 0 || self.known_streams().contains(&s.0) {
-            Ok(s)
-        } else {
-            Err(unknown_stream(s))
+            return Ok(s);
         }
+        if self.backend.kind() == BackendKind::Cuda && !self.engine.copy_streams().contains(&s) {
+            return Ok(s);
+        }
+        Err(unknown_stream(s))
     }
 
     fn known_streams(&self) -> std::sync::RwLockReadGuard<'_, HashSet<u64>> {
@@ -128,7 +132,7 @@ fn unknown_stream(s: Stream) -> Failure {
         vramswap_status::VRAMSWAP_NOT_FOUND,
         format!(
             "stream {:#x} was not created by vramswap_stream_create on this context, or was \
-             destroyed",
+             destroyed, or is one of the engine's own copy streams",
             s.0
         ),
     )
@@ -246,9 +250,11 @@ pub unsafe extern "C" fn vramswap_context_destroy(ctx: *mut vramswap_context) {
 }
 
 /// Allocates `size` bytes of device memory for use on `stream` from the caching allocator.
-/// `stream` is NULL (the default stream) or a stream from `vramswap_stream_create` on this
-/// context; any other handle is `VRAMSWAP_NOT_FOUND`. `size` 0, or a size too large to round,
-/// is `VRAMSWAP_INVALID_ARGUMENT`. On failure `*out_ptr` is NULL.
+/// `stream` is NULL (the default stream), a stream from `vramswap_stream_create` on this
+/// context, or on CUDA a `CUstream` of the caller's own, kept alive while vramswap may use it;
+/// any other handle (the engine's own copy streams; on sim, anything else) is
+/// `VRAMSWAP_NOT_FOUND`. `size` 0, or a size too large to round, is
+/// `VRAMSWAP_INVALID_ARGUMENT`. On failure `*out_ptr` is NULL.
 ///
 /// # Safety
 /// `ctx` is NULL or live; `out_ptr` is NULL or valid for writing a pointer.
@@ -307,10 +313,9 @@ pub unsafe extern "C" fn vramswap_free(
 }
 
 /// Marks a live block as used on `stream` too: once freed, it is reused only after the work
-/// queued on `stream` before the free has completed. `stream` is NULL (the default stream)
-/// or a stream from `vramswap_stream_create` on this context; any other handle is
-/// `VRAMSWAP_NOT_FOUND`. The stream may be destroyed before the free (destroying it waits
-/// for its work).
+/// queued on `stream` before the free has completed. `stream` is as for `vramswap_malloc`.
+/// A stream from `vramswap_stream_create` may be destroyed before the free (destroying it
+/// waits for its work); a `CUstream` of the caller's own must outlive the free.
 ///
 /// # Safety
 /// `ctx` is NULL or live.
@@ -388,8 +393,7 @@ pub unsafe extern "C" fn vramswap_device_json(
 
 /// Copies `bytes` bytes from host memory `src` to device memory `dst` on `stream` and waits
 /// for the copy. The way to fill device memory on the simulated device, whose pointers the
-/// host cannot dereference. `stream` is NULL (the default stream) or a stream from
-/// `vramswap_stream_create` on this context; any other handle is `VRAMSWAP_NOT_FOUND`.
+/// host cannot dereference. `stream` is as for `vramswap_malloc`.
 ///
 /// # Safety
 /// `ctx` is NULL or live; `src` is NULL or valid for reading `bytes` bytes; `dst` is a device

@@ -57,7 +57,7 @@ pub enum vramswap_status {
     /// Device or allocator out of memory, or a device or host budget exceeded.
     VRAMSWAP_OUT_OF_MEMORY = 3,
     /// A named weight set or tensor, a device pointer or a stream is unknown (a pointer this
-    /// context never handed out, a stream it did not create or has destroyed).
+    /// context never handed out, a stream it may not use or destroy: see `vramswap_malloc`).
     VRAMSWAP_NOT_FOUND = 4,
     /// A weight set of that name is already registered.
     VRAMSWAP_ALREADY_EXISTS = 5,

@@ -35,7 +35,7 @@ use std::time::Instant;
 
 use crate::alloc::{CachingAllocator, PressureHandlerId};
 use crate::arena::{ArenaConfig, PinnedArena};
-use crate::backend::{Event, SharedBackend};
+use crate::backend::{Event, SharedBackend, Stream};
 use crate::error::{Error, Result};
 use crate::load::LoadOptions;
 use crate::transfer::{CopyEngine, Transfer};
@@ -265,6 +265,16 @@ impl SwapEngine {
     /// The settings.
     pub fn config(&self) -> &SwapConfig {
         &self.inner.config
+    }
+
+    /// The engine's own copy streams (both directions). Callers that take stream handles from
+    /// outside (the C ABI) check that a caller's stream is not one of them.
+    pub fn copy_streams(&self) -> Vec<Stream> {
+        use crate::transfer::Direction;
+        let c = &self.inner.copy;
+        let mut v = c.streams(Direction::HostToDevice).to_vec();
+        v.extend_from_slice(c.streams(Direction::DeviceToHost));
+        v
     }
 
     /// Whether sets get stable addresses (the virtual-memory API is in use).
