@@ -32,8 +32,8 @@ fn a_cuda_12_4_driver_lacks_what_came_later() {
     };
     let dev = SimDevice::new(emu::state::base_config());
     assert_eq!(emu::init_with_device_and_options(dev, opts), CUDA_SUCCESS);
-    // SAFETY: plain driver calls with valid out-pointers; the events and the stream are the
-    // ones created here.
+    // SAFETY: plain driver calls with valid out-pointers; the events are the ones created
+    // here, and `buf` outlives its registration.
     unsafe {
         let mut v = 0;
         assert_eq!(emu::cuDriverGetVersion(&mut v), CUDA_SUCCESS);
