@@ -366,22 +366,28 @@ fn a_set_registered_from_memory_cannot_be_released() {
     assert_clean(&b);
 }
 
-#[test]
-fn host_budget_releases_the_least_recently_used_reloadable_copy() {
-    let dir = temp_dir("hostbudget");
-    let (pa, _) = save_model(&dir, "a", 11);
-    let (pb, _) = save_model(&dir, "b", 12);
-    let (pc, mc) = save_model(&dir, "c", 13);
+/// Three path sets `a`, `b`, `c` (models of seeds `seed`, `seed + 1`, `seed + 2`) under a host
+/// budget that holds two of them; returns the directory, the backend, the engine and the
+/// models' arrays.
+fn host_budget_engine(tag: &str, seed: u64) -> (PathBuf, SharedBackend, SwapEngine, [Arrays; 3]) {
+    let dir = temp_dir(tag);
+    let saved = [0, 1, 2].map(|i| save_model(&dir, ["a", "b", "c"][i], seed + i as u64));
     let b = backend(256 << 20);
-    let size = std::fs::metadata(&pa).unwrap().len();
+    let size = std::fs::metadata(&saved[0].0).unwrap().len();
     let cfg = SwapConfig {
         host_budget: Some(2 * size + (1 << 16)),
         ..SwapConfig::default()
     };
     let e = SwapEngine::new(b.clone(), cfg).unwrap();
-    for (n, p) in [("a", &pa), ("b", &pb), ("c", &pc)] {
+    for (n, (p, _)) in ["a", "b", "c"].iter().zip(&saved) {
         e.register_path(n, p, LoadOptions::default()).unwrap();
     }
+    (dir, b, e, saved.map(|(_, m)| m))
+}
+
+#[test]
+fn host_budget_releases_the_least_recently_used_reloadable_copy() {
+    let (dir, b, e, [_, _, mc]) = host_budget_engine("hostbudget", 11);
     drop(e.acquire("a").unwrap());
     e.offload("a").unwrap();
     drop(e.acquire("b").unwrap());
@@ -703,20 +709,7 @@ fn direct_mode_sets_swap_in_whatever_their_files_order_and_shards() {
 
 #[test]
 fn host_budget_takes_idle_sets_off_the_device_too_but_never_device_changes() {
-    let dir = temp_dir("hostbudget-device");
-    let (pa, ma) = save_model(&dir, "a", 31);
-    let (pb, mb) = save_model(&dir, "b", 32);
-    let (pc, _) = save_model(&dir, "c", 33);
-    let b = backend(256 << 20);
-    let size = std::fs::metadata(&pa).unwrap().len();
-    let cfg = SwapConfig {
-        host_budget: Some(2 * size + (1 << 16)),
-        ..SwapConfig::default()
-    };
-    let e = SwapEngine::new(b.clone(), cfg).unwrap();
-    for (n, p) in [("a", &pa), ("b", &pb), ("c", &pc)] {
-        e.register_path(n, p, LoadOptions::default()).unwrap();
-    }
+    let (dir, b, e, [ma, mb, _]) = host_budget_engine("hostbudget-device", 31);
     // a and b end up on the device, idle: loading c must take the least recently used one (a)
     // off the device and drop its host copy rather than fail.
     drop(e.acquire("a").unwrap());
