@@ -126,3 +126,35 @@ fn a_handler_that_allocates_and_runs_short_does_not_recurse() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(a.stats().num_ooms, 2);
 }
+
+/// Blocks of the request's size class that are too small, more of them than the bounded
+/// best-fit scan looks at, ahead of the one that fits: the fitting block is still found (the
+/// device has no room for a new segment).
+#[test]
+fn a_fitting_cached_block_behind_many_smaller_ones_of_its_class_is_found() {
+    let b: SharedBackend = Arc::new(SimBackend::with_capacity(3 * MIB));
+    let s = b.stream_create().unwrap();
+    let a = CachingAllocator::new(b.clone(), AllocatorConfig::default()).unwrap();
+    let fit = a.allocate(9728, s).unwrap();
+    let mut seps = vec![a.allocate(512, s).unwrap()];
+    let mut small = Vec::new();
+    for _ in 0..17 {
+        small.push(a.allocate(9216, s).unwrap());
+        seps.push(a.allocate(512, s).unwrap());
+    }
+    let used = 9728 + 512 + 17 * (9216 + 512);
+    let _rest = a.allocate(MIB, s).unwrap();
+    let _rest2 = a.allocate(MIB - used, s).unwrap();
+    assert_eq!(a.stats().segment.current, 1);
+    a.free(fit).unwrap();
+    for p in small {
+        a.free(p).unwrap();
+    }
+    // The last freed is first in its list: the 17 small blocks come before the fitting one.
+    let before = a.stats();
+    let q = a.allocate(9728, s).unwrap();
+    assert_eq!(q, fit);
+    let st = a.stats();
+    assert_eq!(st.cache_hits, before.cache_hits + 1);
+    assert_eq!((st.num_alloc_retries, st.num_ooms), (0, 0));
+}

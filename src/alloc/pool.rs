@@ -374,7 +374,9 @@ impl BlockPool {
 
     /// A free block on `stream` in `kind`'s pool that can serve `rounded` bytes: the best fit
     /// among the first blocks of the request's size class, else the first acceptable block of a
-    /// larger class.
+    /// larger class. When that bounded search finds nothing but left blocks unlooked at, every
+    /// block is looked at: a fitting free block is never missed. Blocks of expandable segments
+    /// ignore `max_split` (they are split whatever their size, see [`BlockPool::take`]).
     pub fn find_free(
         &self,
         kind: PoolKind,
@@ -390,15 +392,43 @@ impl BlockPool {
     }
 
     fn find_in(&self, list: &FreeLists, rounded: u64, max_split: u64) -> Option<u32> {
+        match self.scan(list, rounded, max_split, SCAN) {
+            (Some(i), _) => Some(i),
+            (None, true) => self.scan(list, rounded, max_split, usize::MAX).0,
+            (None, false) => None,
+        }
+    }
+
+    /// Looks at up to `limit` blocks of each size class from the request's on. Returns the
+    /// block found and whether some class had blocks left unlooked at.
+    fn scan(
+        &self,
+        list: &FreeLists,
+        rounded: u64,
+        max_split: u64,
+        limit: usize,
+    ) -> (Option<u32>, bool) {
         let c0 = class(rounded);
-        let mut c = list.next_nonempty(c0)?;
+        let mut cut = false;
+        let Some(mut c) = list.next_nonempty(c0) else {
+            return (None, false);
+        };
         loop {
             let mut cur = list.heads[c];
             let mut best: Option<(u64, u64, u32)> = None;
             let mut n = 0;
-            while cur != NIL && n < SCAN {
+            while cur != NIL {
+                if n == limit {
+                    cut = true;
+                    break;
+                }
                 let b = &self.blocks[cur as usize];
-                if may_serve(b.size, rounded, max_split) {
+                let ms = if self.segments[b.segment as usize].expandable {
+                    u64::MAX
+                } else {
+                    max_split
+                };
+                if may_serve(b.size, rounded, ms) {
                     let key = (b.size, b.addr, cur);
                     if best.is_none_or(|k| (key.0, key.1) < (k.0, k.1)) {
                         best = Some(key);
@@ -411,9 +441,12 @@ impl BlockPool {
                 n += 1;
             }
             if let Some((_, _, i)) = best {
-                return Some(i);
+                return (Some(i), cut);
             }
-            c = list.next_nonempty(c + 1)?;
+            match list.next_nonempty(c + 1) {
+                Some(next) => c = next,
+                None => return (None, cut),
+            }
         }
     }
 

@@ -1,0 +1,44 @@
+//! Expandable segments: `max_split_size` does not refuse expandable blocks. From a review;
+//! each test failed before its fix.
+
+use std::sync::Arc;
+
+use vramswap::alloc::{AllocatorConfig, CachingAllocator, MemoryLimit};
+use vramswap::backend::{sim::SimBackend, SharedBackend};
+
+const MIB: u64 = 1 << 20;
+
+fn sim(capacity: u64) -> (SharedBackend, Arc<SimBackend>) {
+    let sb = Arc::new(SimBackend::with_capacity(capacity));
+    (sb.clone(), sb)
+}
+
+/// With `max_split_size`, a free block of an expandable segment larger than the bound serves
+/// a small request from the cache (it is split, as `take` splits expandable blocks), without
+/// releasing the cache or mapping anything.
+#[test]
+fn max_split_size_does_not_refuse_a_free_expandable_block() {
+    let (b, _sb) = sim(256 * MIB);
+    let s = b.stream_create().unwrap();
+    let a = CachingAllocator::new(
+        b.clone(),
+        AllocatorConfig {
+            expandable_segments: true,
+            max_split_size: 32 * MIB,
+            limit: MemoryLimit::Bytes(44 * MIB),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let x = a.allocate(40 * MIB, s).unwrap();
+    let _y = a.allocate(2 * MIB, s).unwrap();
+    a.free(x).unwrap();
+    let before = a.stats();
+    let r = a.allocate(4 * MIB, s).unwrap();
+    assert_eq!(r, x);
+    let st = a.stats();
+    assert_eq!(st.cache_hits, before.cache_hits + 1);
+    assert_eq!(st.num_alloc_retries, 0);
+    assert_eq!(st.num_device_alloc, before.num_device_alloc);
+    assert_eq!(st.reserved_bytes.current, 42 * MIB);
+}
