@@ -158,3 +158,23 @@ fn a_fitting_cached_block_behind_many_smaller_ones_of_its_class_is_found() {
     assert_eq!(st.cache_hits, before.cache_hits + 1);
     assert_eq!((st.num_alloc_retries, st.num_ooms), (0, 0));
 }
+
+/// Handlers after the one that freed enough are not called, nor counted.
+#[test]
+fn pressure_calls_count_the_handlers_called() {
+    let (_b, a, s) = setup();
+    let held = a.allocate(40 * MIB, s).unwrap();
+    let a2 = a.clone();
+    let second = Arc::new(AtomicU64::new(0));
+    let second2 = second.clone();
+    a.add_pressure_handler(Box::new(move |_| {
+        a2.free(held).map(|_| 40 * MIB).unwrap_or(0)
+    }));
+    a.add_pressure_handler(Box::new(move |_| {
+        second2.fetch_add(1, Ordering::SeqCst);
+        0
+    }));
+    let _q = a.allocate(40 * MIB, s).unwrap();
+    assert_eq!(second.load(Ordering::SeqCst), 0);
+    assert_eq!(a.stats().num_pressure_calls, 1);
+}

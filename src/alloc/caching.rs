@@ -235,6 +235,7 @@ impl CachingAllocator {
         if !handlers.is_empty() && !IN_HANDLER.with(|f| f.get()) {
             drop(st);
             let mut freed = 0u64;
+            let mut calls = 0u64;
             IN_HANDLER.with(|f| f.set(true));
             // Cleared on the way out, a panicking handler included.
             struct Clear;
@@ -245,6 +246,7 @@ impl CachingAllocator {
             }
             let clear = Clear;
             for h in &handlers {
+                calls += 1;
                 freed = freed.saturating_add(h(rounded.saturating_sub(freed)));
                 if freed >= rounded {
                     break;
@@ -252,7 +254,7 @@ impl CachingAllocator {
             }
             drop(clear);
             st = self.lock();
-            st.stats.num_pressure_calls += handlers.len() as u64;
+            st.stats.num_pressure_calls += calls;
             st.stats.num_alloc_retries += 1;
             if !st.pending.is_empty() {
                 self.process_events(&mut st)?;

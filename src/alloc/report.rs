@@ -40,10 +40,10 @@ impl CachingAllocator {
                 };
                 SegmentInfo {
                     address: s.base,
-                    total_size: s.size,
+                    total_size: sum(&|b| b.state != "unmapped"),
                     reserved_range: s.capacity,
                     allocated_size: sum(&|b| b.state == "active_allocated"),
-                    active_size: sum(&|b| b.state != "inactive"),
+                    active_size: sum(&|b| b.state.starts_with("active")),
                     stream: s.stream,
                     segment_type: s.kind,
                     expandable: s.expandable,

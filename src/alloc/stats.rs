@@ -88,7 +88,10 @@ pub struct AllocatorStats {
     pub num_device_alloc: u64,
     /// Backend frees (segments, and page unmappings).
     pub num_device_free: u64,
-    /// Whole-device synchronisations (cache releases only, never on the allocation path).
+    /// Whole-device synchronisations: cache releases (`empty_cache` and the out-of-memory
+    /// ladder), and the fallbacks where a stream is gone (destroyed by its user): a free whose
+    /// recorded stream or poison fill stream is gone, and an allocation that borrows a block
+    /// of a gone stream (the one case on the allocation path).
     pub num_sync_all_streams: u64,
     /// Calls of pressure handlers.
     pub num_pressure_calls: u64,
