@@ -5,8 +5,10 @@
 use std::sync::Arc;
 
 use proptest::prelude::*;
+use vramswap::alloc::MemoryLimit;
 use vramswap::alloc::{round_size, AllocatorConfig, CachingAllocator};
 use vramswap::backend::{sim::SimBackend, DevicePtr, SharedBackend};
+use vramswap::Error;
 
 const MIB: u64 = 1 << 20;
 
@@ -29,23 +31,33 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn run(ops: Vec<Op>, expandable: bool) -> Result<(), TestCaseError> {
-    let sb = Arc::new(SimBackend::with_capacity(512 * MIB));
+    let config = AllocatorConfig {
+        expandable_segments: expandable,
+        ..Default::default()
+    };
+    run_on(ops, 512 * MIB, config)
+}
+
+/// Runs `ops` on a device of `capacity` bytes. Where the device or the limit is too small for
+/// every request, an allocation may fail, with out-of-memory only.
+fn run_on(ops: Vec<Op>, capacity: u64, config: AllocatorConfig) -> Result<(), TestCaseError> {
+    let sb = Arc::new(SimBackend::with_capacity(capacity));
     let b: SharedBackend = sb.clone();
     let streams: Vec<_> = (0..3).map(|_| b.stream_create().unwrap()).collect();
-    let a = CachingAllocator::new(
-        b.clone(),
-        AllocatorConfig {
-            expandable_segments: expandable,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let a = CachingAllocator::new(b.clone(), config).unwrap();
     // The model: live blocks (address, rounded size, requested size).
     let mut live: Vec<(DevicePtr, u64, u64)> = Vec::new();
     for op in ops {
         match op {
             Op::Alloc { size, stream } => {
-                let p = a.allocate(size, streams[stream]).unwrap();
+                let p = match a.allocate(size, streams[stream]) {
+                    Ok(p) => p,
+                    Err(e @ Error::AllocatorOutOfMemory { .. }) if capacity < 512 * MIB => {
+                        prop_assert!(e.is_out_of_memory());
+                        continue;
+                    }
+                    Err(e) => return Err(TestCaseError::fail(format!("{e}"))),
+                };
                 let bs = a.block_size(p).unwrap();
                 prop_assert!(bs >= round_size(size, 0).unwrap());
                 for &(q, qs, _) in &live {
@@ -63,20 +75,7 @@ fn run(ops: Vec<Op>, expandable: bool) -> Result<(), TestCaseError> {
             Op::EmptyCache => a.empty_cache().unwrap(),
             _ => {}
         }
-        let st = a.stats();
-        prop_assert_eq!(
-            st.allocated_bytes.current,
-            live.iter().map(|l| l.1).sum::<u64>()
-        );
-        prop_assert_eq!(
-            st.requested_bytes.current,
-            live.iter().map(|l| l.2).sum::<u64>()
-        );
-        prop_assert_eq!(st.allocation.current, live.len() as u64);
-        prop_assert!(st.active.current >= st.allocation.current);
-        prop_assert!(st.reserved_bytes.current >= st.active_bytes.current);
-        prop_assert!(st.active_bytes.current >= st.allocated_bytes.current);
-        prop_assert_eq!(st.cache_hits + st.cache_misses, st.allocation.allocated);
+        check(&a, &sb, &live, capacity < 512 * MIB)?;
     }
     for (p, _, _) in live.drain(..) {
         a.free(p).unwrap();
@@ -96,6 +95,41 @@ fn run(ops: Vec<Op>, expandable: bool) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The statistics equal the model's, and the reserved bytes what the device and the snapshot
+/// hold. `tight`: requests may have missed the cache, then been served from it after a
+/// release, or failed.
+fn check(
+    a: &CachingAllocator,
+    sb: &SimBackend,
+    live: &[(DevicePtr, u64, u64)],
+    tight: bool,
+) -> Result<(), TestCaseError> {
+    {
+        let st = a.stats();
+        prop_assert_eq!(
+            st.allocated_bytes.current,
+            live.iter().map(|l| l.1).sum::<u64>()
+        );
+        prop_assert_eq!(
+            st.requested_bytes.current,
+            live.iter().map(|l| l.2).sum::<u64>()
+        );
+        prop_assert_eq!(st.allocation.current, live.len() as u64);
+        prop_assert!(st.active.current >= st.allocation.current);
+        prop_assert!(st.reserved_bytes.current >= st.active_bytes.current);
+        prop_assert!(st.active_bytes.current >= st.allocated_bytes.current);
+        if tight {
+            prop_assert!(st.cache_hits + st.cache_misses >= st.allocation.allocated);
+        } else {
+            prop_assert_eq!(st.cache_hits + st.cache_misses, st.allocation.allocated);
+        }
+        prop_assert_eq!(st.reserved_bytes.current, sb.device().leaks().device_bytes);
+        let held: u64 = a.snapshot().segments.iter().map(|s| s.total_size).sum();
+        prop_assert_eq!(held, st.reserved_bytes.current);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
@@ -111,5 +145,21 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..80)
     ) {
         run(ops, true)?;
+    }
+
+    #[test]
+    fn random_ops_on_a_small_device_under_a_limit_fail_only_with_out_of_memory(
+        ops in proptest::collection::vec(op(), 1..120),
+        expandable in any::<bool>(),
+        limit in prop_oneof![Just(MemoryLimit::None), (16u64..64).prop_map(|m| MemoryLimit::Bytes(m * MIB))],
+        max_split in prop_oneof![Just(u64::MAX), Just(8 * MIB), Just(20 * MIB)],
+    ) {
+        let config = AllocatorConfig {
+            expandable_segments: expandable,
+            limit,
+            max_split_size: max_split,
+            ..Default::default()
+        };
+        run_on(ops, 64 * MIB, config)?;
     }
 }

@@ -100,6 +100,8 @@ pub struct CachingAllocator {
     config: AllocatorConfig,
     limit: Option<u64>,
     granularity: u64,
+    /// The device's memory in all.
+    device_total: u64,
     state: Mutex<State>,
     handlers: Mutex<Vec<(u64, SharedHandler)>>,
     next_handler: std::sync::atomic::AtomicU64,
@@ -146,6 +148,7 @@ impl CachingAllocator {
             backend,
             limit,
             granularity,
+            device_total: total,
             state: Mutex::new(State {
                 pool: BlockPool::new(),
                 live: AddrMap::with_capacity_and_hasher(1024, Default::default()),
@@ -439,18 +442,30 @@ impl CachingAllocator {
             .filter(|(_, s)| s.expandable)
             .map(|(i, _)| i)
             .collect();
+        let mut result = Ok(());
         for seg in expandable {
-            let s = st.pool.segment(seg).clone();
-            for (start, bytes) in st.pool.carve_unmappable(seg, self.granularity) {
-                self.unmap_pages(st, start, bytes)?;
-            }
-            if st.pool.drop_unmapped_tail(seg) {
-                self.backend
-                    .free_reservation(DevicePtr(s.base), s.capacity)?;
-                st.stats.segment.sub(1);
+            result = self.release_expandable(st, seg);
+            if result.is_err() {
+                break;
             }
         }
         self.update_split_stats(st);
+        result
+    }
+
+    /// Unmaps the whole free pages of an expandable segment, cuts unmapped pages off its end,
+    /// and frees its reservation when nothing of it is mapped. On an error the bookkeeping
+    /// says exactly what is still mapped and reserved.
+    fn release_expandable(&self, st: &mut State, seg: u32) -> Result<()> {
+        self.unmap_free_pages(st, seg)?;
+        if st.pool.all_unmapped(seg) {
+            let s = st.pool.segment(seg);
+            // Freed first: a segment whose reservation could not be freed stays, as one
+            // hole, and a later release tries again.
+            self.free_reservation(DevicePtr(s.base), s.capacity)?;
+            st.stats.segment.sub(1);
+        }
+        st.pool.drop_unmapped_tail(seg);
         Ok(())
     }
 

@@ -1,14 +1,43 @@
-//! Expandable segments: one reserved virtual range per stream for the large pool, grown by
-//! mapping granularity-sized pages at its end and shrunk by unmapping free tail pages.
+//! Expandable segments: reserved virtual ranges per stream for the large pool, grown by
+//! mapping granularity-sized pages (in unmapped holes, or at the end) and shrunk by unmapping
+//! free pages.
 
 use super::{is_oom, CachingAllocator, State};
 use crate::alloc::history::HistoryEvent;
 use crate::alloc::sizing::PoolKind;
 use crate::backend::{DevicePtr, Stream};
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// How many times the device's memory one reserved range spans. Address space is cheap, and a
+/// larger range fills up with unmapped holes later; a full one gets a successor anyway.
+const RANGE_PER_DEVICE: u64 = 2;
+
+/// Where freshly mapped pages go in the pool.
+#[derive(Clone, Copy)]
+enum Into {
+    /// The start of an unmapped hole (block index).
+    Hole(u32),
+    /// The end of a segment.
+    Tail(u32),
+    /// A new segment over a reservation of this many bytes.
+    Fresh(u64),
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test hook: the number of backend unmaps that succeed before one fails (once).
+    pub(super) static UNMAP_FAILS_AFTER: std::cell::Cell<Option<u64>> =
+        const { std::cell::Cell::new(None) };
+    /// Test hook: the next `free_reservation` fails (once).
+    pub(super) static FREE_RESERVATION_FAILS: std::cell::Cell<bool> =
+        const { std::cell::Cell::new(false) };
+}
 
 impl CachingAllocator {
-    /// Grows the stream's expandable segment so that its free tail can serve `rounded` bytes.
+    /// Maps pages of the stream's expandable segments so that a free block can serve
+    /// `rounded` bytes, and hands it out: the pages a request needs in an unmapped hole, else
+    /// at the end of a segment with room, else in a new reserved range. `Ok(None)` when the
+    /// limit or the device has no room.
     pub(super) fn try_expand(
         &self,
         st: &mut State,
@@ -17,91 +46,130 @@ impl CachingAllocator {
         stream: Stream,
     ) -> Result<Option<DevicePtr>> {
         let g = self.granularity;
-        let seg = st.pool.expandable_segment(PoolKind::Large, stream.0);
-        let (have, used, capacity) = match seg {
-            Some(s) => {
-                let tail = st.pool.free_tail(s, stream.0).map_or(0, |(_, n)| n);
-                let sg = st.pool.segment(s);
-                (tail, sg.size, sg.capacity)
-            }
-            None => (0, 0, 0),
-        };
-        // A hole left by an earlier cache release, mapped again, may be enough.
-        if let Some((hole, addr, bytes)) = seg.and_then(|s| st.pool.find_hole(s, stream.0, rounded))
-        {
-            let reserved = st.stats.reserved_bytes.current;
-            if self
-                .limit
-                .is_some_and(|l| reserved.saturating_add(bytes) > l)
-            {
-                return Ok(None);
-            }
-            if !self.map_pages(st, addr, bytes)? {
-                return Ok(None);
-            }
-            st.pool.fill_hole(hole, stream.0);
-            let idx = st.pool.find_free(
-                PoolKind::Large,
-                stream.0,
-                rounded,
-                self.config.max_split_size,
-            );
-            return Ok(idx.map(|i| self.hand_out(st, i, size, rounded)));
-        }
-        let need = (rounded - have.min(rounded)).div_ceil(g) * g;
-        if need == 0 {
-            if let Some((i, _)) = seg.and_then(|s| st.pool.free_tail(s, stream.0)) {
-                return Ok(Some(self.hand_out(st, i, size, rounded)));
-            }
-        }
-        let reserved = st.stats.reserved_bytes.current;
-        if self
-            .limit
-            .is_some_and(|l| reserved.saturating_add(need) > l)
-        {
+        // Nothing larger than the device (or the limit) can ever be mapped. Refusing it here
+        // also keeps every sum below far from overflowing.
+        let most = self.limit.unwrap_or(u64::MAX).min(self.device_total);
+        if rounded > most {
             return Ok(None);
         }
-        let (seg, base) = match seg {
-            Some(s) if used + need <= capacity => (Some(s), st.pool.segment(s).base),
-            Some(_) => return Ok(None),
-            None => {
-                // Reserve room for the whole device (or the limit): address space is free.
-                let total = self.backend.mem_info()?.total;
-                let cap = self.limit.unwrap_or(total).min(total).max(need).div_ceil(g) * g;
-                let va = match self.backend.reserve(cap) {
-                    Ok(v) => v,
-                    Err(e) if is_oom(&e) => return Ok(None),
-                    Err(e) => return Err(e),
-                };
-                match self.map_pages(st, va.0, need) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        self.backend.free_reservation(va, cap)?;
-                        return Ok(None);
-                    }
-                    Err(e) => {
-                        let _ = self.backend.free_reservation(va, cap);
-                        return Err(e);
-                    }
+        let segs: Vec<u32> = st
+            .pool
+            .expandable_segments(PoolKind::Large, stream.0)
+            .collect();
+        // A hole left by an earlier cache release: map only the pages the request needs.
+        if let Some((hole, start, bytes)) = segs
+            .iter()
+            .filter_map(|&s| st.pool.hole_for(s, stream.0, rounded, g))
+            .min_by_key(|&(_, _, bytes)| bytes)
+        {
+            if self.within_limit(st, bytes) {
+                if let Some(i) = self.map_into(st, Into::Hole(hole), start, bytes, stream)? {
+                    return Ok(Some(self.hand_out(st, i, size, rounded)));
                 }
-                let idx = st
-                    .pool
-                    .add_segment(va.0, need, cap, stream.0, PoolKind::Large, true);
-                st.stats.segment.add(1);
-                return Ok(Some(self.hand_out(st, idx, size, rounded)));
             }
-        };
-        let seg = seg.expect("matched Some above");
-        if !self.map_pages(st, base + used, need)? {
+            // Over the limit or the device full: growing a tail may need fewer pages.
+        }
+        // The end of the segment that needs the fewest new pages and has room for them.
+        let tail = segs
+            .iter()
+            .filter_map(|&s| {
+                let have = st.pool.free_tail(s, stream.0).map_or(0, |(_, n)| n);
+                let need = (rounded - have.min(rounded)).next_multiple_of(g);
+                let sg = st.pool.segment(s);
+                (need <= sg.capacity - sg.size).then_some((need, s))
+            })
+            .min();
+        if let Some((need, seg)) = tail {
+            if need == 0 {
+                if let Some((i, _)) = st.pool.free_tail(seg, stream.0) {
+                    return Ok(Some(self.hand_out(st, i, size, rounded)));
+                }
+            }
+            if !self.within_limit(st, need) {
+                return Ok(None);
+            }
+            let sg = st.pool.segment(seg);
+            let at = sg.base + sg.size;
+            return match self.map_into(st, Into::Tail(seg), at, need, stream)? {
+                Some(i) => Ok(Some(self.hand_out(st, i, size, rounded))),
+                None => Ok(None),
+            };
+        }
+        // Every range is full (of mapped pages and holes), or there is none: reserve one.
+        let need = rounded.next_multiple_of(g);
+        if !self.within_limit(st, need) {
             return Ok(None);
         }
-        let idx = st.pool.grow(seg, need, stream.0);
-        Ok(Some(self.hand_out(st, idx, size, rounded)))
+        let cap = self
+            .device_total
+            .saturating_mul(RANGE_PER_DEVICE)
+            .max(need)
+            .checked_next_multiple_of(g)
+            .ok_or_else(|| Error::InvalidArgument(format!("a range of {need} bytes overflows")))?;
+        let va = match self.backend.reserve(cap) {
+            Ok(v) => v,
+            Err(e) if is_oom(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match self.map_into(st, Into::Fresh(cap), va.0, need, stream)? {
+            Some(i) => Ok(Some(self.hand_out(st, i, size, rounded))),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether `bytes` more stay under the limit.
+    fn within_limit(&self, st: &State, bytes: u64) -> bool {
+        let reserved = st.stats.reserved_bytes.current;
+        self.limit
+            .is_none_or(|l| reserved.checked_add(bytes).is_some_and(|r| r <= l))
+    }
+
+    /// Maps `bytes` of pages at `va` for `into` and records in the pool whatever stays mapped.
+    /// Returns the free block that holds the new pages (merged with its free neighbours) when
+    /// all were mapped; `None` when the device is full (nothing stays mapped then).
+    fn map_into(
+        &self,
+        st: &mut State,
+        into: Into,
+        va: u64,
+        bytes: u64,
+        stream: Stream,
+    ) -> Result<Option<u32>> {
+        let (mapped, err) = self.map_pages(st, va, bytes);
+        let block = if mapped > 0 {
+            Some(match into {
+                Into::Hole(h) => st.pool.map_hole(h, mapped, stream.0),
+                Into::Tail(seg) => st.pool.grow(seg, mapped, stream.0),
+                Into::Fresh(cap) => {
+                    st.stats.segment.add(1);
+                    st.pool
+                        .add_segment(va, mapped, cap, stream.0, PoolKind::Large, true)
+                }
+            })
+        } else {
+            if let Into::Fresh(cap) = into {
+                if let Err(e) = self.free_reservation(DevicePtr(va), cap) {
+                    return Err(match err {
+                        Some(m) if !is_oom(&m) => m,
+                        _ => e,
+                    });
+                }
+            }
+            None
+        };
+        match err {
+            None => Ok(block),
+            Some(e) if is_oom(&e) => Ok(None),
+            Some(e) => Err(e),
+        }
     }
 
     /// Maps `bytes` of fresh pages at `va`, one physical allocation per page so any page can
-    /// be unmapped alone. `Ok(false)` (with nothing left mapped) when the device is full.
-    fn map_pages(&self, st: &mut State, va: u64, bytes: u64) -> Result<bool> {
+    /// be unmapped alone. On a failure the pages mapped are unmapped again, last first.
+    /// Returns the bytes that stay mapped from `va` on (all, or normally none after a failure;
+    /// some when unmapping failed too), accounted in the statistics, and the error (the
+    /// unmap's, when undoing failed).
+    fn map_pages(&self, st: &mut State, va: u64, bytes: u64) -> (u64, Option<Error>) {
         let g = self.granularity;
         let mut done = 0;
         let mut fail = None;
@@ -120,36 +188,78 @@ impl CachingAllocator {
                 }
             }
         }
-        if let Some(e) = fail {
-            let mut off = 0;
-            while off < done {
-                self.backend.unmap(DevicePtr(va + off), g)?;
-                off += g;
+        if fail.is_some() {
+            while done > 0 {
+                if let Err(e) = self.unmap_page(va + done - g) {
+                    fail = Some(e);
+                    break;
+                }
+                done -= g;
             }
-            return if is_oom(&e) { Ok(false) } else { Err(e) };
         }
-        st.stats.num_device_alloc += bytes / g;
-        st.stats.reserved_bytes.add(bytes);
-        st.history.push(HistoryEvent::SegmentAlloc {
-            addr: va,
-            size: bytes,
-        });
-        Ok(true)
+        if done > 0 {
+            st.stats.num_device_alloc += done / g;
+            st.stats.reserved_bytes.add(done);
+            st.history.push(HistoryEvent::SegmentAlloc {
+                addr: va,
+                size: done,
+            });
+        }
+        (done, fail)
     }
 
-    pub(super) fn unmap_pages(&self, st: &mut State, va: u64, bytes: u64) -> Result<()> {
+    /// Unmaps the whole free pages of expandable segment `seg` and marks them as holes.
+    /// Returns the first error, with exactly the pages unmapped until then marked.
+    pub(super) fn unmap_free_pages(&self, st: &mut State, seg: u32) -> Result<()> {
         let g = self.granularity;
-        let mut off = 0;
-        while off < bytes {
-            self.backend.unmap(DevicePtr(va + off), g)?;
-            off += g;
+        for (start, bytes) in st.pool.unmappable_ranges(seg, g) {
+            let mut done = 0;
+            let mut fail = None;
+            while done < bytes {
+                if let Err(e) = self.unmap_page(start + done) {
+                    fail = Some(e);
+                    break;
+                }
+                done += g;
+            }
+            if done > 0 {
+                st.pool.mark_unmapped(seg, start, done);
+                st.stats.num_device_free += done / g;
+                st.stats.reserved_bytes.sub(done);
+                st.history.push(HistoryEvent::SegmentFree {
+                    addr: start,
+                    size: done,
+                });
+            }
+            if let Some(e) = fail {
+                return Err(e);
+            }
         }
-        st.stats.num_device_free += bytes / g;
-        st.stats.reserved_bytes.sub(bytes);
-        st.history.push(HistoryEvent::SegmentFree {
-            addr: va,
-            size: bytes,
-        });
         Ok(())
     }
+
+    fn unmap_page(&self, va: u64) -> Result<()> {
+        #[cfg(test)]
+        if let Some(n) = UNMAP_FAILS_AFTER.get() {
+            UNMAP_FAILS_AFTER.set(n.checked_sub(1));
+            if n == 0 {
+                return Err(Error::InvalidState("injected unmap failure".into()));
+            }
+        }
+        self.backend.unmap(DevicePtr(va), self.granularity)
+    }
+
+    pub(super) fn free_reservation(&self, va: DevicePtr, bytes: u64) -> Result<()> {
+        #[cfg(test)]
+        if FREE_RESERVATION_FAILS.replace(false) {
+            return Err(Error::InvalidState(
+                "injected free_reservation failure".into(),
+            ));
+        }
+        self.backend.free_reservation(va, bytes)
+    }
 }
+
+#[cfg(test)]
+#[path = "expandable_tests.rs"]
+mod tests;

@@ -59,7 +59,8 @@ pub struct Block {
 pub struct Segment {
     /// First byte.
     pub base: u64,
-    /// Bytes in use by blocks (mapped bytes, for an expandable segment).
+    /// Bytes its blocks tile (for an expandable segment, from the base to the end of the last
+    /// mapped page: unmapped holes included, so more than the mapped bytes when it has holes).
     pub size: u64,
     /// Reserved address range (equals `size` unless expandable).
     pub capacity: u64,

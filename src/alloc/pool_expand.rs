@@ -4,10 +4,14 @@ use super::{Block, BlockPool, BlockState, NIL};
 use crate::alloc::sizing::PoolKind;
 
 impl BlockPool {
-    /// The expandable segment of `kind` on `stream`, if any.
-    pub fn expandable_segment(&self, kind: PoolKind, stream: u64) -> Option<u32> {
+    /// The expandable segments of `kind` on `stream`, oldest slot first.
+    pub fn expandable_segments(
+        &self,
+        kind: PoolKind,
+        stream: u64,
+    ) -> impl Iterator<Item = u32> + '_ {
         self.segments()
-            .find(|(_, s)| s.expandable && s.kind == kind && s.stream == stream)
+            .filter(move |(_, s)| s.expandable && s.kind == kind && s.stream == stream)
             .map(|(i, _)| i)
     }
 
@@ -129,40 +133,75 @@ impl BlockPool {
         up
     }
 
+    /// The whole granules (relative to the base) inside every free block of a segment, as
+    /// ranges `(start, bytes)`, one per free block that holds any.
+    pub fn unmappable_ranges(&self, seg: u32, granule: u64) -> Vec<(u64, u64)> {
+        let base = self.segments[seg as usize].base;
+        self.blocks_of(seg)
+            .filter(|(_, b)| b.state == BlockState::Free)
+            .filter_map(|(_, b)| {
+                let lo = base + (b.addr - base).div_ceil(granule) * granule;
+                let hi = base + (b.addr + b.size - base) / granule * granule;
+                (hi > lo).then(|| (lo, hi - lo))
+            })
+            .collect()
+    }
+
+    /// Marks `[start, start + bytes)`, which lies inside one free block of `seg`, as
+    /// [`BlockState::Unmapped`] (its pages were unmapped by the caller); the parts of the free
+    /// block before and after it stay free.
+    pub fn mark_unmapped(&mut self, seg: u32, start: u64, bytes: u64) {
+        let Some(i) = self
+            .blocks_of(seg)
+            .find(|(_, b)| {
+                b.state == BlockState::Free && b.addr <= start && start + bytes <= b.addr + b.size
+            })
+            .map(|(i, _)| i)
+        else {
+            debug_assert!(false, "no free block holds {start:#x}+{bytes}");
+            return;
+        };
+        let (addr, size) = (self.blocks[i as usize].addr, self.blocks[i as usize].size);
+        self.unaccount(seg);
+        self.unlink_free(i);
+        let mut mid = i;
+        if start > addr {
+            mid = self.split_at(i, start - addr);
+            self.push_free(i);
+        }
+        if start + bytes < addr + size {
+            let up = self.split_at(mid, bytes);
+            self.push_free(up);
+        }
+        self.blocks[mid as usize].state = BlockState::Unmapped;
+        // Neighbouring holes become one, so that a request can use them together.
+        let unmapped =
+            |p: &Self, i: u32| i != NIL && p.blocks[i as usize].state == BlockState::Unmapped;
+        if unmapped(self, self.blocks[mid as usize].next) {
+            self.absorb_next(mid);
+        }
+        let prev = self.blocks[mid as usize].prev;
+        if unmapped(self, prev) {
+            self.absorb_next(prev);
+        }
+        self.account(seg);
+    }
+
     /// Marks the whole granules inside every free block of an expandable segment as
     /// [`BlockState::Unmapped`] (splitting off the unaligned ends, which stay free) and returns
     /// their ranges `(start, bytes)`, which the caller unmaps.
     pub fn carve_unmappable(&mut self, seg: u32, granule: u64) -> Vec<(u64, u64)> {
-        let base = self.segments[seg as usize].base;
-        let free: Vec<u32> = self
-            .blocks_of(seg)
-            .filter(|(_, b)| b.state == BlockState::Free)
-            .map(|(i, _)| i)
-            .collect();
-        let mut out = Vec::new();
-        self.unaccount(seg);
-        for i in free {
-            let (addr, size) = (self.blocks[i as usize].addr, self.blocks[i as usize].size);
-            let lo = base + (addr - base).div_ceil(granule) * granule;
-            let hi = base + (addr + size - base) / granule * granule;
-            if hi <= lo {
-                continue;
-            }
-            self.unlink_free(i);
-            let mut mid = i;
-            if lo > addr {
-                mid = self.split_at(i, lo - addr);
-                self.push_free(i);
-            }
-            if hi < addr + size {
-                let up = self.split_at(mid, hi - lo);
-                self.push_free(up);
-            }
-            self.blocks[mid as usize].state = BlockState::Unmapped;
-            out.push((lo, hi - lo));
+        let out = self.unmappable_ranges(seg, granule);
+        for &(start, bytes) in &out {
+            self.mark_unmapped(seg, start, bytes);
         }
-        self.account(seg);
         out
+    }
+
+    /// Whether every block of a segment is an unmapped hole (nothing of it is mapped).
+    pub fn all_unmapped(&self, seg: u32) -> bool {
+        self.blocks_of(seg)
+            .all(|(_, b)| b.state == BlockState::Unmapped)
     }
 
     /// Cuts unmapped blocks off the end of a segment; a segment left empty is removed (true).
@@ -189,9 +228,18 @@ impl BlockPool {
         false
     }
 
-    /// An unmapped hole of a segment that, mapped again and joined with its free neighbours on
-    /// `stream`, would hold `rounded` bytes.
-    pub fn find_hole(&self, seg: u32, stream: u64, rounded: u64) -> Option<(u32, u64, u64)> {
+    /// The pages to map so that a hole of a segment, joined with its free neighbours on
+    /// `stream`, holds `rounded` bytes: `(hole, start, bytes)`, for the hole that needs the
+    /// fewest. Only the granules the request needs are mapped, from the start of the hole
+    /// (after a free neighbour, where the request then begins); the whole hole only when its
+    /// next free neighbour is needed too.
+    pub fn hole_for(
+        &self,
+        seg: u32,
+        stream: u64,
+        rounded: u64,
+        granule: u64,
+    ) -> Option<(u32, u64, u64)> {
         let side = |i: u32| -> u64 {
             if i == NIL {
                 return 0;
@@ -205,13 +253,31 @@ impl BlockPool {
         };
         self.blocks_of(seg)
             .filter(|(_, b)| b.state == BlockState::Unmapped)
-            .find(|(_, b)| side(b.prev) + b.size + side(b.next) >= rounded)
-            .map(|(i, b)| (i, b.addr, b.size))
+            .filter_map(|(i, b)| {
+                let before = side(b.prev);
+                let room = before.checked_add(b.size)?.checked_add(side(b.next))?;
+                if room < rounded {
+                    return None;
+                }
+                let want = rounded
+                    .saturating_sub(before)
+                    .checked_next_multiple_of(granule)?
+                    .max(granule);
+                Some((i, b.addr, want.min(b.size)))
+            })
+            .min_by_key(|&(_, _, bytes)| bytes)
     }
 
-    /// Marks a hole mapped again (its pages were mapped by the caller): it becomes a free block
-    /// on `stream`, merged with its free neighbours on that stream. Returns the merged block.
-    pub fn fill_hole(&mut self, idx: u32, stream: u64) -> u32 {
+    /// Marks the first `bytes` of hole `idx` mapped again (the caller mapped them): they
+    /// become a free block on `stream`, merged with its free neighbours on that stream; the
+    /// rest of the hole stays unmapped. Returns the merged block.
+    pub fn map_hole(&mut self, idx: u32, bytes: u64, stream: u64) -> u32 {
+        let seg = self.blocks[idx as usize].segment;
+        if bytes < self.blocks[idx as usize].size {
+            self.unaccount(seg);
+            self.split_at(idx, bytes);
+            self.account(seg);
+        }
         self.blocks[idx as usize].stream = stream;
         self.release(idx)
     }
@@ -240,6 +306,12 @@ impl BlockPool {
             for (bi, b) in self.blocks_of(si) {
                 if b.addr != at || b.segment != si || b.prev != prev || b.size == 0 {
                     return Err(format!("segment {si}: block {bi} {b:?} breaks the tiling"));
+                }
+                if b.state == BlockState::Unmapped
+                    && prev != NIL
+                    && self.blocks[prev as usize].state == BlockState::Unmapped
+                {
+                    return Err(format!("unmerged unmapped neighbours {prev} and {bi}"));
                 }
                 if b.state == BlockState::Free {
                     free_bytes += b.size;

@@ -231,9 +231,24 @@ fn a_middle_hole_is_found_and_merges_with_its_free_neighbours() {
     assert_eq!(holes, vec![(0x1000_0000 + 2 * MIB, 4 * MIB)]);
     assert_eq!(p.free_bytes(), 0);
     assert_eq!(p.mapped_ranges(0).len(), 2);
-    let (h, addr, size) = p.find_hole(0, 1, 3 * MIB).unwrap();
+    let (h, addr, size) = p.hole_for(0, 1, 3 * MIB, 2 * MIB).unwrap();
     assert_eq!((addr, size), (0x1000_0000 + 2 * MIB, 4 * MIB));
-    p.fill_hole(h, 1);
+    // A 1.5 MiB request needs one of the hole's two 2 MiB pages; the other stays unmapped.
+    let (h2, addr2, size2) = p.hole_for(0, 1, 3 * MIB / 2, 2 * MIB).unwrap();
+    assert_eq!((h2, addr2, size2), (h, addr, 2 * MIB));
+    let m = p.map_hole(h, size2, 1);
+    assert_eq!(p.block(m).size, 2 * MIB);
+    p.check().unwrap();
+    assert_eq!(p.free_bytes(), 2 * MIB);
+    assert_eq!(
+        p.mapped_ranges(0),
+        vec![(0x1000_0000, 4 * MIB), (0x1000_0000 + 6 * MIB, 2 * MIB)]
+    );
+    // The rest of the hole, mapped too, merges with the free block before it.
+    let (h3, addr3, size3) = p.hole_for(0, 1, 4 * MIB, 2 * MIB).unwrap();
+    assert_eq!((addr3, size3), (0x1000_0000 + 4 * MIB, 2 * MIB));
+    let m = p.map_hole(h3, size3, 1);
+    assert_eq!(p.block(m).size, 4 * MIB);
     p.check().unwrap();
     assert_eq!(p.free_bytes(), 4 * MIB);
     let _ = a;
