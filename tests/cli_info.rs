@@ -77,3 +77,25 @@ fn unknown_backend_name_is_rejected() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `vramswap info | head -0`: the reader is gone before the first write. `println!` used to
+    // panic there ("failed printing to stdout: Broken pipe", exit 101, a backtrace).
+    for args in [
+        &["info", "--backend", "sim"][..],
+        &["replay", "--backend", "sim", "--generate", "small"],
+    ] {
+        let mut child = vramswap()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {err}");
+    }
+}

@@ -66,6 +66,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
     let open = || backend::open(cli.backend, cli.device);
     let result = match cli.command {
@@ -90,6 +91,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so a write to a closed pipe (`vramswap bench --json | head -1`) is an
+/// error, and `println!` panics on it. A command-line tool should end quietly there, as `cat`
+/// and `grep` do: restore the default action before printing anything.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: `signal` with a valid signal number and `SIG_DFL` only changes this process's
+    // disposition of SIGPIPE; it runs first in `main`, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
