@@ -67,3 +67,16 @@ fn sizes_of_zero_or_past_u64_bytes_are_clean_usage_errors() {
         }
     }
 }
+
+#[test]
+fn a_set_larger_than_the_device_is_refused_before_it_is_built() {
+    // 100 000 MiB on the simulated 8 GiB device: refused at once (it used to be built in host
+    // memory first, until the machine ran out).
+    let out = Command::new(env!("CARGO_BIN_EXE_vramswap"))
+        .args(["swap-bench", "--backend", "sim", "--size-mb", "100000"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot fit the device"), "{err}");
+}

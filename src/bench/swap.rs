@@ -52,6 +52,14 @@ pub fn llama_like_shapes(bytes: u64, layers: usize) -> Vec<(String, Vec<u64>)> {
 
 /// Registers a synthetic Llama-like set of about `bytes` bytes with pseudo-random contents.
 pub fn register_synthetic(engine: &SwapEngine, name: &str, bytes: u64, seed: u64) -> Result<u64> {
+    // The set is built in host memory before it is registered: refuse what could never be on
+    // the device before allocating it (a typo of a size would otherwise exhaust host memory).
+    let device = engine.backend().properties().total_memory;
+    if bytes > device {
+        return Err(Error::InvalidArgument(format!(
+            "a set of {bytes} bytes cannot fit the device's {device} bytes"
+        )));
+    }
     let shapes = llama_like_shapes(bytes, 8);
     let mut bufs = Vec::with_capacity(shapes.len());
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
