@@ -120,6 +120,9 @@ fn load_on_sim_reports_bytes_and_throughput() {
         assert_eq!(v["tensors"], 3);
         assert_eq!(v["direct"], extra[0] == "--direct");
         assert!(v["gb_per_s"].as_f64().unwrap() >= 0.0);
+        // The copy alone, without the one-time pinning inside the same command, is never slower.
+        assert!(v["copy_gb_per_s"].as_f64().unwrap() >= v["gb_per_s"].as_f64().unwrap());
+        assert!(v["pin_seconds"].as_f64().unwrap() >= 0.0);
     }
     let out = vramswap()
         .args(["--backend", "sim", "load"])
