@@ -109,7 +109,7 @@ pub fn bytes_arg(v: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<u6
         return Ok(None);
     };
     if let Ok(s) = v.extract::<String>() {
-        return vramswap::swap::parse_bytes(&s).py().map(Some);
+        return vramswap::swap::parse_bytes_for(what, &s).py().map(Some);
     }
     if v.is_instance_of::<PyBool>() {
         return Err(PyTypeError::new_err(format!(

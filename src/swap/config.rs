@@ -34,6 +34,14 @@ fn conf_err(key: &str, problem: impl Into<String>) -> Error {
     }
 }
 
+/// [`parse_bytes`] for the setting `key`: its errors name that setting instead of `size`.
+pub fn parse_bytes_for(key: &str, s: &str) -> Result<u64> {
+    parse_bytes(s).map_err(|e| match e {
+        Error::Config { problem, .. } => conf_err(key, problem),
+        other => other,
+    })
+}
+
 /// Parses a byte size: a plain number of bytes, or a number with a unit (`B`, `KB`, `MB`, `GB`,
 /// `TB` in powers of 1000; `KiB`, `MiB`, `GiB`, `TiB` in powers of 1024), e.g. `24GiB`.
 pub fn parse_bytes(s: &str) -> Result<u64> {
@@ -93,8 +101,14 @@ impl SwapConfig {
                 _ => Err(conf_err(k, format!("`{v}` is not true or false"))),
             };
             match k {
-                "device_budget" => self.device_budget = Some(parse_bytes(v)?),
-                "host_budget" => self.host_budget = Some(parse_bytes(v)?),
+                "device_budget" | "host_budget" => {
+                    let b = Some(parse_bytes_for(k, v)?);
+                    if k == "device_budget" {
+                        self.device_budget = b;
+                    } else {
+                        self.host_budget = b;
+                    }
+                }
                 "idle_timeout_s" => self.idle_timeout = Some(parse_secs(k, v)?),
                 "chunk_mb" => {
                     let mb: u64 = v
@@ -172,6 +186,11 @@ mod tests {
             .to_string()
             .contains("unknown key"));
         assert!(c.apply("verify:maybe").is_err());
+        let e = c.apply("device_budget:24XB").unwrap_err().to_string();
+        assert!(
+            e.contains("`device_budget`") && e.contains("unknown unit"),
+            "{e}"
+        );
         // Out of range is an error, not a panic or a wrapped value.
         assert!(c.apply("idle_timeout_s:1e300").is_err());
         assert!(c.apply("chunk_mb:18446744073709551615").is_err());

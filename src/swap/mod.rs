@@ -41,7 +41,7 @@ use crate::load::LoadOptions;
 use crate::transfer::{CopyEngine, Transfer};
 use crate::weights::{DType, HostWeights};
 
-pub use config::{parse_bytes, SwapConfig};
+pub use config::{parse_bytes, parse_bytes_for, SwapConfig};
 pub use guard::WeightGuard;
 pub use status::{gbps, Counters, EngineStatus, Residency, SetStatus};
 

@@ -12,7 +12,8 @@ pub struct Args {
     /// Print one JSON object (for pasting into an issue).
     #[arg(long)]
     json: bool,
-    /// Size of the round trip's weight set in MiB.
+    /// Size of the round trip's weight set in MiB, roughly: the set is made of whole Llama-like
+    /// tensors, so it comes out near this size (at least a few MiB).
     #[arg(long, default_value_t = 256, value_parser = crate::size_mib)]
     size_mb: u64,
     /// Skip the bandwidth table.
