@@ -35,9 +35,10 @@ fn quick_bench_json_has_sane_figures_for_every_direction() {
         );
         for p in d["sweep"].as_array().unwrap() {
             let r = p["ratio"].as_f64().unwrap();
+            // Timed by the model's schedule, a chunked copy never beats one large copy.
             assert!(
-                r > 0.0 && r <= 1.25,
-                "{dir_key} sweep ratio {r} is not about <= 1: {p}"
+                r > 0.0 && r <= 1.0 + 1e-6,
+                "{dir_key} sweep ratio {r} is above the ceiling: {p}"
             );
         }
         assert!(d["best"]["chunk_bytes"].as_u64().unwrap() >= 1 << 20);

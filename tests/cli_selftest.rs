@@ -52,3 +52,33 @@ fn selftest_exits_non_zero_when_a_check_fails() {
     assert!(text.contains("[FAIL]"), "{text}");
     assert!(text.contains("check(s) FAILED"), "{text}");
 }
+
+#[test]
+fn selftest_bandwidth_on_sim_is_the_link_models_and_never_beats_its_ceiling() {
+    // Without a configured link the simulator copies at host memcpy speed on host threads, and
+    // the sweep used to report up to ~190 % of its own ceiling under a header saying the figures
+    // came from the model. Selftest now measures the same modelled link `bench` does.
+    let out = Command::new(env!("CARGO_BIN_EXE_vramswap"))
+        .args(["selftest", "--backend", "sim", "--size-mb", "8", "--json"])
+        .env_remove("VRAMSWAP_SIM_CONF")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bw = &v["bandwidth"];
+    for dir in ["h2d", "d2h"] {
+        let d = &bw[dir];
+        for p in d["sweep"].as_array().unwrap() {
+            let r = p["ratio"].as_f64().unwrap();
+            assert!(r > 0.0 && r <= 1.0 + 1e-6, "{dir}: {p}");
+        }
+        let ceiling = d["pinned"]["gbps"].as_f64().unwrap();
+        assert!((ceiling - 4.0).abs() < 0.01, "{dir} ceiling {ceiling}");
+    }
+    assert_eq!(bw["model"]["h2d_gbps"], 4.0, "{bw}");
+    assert_eq!(bw["model"]["d2h_gbps"], 4.0, "{bw}");
+}

@@ -408,3 +408,44 @@ fn every_concurrent_device_synchronisation_waits_for_destroyed_streams() {
     assert!(v.is_empty(), "{v:?}");
     sim.free(d).unwrap();
 }
+
+#[test]
+fn the_bandwidth_bench_still_measures_after_the_links_interval_log_is_full() {
+    use vramswap::bench::bandwidth::{self, BandwidthConfig};
+    // The device keeps only the latest LINK_LOG intervals per link; the bench used to count
+    // the log's length before and after a run, so once it was full every later measurement
+    // saw no new copy ("the bandwidth model recorded no copy"), and `bench` failed part-way
+    // through its sweep. Small chunks overflow the log within the first few measurements.
+    let b: vramswap::backend::SharedBackend = std::sync::Arc::new(SimBackend::new(SimConfig {
+        bandwidth: Some(Bandwidth {
+            // 1 KiB in exactly 1 µs, so no rounding of the model's times flatters a sweep.
+            h2d: 1.024e9,
+            d2h: 1.024e9,
+            d2d: 1e12,
+            pageable_factor: 0.5,
+        }),
+        ..SimConfig::default()
+    }));
+    let chunk = 1u64 << 10;
+    let cfg = BandwidthConfig {
+        buffer_bytes: 1 << 20,
+        chunk_sizes: vec![chunk, 64 << 10],
+        stream_counts: vec![1, 2],
+        reps: 1,
+    };
+    let r = bandwidth::run(&b, &cfg, &mut |_| {}).unwrap();
+    let sim = b.sim_device().unwrap();
+    // Each direction alone made more copies than the log holds.
+    assert!(sim.counters().copies_h2d > vramswap_sim::LINK_LOG as u64);
+    assert_eq!(
+        sim.link_intervals(LinkDir::HostToDevice).len(),
+        vramswap_sim::LINK_LOG
+    );
+    for d in [&r.h2d, &r.d2h] {
+        assert_eq!(d.sweep.len(), 4);
+        for p in &d.sweep {
+            assert!(p.gbps > 0.0 && p.ratio <= 1.0 + 1e-6, "{p:?}");
+        }
+    }
+    assert!(r.d2d.gbps > 0.0 && r.bidir.gbps > 0.0);
+}

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::error::{SimError, SimResult};
@@ -79,9 +79,45 @@ pub(crate) struct Link {
     busy_until: Mutex<Instant>,
     /// The latest reserved intervals, oldest first (at most `LINK_LOG` of them).
     log: Mutex<std::collections::VecDeque<(Instant, Instant)>>,
+    /// The spans of the live [`LinkWatch`]es, each extended by every reservation.
+    watches: Mutex<Vec<Weak<Mutex<LinkSpan>>>>,
 }
 
-const LINK_LOG: usize = 4096;
+/// How many reserved intervals [`SimDevice::link_intervals`] keeps per link. A measurement that
+/// makes more copies than this uses a [`LinkWatch`], which has no such limit.
+pub const LINK_LOG: usize = 4096;
+
+/// What the bandwidth model reserved on one link while a [`LinkWatch`] was live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkSpan {
+    /// Intervals reserved.
+    pub copies: u64,
+    /// Start of the first of them.
+    pub first_start: Option<Instant>,
+    /// End of the last of them (intervals on one link are reserved in order).
+    pub last_end: Option<Instant>,
+}
+
+impl LinkSpan {
+    /// From the first interval's start to the last one's end; `None` when nothing was reserved.
+    pub fn busy_span(&self) -> Option<Duration> {
+        Some(self.last_end? - self.first_start?)
+    }
+}
+
+/// Records every interval the bandwidth model reserves on one link from the moment it is made
+/// ([`SimDevice::watch_link`]) until it is dropped, however many copies that is.
+#[derive(Debug)]
+pub struct LinkWatch {
+    span: Arc<Mutex<LinkSpan>>,
+}
+
+impl LinkWatch {
+    /// What was reserved so far.
+    pub fn span(&self) -> LinkSpan {
+        *self.span.lock().expect("link watch lock")
+    }
+}
 
 impl Link {
     /// Reserves the link for `bytes` at `factor` of its bandwidth; returns when the transfer ends.
@@ -101,7 +137,28 @@ impl Link {
             log.pop_front();
         }
         log.push_back((start, end));
+        let mut watches = self.watches.lock().expect("link watches lock");
+        watches.retain(|w| match w.upgrade() {
+            Some(span) => {
+                let mut span = span.lock().expect("link watch lock");
+                span.copies += 1;
+                span.first_start.get_or_insert(start);
+                span.last_end = Some(end);
+                true
+            }
+            None => false,
+        });
         end
+    }
+
+    /// A new watch of this link's reservations.
+    fn watch(&self) -> LinkWatch {
+        let span = Arc::new(Mutex::new(LinkSpan::default()));
+        self.watches
+            .lock()
+            .expect("link watches lock")
+            .push(Arc::downgrade(&span));
+        LinkWatch { span }
     }
 }
 
@@ -138,6 +195,16 @@ pub(crate) enum Dir {
     H2D,
     D2H,
     D2D,
+}
+
+impl Dir {
+    fn of(dir: LinkDir) -> Dir {
+        match dir {
+            LinkDir::HostToDevice => Dir::H2D,
+            LinkDir::DeviceToHost => Dir::D2H,
+            LinkDir::DeviceToDevice => Dir::D2D,
+        }
+    }
 }
 
 struct Inner {
@@ -196,6 +263,7 @@ impl SimDevice {
                 bytes_per_sec: b,
                 busy_until: Mutex::new(Instant::now()),
                 log: Mutex::new(Default::default()),
+                watches: Mutex::new(Vec::new()),
             };
             [link(bw.h2d), link(bw.d2h), link(bw.d2d)]
         });
@@ -246,16 +314,12 @@ impl SimDevice {
         self.inner.counters.lock().expect("counters lock").clone()
     }
 
-    /// The intervals the bandwidth model reserved on a link, oldest first, as (start, end)
-    /// instants: how the model scheduled the copies, independent of how busy the host was.
-    /// Empty without a bandwidth model.
+    /// The latest intervals (at most [`LINK_LOG`]) the bandwidth model reserved on a link,
+    /// oldest first, as (start, end) instants: how the model scheduled the copies. Empty
+    /// without a bandwidth model. Once the log is full each new interval drops the oldest, so
+    /// its length stops growing: to time a stretch of work, use [`SimDevice::watch_link`].
     pub fn link_intervals(&self, dir: LinkDir) -> Vec<(Instant, Instant)> {
-        let d = match dir {
-            LinkDir::HostToDevice => Dir::H2D,
-            LinkDir::DeviceToHost => Dir::D2H,
-            LinkDir::DeviceToDevice => Dir::D2D,
-        };
-        self.link(d)
+        self.link(Dir::of(dir))
             .map(|l| {
                 l.log
                     .lock()
@@ -265,6 +329,13 @@ impl SimDevice {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Starts recording what the bandwidth model reserves on a link from now on: the number of
+    /// copies and the span from the first one's start to the last one's end, with no limit on
+    /// the number of copies. `None` without a bandwidth model.
+    pub fn watch_link(&self, dir: LinkDir) -> Option<LinkWatch> {
+        self.link(Dir::of(dir)).map(Link::watch)
     }
 
     // ----- fault injection -------------------------------------------------------------------
@@ -380,6 +451,7 @@ mod link_tests {
             bytes_per_sec: 1e9,
             busy_until: Mutex::new(now),
             log: Mutex::new(Default::default()),
+            watches: Mutex::new(Vec::new()),
         }
     }
 
@@ -400,5 +472,30 @@ mod link_tests {
         );
         // An idle link starts a copy when it is asked for, not when it was last busy.
         assert_eq!(up.reserve_at(t0 + ms(50), 1_000_000, 1.0), t0 + ms(51));
+    }
+
+    #[test]
+    fn a_watch_sees_every_copy_after_the_log_is_full() {
+        let t0 = Instant::now();
+        let up = link(t0);
+        for _ in 0..LINK_LOG {
+            up.reserve_at(t0, 1000, 1.0);
+        }
+        let w = up.watch();
+        let n = 2 * LINK_LOG as u64;
+        for _ in 0..n {
+            up.reserve_at(t0, 1000, 1.0);
+        }
+        assert_eq!(up.log.lock().unwrap().len(), LINK_LOG);
+        let span = w.span();
+        assert_eq!(span.copies, n);
+        // Each copy is 1 µs; the watched ones follow the first LINK_LOG on the link.
+        let us = Duration::from_micros;
+        assert_eq!(span.first_start, Some(t0 + us(LINK_LOG as u64)));
+        assert_eq!(span.busy_span(), Some(us(n)));
+        // A dropped watch is forgotten by the link.
+        drop(w);
+        up.reserve_at(t0, 1000, 1.0);
+        assert!(up.watches.lock().unwrap().is_empty());
     }
 }

@@ -29,7 +29,9 @@ mod race;
 mod stream;
 
 pub use config::{parse_config, CONFIG_KEYS};
-pub use device::{Kernel, LeakReport, LinkDir, SimCounters, SimDevice};
+pub use device::{
+    Kernel, LeakReport, LinkDir, LinkSpan, LinkWatch, SimCounters, SimDevice, LINK_LOG,
+};
 pub use error::{cuda_code_of, SimError, SimResult};
 pub use host::HostKind;
 pub use kernels::CastType;

@@ -91,6 +91,9 @@ pub struct BandwidthReport {
     pub device: String,
     /// Whether the device is emulated (the figures are the model's, not hardware).
     pub emulated: bool,
+    /// The simulator's link model the figures were timed by, if any (`sim` only; absent on a
+    /// GPU or the emulated driver, whose figures are host-clock timings).
+    pub model: Option<LinkModel>,
     /// Bytes per measurement.
     pub buffer_bytes: u64,
     /// Host to device.
@@ -102,6 +105,19 @@ pub struct BandwidthReport {
     pub bidir: Figure,
     /// Device to device.
     pub d2d: Figure,
+}
+
+/// The simulator's bandwidth model, as the report shows it.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct LinkModel {
+    /// Host to device, GB/s.
+    pub h2d_gbps: f64,
+    /// Device to host, GB/s.
+    pub d2h_gbps: f64,
+    /// Device to device, GB/s.
+    pub d2d_gbps: f64,
+    /// Fraction of the link a pageable copy reaches.
+    pub pageable_factor: f64,
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -197,24 +213,27 @@ impl<'a> Clock<'a> {
                 Ok(t.elapsed())
             }
             Clock::Model(sim) => {
-                let before: Vec<usize> =
-                    links.iter().map(|&l| sim.link_intervals(l).len()).collect();
+                // A watch per link sees every interval reserved while `f` runs, however many
+                // copies that is (the device's interval log keeps only the latest few
+                // thousand).
+                let watches = links
+                    .iter()
+                    .map(|&l| sim.watch_link(l))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        crate::Error::InvalidState("the device has no bandwidth model".into())
+                    })?;
                 f()?;
                 // Each link's busy span, from its first copy's start to its last copy's end; the
                 // run took as long as the busiest link (links run independently, so a host
                 // thread that starts one direction a little late does not count as link time).
-                let mut longest = None::<Duration>;
-                for (&l, n) in links.iter().zip(before) {
-                    let iv: Vec<_> = sim.link_intervals(l).into_iter().skip(n).collect();
-                    let first = iv.iter().map(|i| i.0).min();
-                    let last = iv.iter().map(|i| i.1).max();
-                    if let (Some(s), Some(e)) = (first, last) {
-                        longest = Some(longest.map_or(e - s, |d: Duration| d.max(e - s)));
-                    }
-                }
-                longest.ok_or_else(|| {
-                    crate::Error::InvalidState("the bandwidth model recorded no copy".into())
-                })
+                watches
+                    .iter()
+                    .filter_map(|w| w.span().busy_span())
+                    .max()
+                    .ok_or_else(|| {
+                        crate::Error::InvalidState("the bandwidth model recorded no copy".into())
+                    })
             }
         }
     }
@@ -232,6 +251,32 @@ impl<'a> Clock<'a> {
             v.push(self.time(links, &mut f)?);
         }
         Ok(median(v))
+    }
+}
+
+/// The link model `bench` and `selftest` turn on for `sim` when none is configured: 4 GB/s each
+/// way (slower than any host's memcpy), 100 GB/s device to device, pageable at 40 %.
+pub const SIM_DEFAULT_MODEL: vramswap_sim::Bandwidth = vramswap_sim::Bandwidth {
+    h2d: 4e9,
+    d2h: 4e9,
+    d2d: 100e9,
+    pageable_factor: 0.4,
+};
+
+/// The backend to measure on. On `sim` without a configured bandwidth model, copies run at
+/// memcpy speed and every figure would be the host's memory bandwidth (and its thread count),
+/// timed by the host clock; this returns a new simulated device like `b` with
+/// [`SIM_DEFAULT_MODEL`], so the figures show the model's behaviour (chunking overheads, overlap
+/// of directions) and are timed by the model's schedule. Any other backend, or `sim` with a
+/// model (`VRAMSWAP_SIM_CONF=h2d_gbps:...`), is returned as it is.
+pub fn with_sim_model(b: &SharedBackend) -> SharedBackend {
+    match b.sim_device() {
+        Some(sim) if sim.config().bandwidth.is_none() => {
+            let mut c = sim.config().clone();
+            c.bandwidth = Some(SIM_DEFAULT_MODEL);
+            Arc::new(crate::backend::sim::SimBackend::new(c))
+        }
+        _ => b.clone(),
     }
 }
 
@@ -337,12 +382,22 @@ pub fn run(
         b.stream_synchronize(buf.stream)
     })?;
     let p = b.properties();
+    let model = match clock {
+        Clock::Model(sim) => sim.config().bandwidth.map(|m| LinkModel {
+            h2d_gbps: m.h2d / 1e9,
+            d2h_gbps: m.d2h / 1e9,
+            d2d_gbps: m.d2d / 1e9,
+            pageable_factor: m.pageable_factor,
+        }),
+        Clock::Host => None,
+    };
     let d2h = dirs.pop().expect("two directions");
     let h2d = dirs.pop().expect("two directions");
     Ok(BandwidthReport {
         backend: p.backend.to_string(),
         device: p.name.clone(),
         emulated: p.emulated,
+        model,
         buffer_bytes: n,
         h2d,
         d2h,
@@ -362,16 +417,22 @@ impl BandwidthReport {
     pub fn table(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
+        let how = match (&self.model, self.emulated) {
+            (Some(m), _) => format!(
+                ", emulated: figures come from the simulator's link model, \
+                 {} GB/s h2d, {} GB/s d2h, pageable at {:.0}%",
+                m.h2d_gbps,
+                m.d2h_gbps,
+                m.pageable_factor * 100.0
+            ),
+            (None, true) => ", emulated: host-clock timings of an emulated device".to_string(),
+            (None, false) => String::new(),
+        };
         let _ = writeln!(
             s,
-            "device: {} ({}{}), {} MiB per copy",
+            "device: {} ({}{how}), {} MiB per copy",
             self.device,
             self.backend,
-            if self.emulated {
-                ", emulated: figures come from the simulator's model"
-            } else {
-                ""
-            },
             self.buffer_bytes >> 20
         );
         let _ = writeln!(s, "\n{:<28} {:>10} {:>10}", "copy", "GB/s", "ratio");

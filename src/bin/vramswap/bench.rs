@@ -2,9 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use vramswap::backend::sim::SimBackend;
 use vramswap::backend::SharedBackend;
 use vramswap::bench::bandwidth::{self, BandwidthConfig};
 use vramswap::{Error, Result};
@@ -26,29 +24,9 @@ pub struct Args {
     size_mb: Option<u64>,
 }
 
-/// On `sim` without a configured bandwidth model, copies run at memcpy speed and every figure
-/// would be the host's memory bandwidth (and its thread count); the bench then turns on a link
-/// model slower than any host's memcpy (4 GB/s each way, pageable at 40 %), so the tables show
-/// the model's behaviour (chunking overheads, overlap of directions) rather than the host's. Set
-/// `VRAMSWAP_SIM_CONF=h2d_gbps:...` to model another link.
-fn with_model(b: SharedBackend) -> SharedBackend {
-    match b.sim_device() {
-        Some(sim) if sim.config().bandwidth.is_none() => {
-            let mut c = sim.config().clone();
-            c.bandwidth = Some(vramswap_sim::Bandwidth {
-                h2d: 4e9,
-                d2h: 4e9,
-                d2d: 100e9,
-                pageable_factor: 0.4,
-            });
-            Arc::new(SimBackend::new(c))
-        }
-        _ => b,
-    }
-}
-
 pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
-    let b = with_model(b);
+    // On `sim` with no link configured, the bench measures a modelled 4 GB/s link.
+    let b = bandwidth::with_sim_model(&b);
     let mut cfg = if args.quick {
         BandwidthConfig::quick()
     } else {
