@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use vramswap::alloc::{AllocatorConfig, CachingAllocator, MemoryLimit};
-use vramswap::backend::{sim::SimBackend, SharedBackend};
+use vramswap::backend::{sim::SimBackend, DevicePtr, SharedBackend, Stream};
 use vramswap::Error;
 
 const MIB: u64 = 1 << 20;
@@ -28,6 +28,18 @@ fn expandable(b: &SharedBackend, limit: MemoryLimit) -> CachingAllocator {
     .unwrap()
 }
 
+/// Allocates blocks of `mib[0]`, `mib[1]` and `mib[2]` MiB on `s`, frees the middle one and
+/// empties the cache: an unmapped hole between two live blocks (which stay allocated). Returns
+/// the hole's address.
+fn hole(a: &CachingAllocator, s: Stream, mib: [u64; 3]) -> DevicePtr {
+    a.allocate(mib[0] * MIB, s).unwrap();
+    let y = a.allocate(mib[1] * MIB, s).unwrap();
+    a.allocate(mib[2] * MIB, s).unwrap();
+    a.free(y).unwrap();
+    a.empty_cache().unwrap();
+    y
+}
+
 /// Reserved bytes as the device sees them: the allocator's count must agree.
 fn assert_reserved_matches_device(a: &CachingAllocator, sb: &SimBackend, other: u64) {
     assert_eq!(
@@ -42,11 +54,7 @@ fn a_small_request_maps_only_its_pages_of_a_hole() {
     let (b, sb) = sim(256 * MIB);
     let s = b.stream_create().unwrap();
     let a = expandable(&b, MemoryLimit::None);
-    let _x = a.allocate(10 * MIB, s).unwrap();
-    let y = a.allocate(40 * MIB, s).unwrap();
-    let _z = a.allocate(10 * MIB, s).unwrap();
-    a.free(y).unwrap();
-    a.empty_cache().unwrap();
+    let y = hole(&a, s, [10, 40, 10]);
     assert_eq!(a.stats().reserved_bytes.current, 20 * MIB);
     let w = a.allocate(6 * MIB, s).unwrap();
     assert_eq!(w, y, "served from the start of the hole");
@@ -73,11 +81,7 @@ fn under_a_limit_a_hole_serves_a_request_with_only_the_pages_it_needs() {
     let (b, sb) = sim(256 * MIB);
     let s = b.stream_create().unwrap();
     let a = expandable(&b, MemoryLimit::Bytes(70 * MIB));
-    let _x = a.allocate(10 * MIB, s).unwrap();
-    let y = a.allocate(40 * MIB, s).unwrap();
-    let _z = a.allocate(10 * MIB, s).unwrap();
-    a.free(y).unwrap();
-    a.empty_cache().unwrap();
+    let y = hole(&a, s, [10, 40, 10]);
     assert_eq!(a.stats().reserved_bytes.current, 20 * MIB);
     // The hole is too small: the tail grows, past 70 MiB of address space.
     let _f = a.allocate(44 * MIB, s).unwrap();
@@ -95,11 +99,7 @@ fn on_a_nearly_full_device_a_hole_serves_a_request_with_only_the_pages_it_needs(
     let (b, sb) = sim(70 * MIB);
     let s = b.stream_create().unwrap();
     let a = expandable(&b, MemoryLimit::None);
-    let _x = a.allocate(10 * MIB, s).unwrap();
-    let y = a.allocate(40 * MIB, s).unwrap();
-    let _z = a.allocate(10 * MIB, s).unwrap();
-    a.free(y).unwrap();
-    a.empty_cache().unwrap();
+    let y = hole(&a, s, [10, 40, 10]);
     let _f = a.allocate(44 * MIB, s).unwrap();
     assert!(b.mem_info().unwrap().free < 40 * MIB);
     let g = a.allocate(2 * MIB, s).unwrap();
@@ -113,11 +113,7 @@ fn a_hole_too_large_for_the_device_still_serves_a_small_request() {
     let (b, sb) = sim(256 * MIB);
     let s = b.stream_create().unwrap();
     let a = expandable(&b, MemoryLimit::None);
-    let _x = a.allocate(10 * MIB, s).unwrap();
-    let y = a.allocate(100 * MIB, s).unwrap();
-    let _z = a.allocate(10 * MIB, s).unwrap();
-    a.free(y).unwrap();
-    a.empty_cache().unwrap();
+    let y = hole(&a, s, [10, 100, 10]);
     let other = b.alloc(150 * MIB).unwrap(); // e.g. the swap engine's weights
     assert!(b.mem_info().unwrap().free < 100 * MIB);
     let r = a.allocate(2 * MIB, s).unwrap();
@@ -134,11 +130,7 @@ fn holes_do_not_use_up_the_room_to_grow() {
     let (b, sb) = sim(256 * MIB);
     let s = b.stream_create().unwrap();
     let a = expandable(&b, MemoryLimit::None);
-    let _x = a.allocate(50 * MIB, s).unwrap();
-    let y = a.allocate(150 * MIB, s).unwrap();
-    let _z = a.allocate(50 * MIB, s).unwrap();
-    a.free(y).unwrap();
-    a.empty_cache().unwrap();
+    hole(&a, s, [50, 150, 50]);
     assert_eq!(a.stats().reserved_bytes.current, 100 * MIB);
     let _w = a.allocate(152 * MIB, s).unwrap();
     assert_eq!(a.stats().reserved_bytes.current, 252 * MIB);
@@ -239,11 +231,7 @@ fn a_snapshot_counts_mapped_bytes_only() {
     let (b, _sb) = sim(256 * MIB);
     let s = b.stream_create().unwrap();
     let a = expandable(&b, MemoryLimit::None);
-    let _x = a.allocate(4 * MIB, s).unwrap();
-    let y = a.allocate(8 * MIB, s).unwrap();
-    let _z = a.allocate(2 * MIB, s).unwrap();
-    a.free(y).unwrap();
-    a.empty_cache().unwrap();
+    hole(&a, s, [4, 8, 2]);
     let snap = a.snapshot();
     let seg = &snap.segments[0];
     assert_eq!(seg.active_size, snap.stats.active_bytes.current);
