@@ -467,14 +467,7 @@ fn free_after_the_recorded_stream_is_gone_succeeds_once() {
             assert_eq!(vramswap_free(c.0, p), VRAMSWAP_INVALID_STATE, "{conf}");
         }
         // The block is reusable.
-        let q = malloc(&c, 1000);
-        // SAFETY: as above.
-        assert_eq!(
-            unsafe { vramswap_free(c.0, q) },
-            VRAMSWAP_OK,
-            "{}",
-            last_error()
-        );
+        malloc_and_free(&c, 1000);
     }
 }
 
@@ -508,14 +501,7 @@ fn poisoned_free_of_a_block_whose_stream_is_gone_succeeds_once() {
         );
     }
     // The block is reusable on the default stream.
-    let q = malloc(&c, 4096);
-    // SAFETY: as above.
-    assert_eq!(
-        unsafe { vramswap_free(c.0, q) },
-        VRAMSWAP_OK,
-        "{}",
-        last_error()
-    );
+    malloc_and_free(&c, 4096);
 }
 
 /// The free remainder of a split segment was never handed out: NOT_FOUND, as documented,

@@ -1,28 +1,24 @@
 //! `vramswap selftest` as a user runs it.
 
+mod common;
+
 use std::process::Command;
 
 #[test]
 fn selftest_on_sim_passes_and_reports_every_check_as_json() {
-    let out = Command::new(env!("CARGO_BIN_EXE_vramswap"))
-        .args([
-            "selftest",
-            "--backend",
-            "sim",
-            "--size-mb",
-            "8",
-            "--no-bandwidth",
-            "--json",
-        ])
-        .env_remove("VRAMSWAP_SIM_CONF")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    let v = common::json_output(
+        Command::new(env!("CARGO_BIN_EXE_vramswap"))
+            .args([
+                "selftest",
+                "--backend",
+                "sim",
+                "--size-mb",
+                "8",
+                "--no-bandwidth",
+                "--json",
+            ])
+            .env_remove("VRAMSWAP_SIM_CONF"),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["passed"], true);
     let checks = v["checks"].as_array().unwrap();
     assert_eq!(checks.len(), vramswap::conformance::checks().len());
@@ -58,17 +54,11 @@ fn selftest_bandwidth_on_sim_is_the_link_models_and_never_beats_its_ceiling() {
     // Without a configured link the simulator copies at host memcpy speed on host threads, and
     // the sweep used to report up to ~190 % of its own ceiling under a header saying the figures
     // came from the model. Selftest now measures the same modelled link `bench` does.
-    let out = Command::new(env!("CARGO_BIN_EXE_vramswap"))
-        .args(["selftest", "--backend", "sim", "--size-mb", "8", "--json"])
-        .env_remove("VRAMSWAP_SIM_CONF")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    let v = common::json_output(
+        Command::new(env!("CARGO_BIN_EXE_vramswap"))
+            .args(["selftest", "--backend", "sim", "--size-mb", "8", "--json"])
+            .env_remove("VRAMSWAP_SIM_CONF"),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let bw = &v["bandwidth"];
     for dir in ["h2d", "d2h"] {
         let d = &bw[dir];

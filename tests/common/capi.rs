@@ -65,6 +65,14 @@ pub fn malloc(c: &Ctx, size: usize) -> *mut c_void {
     p
 }
 
+/// Allocates `size` bytes on the default stream and frees them: the allocator still serves.
+pub fn malloc_and_free(c: &Ctx, size: usize) {
+    let q = malloc(c, size);
+    // SAFETY: live context; `q` was just allocated by it.
+    let st = unsafe { vramswap_free(c.0, q) };
+    assert_eq!(st, VRAMSWAP_OK, "{}", last_error());
+}
+
 pub type JsonFn =
     unsafe extern "C" fn(*mut vramswap_context, *mut c_char, usize, *mut usize) -> vramswap_status;
 
