@@ -205,27 +205,12 @@ fn record_stream_and_streams() {
     let mut s = null_mut();
     // SAFETY: live context, valid out-pointers; `p` live until freed.
     unsafe {
-        assert_eq!(
-            vramswap_stream_create(c.0, &mut s),
-            VRAMSWAP_OK,
-            "{}",
-            last_error()
-        );
+        ok(vramswap_stream_create(c.0, &mut s));
         assert!(!s.is_null());
         let p = malloc(&c, 512);
-        assert_eq!(
-            vramswap_record_stream(c.0, p, s),
-            VRAMSWAP_OK,
-            "{}",
-            last_error()
-        );
+        ok(vramswap_record_stream(c.0, p, s));
         assert_eq!(vramswap_free(c.0, p), VRAMSWAP_OK);
-        assert_eq!(
-            vramswap_stream_destroy(c.0, s),
-            VRAMSWAP_OK,
-            "{}",
-            last_error()
-        );
+        ok(vramswap_stream_destroy(c.0, s));
         assert_eq!(
             vramswap_stream_destroy(c.0, null_mut()),
             VRAMSWAP_INVALID_ARGUMENT
@@ -314,7 +299,7 @@ fn stream(c: &Ctx) -> *mut c_void {
     let mut s = null_mut();
     // SAFETY: live context, valid out-pointer.
     let st = unsafe { vramswap_stream_create(c.0, &mut s) };
-    assert_eq!(st, VRAMSWAP_OK, "{}", last_error());
+    ok(st);
     s
 }
 
@@ -325,7 +310,7 @@ fn streams_the_caller_may_not_use_are_not_found() {
     let name = cstr("tiny");
     // SAFETY: live context, NUL-terminated strings.
     let st = unsafe { vramswap_engine_register(c.0, name.as_ptr(), path.as_ptr()) };
-    assert_eq!(st, VRAMSWAP_OK, "{}", last_error());
+    ok(st);
     let p = malloc(&c, 256);
     let mut b = [0u8; 256];
     // SAFETY: live context; the handles are only looked up, never used as host pointers; `b`
@@ -380,7 +365,7 @@ fn streams_the_caller_may_not_use_are_not_found() {
                     vramswap_copy_to_device(c.0, p, b.as_ptr().cast(), 256, s),
                     VRAMSWAP_OK
                 );
-                assert_eq!(vramswap_free(c.0, q), VRAMSWAP_OK, "{}", last_error());
+                ok(vramswap_free(c.0, q));
             }
         }
         // The default stream still works everywhere but in destroy.
@@ -402,18 +387,13 @@ fn a_stream_is_destroyed_once() {
         let mut p = null_mut();
         // SAFETY: live context, a stream of this context, valid out-pointer.
         let st = unsafe { vramswap_malloc(c.0, 512, s, &mut p) };
-        assert_eq!(st, VRAMSWAP_OK, "{}", last_error());
+        ok(st);
         p
     };
     // SAFETY: live context; `s` from vramswap_stream_create, looked up before any use.
     unsafe {
         assert_eq!(vramswap_free(c.0, p), VRAMSWAP_OK);
-        assert_eq!(
-            vramswap_stream_destroy(c.0, s),
-            VRAMSWAP_OK,
-            "{}",
-            last_error()
-        );
+        ok(vramswap_stream_destroy(c.0, s));
         assert_eq!(vramswap_stream_destroy(c.0, s), VRAMSWAP_NOT_FOUND);
         if backend_kind() == VRAMSWAP_BACKEND_SIM {
             // On CUDA a destroyed CUstream is as unusable as in CUDA itself (the context
@@ -425,12 +405,7 @@ fn a_stream_is_destroyed_once() {
         let other = context();
         let s2 = stream(&c);
         assert_eq!(vramswap_stream_destroy(other.0, s2), VRAMSWAP_NOT_FOUND);
-        assert_eq!(
-            vramswap_stream_destroy(c.0, s2),
-            VRAMSWAP_OK,
-            "{}",
-            last_error()
-        );
+        ok(vramswap_stream_destroy(c.0, s2));
     }
 }
 
@@ -445,18 +420,8 @@ fn free_after_the_recorded_stream_is_gone_succeeds_once() {
         let p = malloc(&c, 1000);
         // SAFETY: live context; `p` live; `s` created above.
         unsafe {
-            assert_eq!(
-                vramswap_record_stream(c.0, p, s),
-                VRAMSWAP_OK,
-                "{}",
-                last_error()
-            );
-            assert_eq!(
-                vramswap_stream_destroy(c.0, s),
-                VRAMSWAP_OK,
-                "{}",
-                last_error()
-            );
+            ok(vramswap_record_stream(c.0, p, s));
+            ok(vramswap_stream_destroy(c.0, s));
             assert_eq!(
                 vramswap_free(c.0, p),
                 VRAMSWAP_OK,
@@ -481,19 +446,14 @@ fn poisoned_free_of_a_block_whose_stream_is_gone_succeeds_once() {
     // SAFETY: live context; `s` created above; valid out-pointer.
     unsafe {
         let st = vramswap_malloc(c.0, 4096, s, &mut p);
-        assert_eq!(st, VRAMSWAP_OK, "{}", last_error());
-        assert_eq!(
-            vramswap_stream_destroy(c.0, s),
-            VRAMSWAP_OK,
-            "{}",
-            last_error()
-        );
-        assert_eq!(vramswap_free(c.0, p), VRAMSWAP_OK, "{}", last_error());
+        ok(st);
+        ok(vramswap_stream_destroy(c.0, s));
+        ok(vramswap_free(c.0, p));
         assert_eq!(stats(&c)["allocated_bytes"]["current"], 0);
         assert_eq!(vramswap_free(c.0, p), VRAMSWAP_INVALID_STATE);
         let mut back = [0u8; 8];
         let st = vramswap_copy_to_host(c.0, back.as_mut_ptr().cast(), p, 8, null_mut());
-        assert_eq!(st, VRAMSWAP_OK, "{}", last_error());
+        ok(st);
         assert_eq!(
             back,
             [0xef, 0xbe, 0xad, 0xde, 0xef, 0xbe, 0xad, 0xde],
@@ -551,25 +511,15 @@ fn parked_block_whose_streams_are_gone_is_poisoned_at_the_next_malloc() {
     unsafe {
         assert_eq!(vramswap_malloc(c.0, 4096, s, &mut p), VRAMSWAP_OK);
         assert_eq!(vramswap_record_stream(c.0, p, s2), VRAMSWAP_OK);
-        assert_eq!(vramswap_free(c.0, p), VRAMSWAP_OK, "{}", last_error());
+        ok(vramswap_free(c.0, p));
         // Destroying waits for each stream: the event on `s2` is complete after this.
-        assert_eq!(
-            vramswap_stream_destroy(c.0, s),
-            VRAMSWAP_OK,
-            "{}",
-            last_error()
-        );
-        assert_eq!(
-            vramswap_stream_destroy(c.0, s2),
-            VRAMSWAP_OK,
-            "{}",
-            last_error()
-        );
+        ok(vramswap_stream_destroy(c.0, s));
+        ok(vramswap_stream_destroy(c.0, s2));
         let q = malloc(&c, 512);
         assert_eq!(stats(&c)["active_bytes"]["current"], 512);
         let mut back = [0u8; 4];
         let st = vramswap_copy_to_host(c.0, back.as_mut_ptr().cast(), p, 4, null_mut());
-        assert_eq!(st, VRAMSWAP_OK, "{}", last_error());
+        ok(st);
         assert_eq!(u32::from_le_bytes(back), 0xDEAD_BEEF, "poisoned");
         assert_eq!(vramswap_free(c.0, q), VRAMSWAP_OK);
     }

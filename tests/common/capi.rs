@@ -65,6 +65,12 @@ pub fn malloc(c: &Ctx, size: usize) -> *mut c_void {
     p
 }
 
+/// Asserts a C call succeeded, showing the last error when it did not.
+#[track_caller]
+pub fn ok(st: vramswap_status) {
+    assert_eq!(st, VRAMSWAP_OK, "{}", last_error());
+}
+
 /// Allocates `size` bytes on the default stream and frees them: the allocator still serves.
 pub fn malloc_and_free(c: &Ctx, size: usize) {
     let q = malloc(c, size);
