@@ -172,12 +172,16 @@ def adopt(engine: Engine, name: str, obj: Any) -> AdoptedModel:
         stack = getattr(local, "stack", None)
         if stack is None:
             stack = local.stack = []
-        stack.append(engine.acquire(name))
+        # Only the outermost module call on this thread acquires: the calls nested in it run
+        # under its handle (None marks them), so a forward costs one acquire, not one per layer.
+        stack.append(None if stack else engine.acquire(name))
 
     def post(module, args, output):
         stack = getattr(local, "stack", None)
         if stack:
             h = stack.pop()
+            if h is None:
+                return
             try:
                 # Offloads wait for the kernels this forward queued on the engine's device's
                 # current stream.
