@@ -11,7 +11,8 @@ Measures, for a Llama-like set of f16 tensors of --size-mb MiB:
   - cuMemAllocAsync/cuMemFreeAsync latency through ctypes (call overhead included).
 
 Writes a JSON object (--json PATH) that scripts/gpu_report.py puts beside vramswap's figures.
-Where torch or a GPU is missing it says so, writes {"skipped": reason} and exits 0.
+Where torch or a GPU is missing it says so, writes {"skipped": reason} and exits 77 (the
+automake convention for a skipped test, which gpu-run.sh reports as skipped, not passed).
 """
 import argparse
 import ctypes
@@ -53,6 +54,9 @@ def timed(fn, reps):
     return statistics.median(out)
 
 
+SKIPPED = 77
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, default=4096)
@@ -71,10 +75,10 @@ def main():
         import torch
     except ImportError as e:
         emit({"skipped": f"PyTorch is not installed ({e})"})
-        return 0
+        return SKIPPED
     if not torch.cuda.is_available():
         emit({"skipped": "torch.cuda.is_available() is False: no GPU here"})
-        return 0
+        return SKIPPED
 
     dev = torch.device("cuda")
     res = {
