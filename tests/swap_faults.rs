@@ -404,3 +404,73 @@ fn a_transfer_that_fails_inside_a_chunk_returns_only_after_its_queued_pieces() {
     drop(ce);
     b.free(d).unwrap();
 }
+
+/// A verified engine on a simulated device with `conf` (`VRAMSWAP_SIM_CONF` syntax), and one
+/// set `m` of four 256 KiB layers with distinct bytes; returns the layers' names and bytes.
+fn verified_layers(conf: &str) -> (SharedBackend, SwapEngine, Vec<(String, Vec<u8>)>) {
+    let b: SharedBackend = Arc::new(SimBackend::new(
+        vramswap::backend::sim::parse_sim_config(conf).unwrap(),
+    ));
+    let cfg = SwapConfig {
+        transfer: TransferConfig {
+            chunk_bytes: 4096,
+            streams_per_direction: 2,
+            verify: true,
+        },
+        ..SwapConfig::default()
+    };
+    let e = SwapEngine::new(b.clone(), cfg).unwrap();
+    let layers: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|l| (format!("model.layers.{l}.w"), data(60 + l, 256 << 10)))
+        .collect();
+    e.register_arrays(
+        "m",
+        layers
+            .iter()
+            .map(|(n, d)| (n.clone(), DType::U8, vec![d.len() as u64], &d[..]))
+            .collect(),
+    )
+    .unwrap();
+    (b, e, layers)
+}
+
+#[test]
+fn a_change_made_under_a_streaming_guard_survives_its_verification() {
+    // Written on the device and marked dirty under a streaming guard, with `verify` on: the
+    // copy no longer matches the host checksums by design, and must be kept, not discarded,
+    // whether the upload is finished at the guard's drop or (still in flight then) at the
+    // offload.
+    for conf in ["capacity_mb:256", "capacity_mb:256,h2d_gbps:0.05"] {
+        let (b, e, layers) = verified_layers(conf);
+        let g = e.acquire_streaming("m").unwrap();
+        let first = g.group_of(&layers[0].0).unwrap();
+        g.wait_layer(first).unwrap();
+        let changed = data(99, layers[0].1.len());
+        let at = g.tensor_ptr(&layers[0].0).unwrap();
+        backend::upload(b.as_ref(), at, &changed, Stream::DEFAULT).unwrap();
+        e.mark_dirty("m").unwrap();
+        drop(g);
+        e.offload("m").unwrap();
+        let g = e.acquire("m").unwrap();
+        assert_eq!(g.read_tensor(&layers[0].0).unwrap(), changed, "{conf}");
+        assert_eq!(g.read_tensor(&layers[3].0).unwrap(), layers[3].1, "{conf}");
+        drop(g);
+        finish(b, e);
+    }
+}
+
+#[test]
+fn a_dirty_offload_whose_unmap_fails_leaves_the_set_on_the_device_and_usable() {
+    let (b, e, w) = setup();
+    drop(e.acquire("m").unwrap());
+    e.mark_dirty("m").unwrap();
+    b.sim_device().unwrap().inject_fault(FaultOp::Unmap, 1);
+    assert!(e.offload("m").is_err());
+    // Copied back, still mapped: on the device (it stayed `Downloading`, and every acquire
+    // waited forever).
+    assert_eq!(state(&e), Residency::OnDevice);
+    assert_eq!(e.acquire("m").unwrap().read(0, 16).unwrap(), w[..16]);
+    e.offload("m").unwrap();
+    assert_eq!(state(&e), Residency::InHost);
+    finish(b, e);
+}

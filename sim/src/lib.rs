@@ -118,6 +118,8 @@ pub enum FaultOp {
     Reserve,
     /// Mappings (`cuMemMap`).
     Map,
+    /// Unmappings (`cuMemUnmap`).
+    Unmap,
     /// Copies in any direction.
     Copy,
     /// Memsets.
@@ -136,11 +138,12 @@ pub enum FaultOp {
 
 impl FaultOp {
     /// Every operation, for parsing and listing.
-    pub const ALL: [FaultOp; 11] = [
+    pub const ALL: [FaultOp; 12] = [
         FaultOp::DeviceAlloc,
         FaultOp::PhysCreate,
         FaultOp::Reserve,
         FaultOp::Map,
+        FaultOp::Unmap,
         FaultOp::Copy,
         FaultOp::Memset,
         FaultOp::HostAlloc,
@@ -151,7 +154,7 @@ impl FaultOp {
     ];
 
     /// Short name used in `VRAMSWAP_SIM_FAULTS` / `VRAMSWAP_EMU_FAULTS` (`alloc`, `create`,
-    /// `reserve`, `map`, `copy`, `memset`, `host_alloc`, `register`, `launch`, `stream`,
+    /// `reserve`, `map`, `unmap`, `copy`, `memset`, `host_alloc`, `register`, `launch`, `stream`,
     /// `event`).
     pub fn name(self) -> &'static str {
         match self {
@@ -159,6 +162,7 @@ impl FaultOp {
             FaultOp::PhysCreate => "create",
             FaultOp::Reserve => "reserve",
             FaultOp::Map => "map",
+            FaultOp::Unmap => "unmap",
             FaultOp::Copy => "copy",
             FaultOp::Memset => "memset",
             FaultOp::HostAlloc => "host_alloc",

@@ -116,15 +116,22 @@ impl Inner {
                     };
                     e.guards += 1;
                     let t = e.transfer.clone().expect("uploading sets have a transfer");
+                    let layout = e.layout.clone().expect("uploading sets have a layout");
                     st.touch(name);
                     if !wait {
                         drop(st);
                         return Ok(Some(self.guard(name, Some(t))?));
                     }
                     drop(st);
+                    // Wait and verify without the lock (verification reads the device back).
                     let waited = t.wait();
+                    let verified = match waited {
+                        Ok(()) => verify_landed(&layout, &t),
+                        Err(_) => Ok(()),
+                    };
                     st = self.lock();
-                    let finished = waited.and_then(|_| self.finish_upload(&mut st, name, &t));
+                    let finished =
+                        waited.and_then(|_| self.finish_upload(&mut st, name, &t, verified, 1));
                     if let Err(err) = finished {
                         let e = st.entry(name)?;
                         e.guards -= 1;
@@ -413,13 +420,18 @@ impl Inner {
         }
     }
 
-    /// Marks an upload complete after its transfer was waited for (verifying it if asked).
+    /// Marks an upload complete after its transfer was waited for, given what
+    /// [`verify_landed`] found (computed without the lock); `held` is how many of the set's
+    /// guards the caller holds.
     pub(super) fn finish_upload(
         &self,
         st: &mut State,
         name: &str,
         t: &Arc<Transfer>,
+        verified: Result<()>,
+        held: usize,
     ) -> Result<()> {
+        let b = self.backend.as_ref();
         let e = st.entry(name)?;
         if e.state != Residency::Uploading
             || !e.transfer.as_ref().is_some_and(|x| Arc::ptr_eq(x, t))
@@ -427,24 +439,27 @@ impl Inner {
             return Ok(()); // another thread finished it
         }
         let layout = e.layout.clone().expect("uploading sets have a layout");
-        if let Some(sums) = &layout.checksums {
-            if let Err(err) = t.verify(sums, Stream::DEFAULT) {
-                // The caller holds one guard. With no other guard, the bad copy goes: the set
-                // returns to host memory and the next acquire uploads it afresh. With other
-                // guards (streaming acquires), the range must stay mapped under them: the set
-                // stays `Uploading` with this transfer, so every acquire fails verification
-                // until the last guard is gone and the copy can be discarded.
-                if e.guards <= 1 {
-                    e.transfer = None;
-                    let _ = e
-                        .space
-                        .as_mut()
-                        .expect("uploading sets have space")
-                        .unback(self.backend.as_ref());
+        // A set changed on the device under a streaming guard (marked dirty) differs from its
+        // host copy on purpose: there is nothing to verify it against, and discarding it would
+        // lose the change.
+        if let (Err(err), false) = (verified, e.dirty) {
+            // With no guard but the caller's, the bad copy goes: the set returns to host
+            // memory and the next acquire uploads it afresh (after the work recorded on user
+            // streams, as an offload). With other guards (streaming acquires), the range must
+            // stay mapped under them: the set stays `Uploading` with this transfer, so every
+            // acquire fails verification until the last guard is gone and the copy can go.
+            if e.guards <= held && sync_uses(b, &mut e.uses).is_ok() {
+                e.transfer = None;
+                let _ = e
+                    .space
+                    .as_mut()
+                    .expect("uploading sets have space")
+                    .unback(b);
+                if !e.resident() {
                     e.state = Residency::InHost;
                 }
-                return Err(err);
             }
+            return Err(err);
         }
         let elapsed = t
             .elapsed_ms()
@@ -472,25 +487,14 @@ impl Inner {
             // and verified like any other. On a wait error the set stays as it was (uploading,
             // its transfer kept).
             t.wait()?;
-            if let Err(err) = self.finish_upload(st, name, &t) {
-                // A copy that failed verification: `finish_upload` already discarded it (no
-                // guard holds the set), which is all an offload has to do.
-                tracing::warn!("swap-in of `{name}` failed verification: {err}");
-                st.entry(name)?.last_error = Some(err.to_string());
-            }
+            // Not verified: the device copy is about to go (or, dirty, to be copied back as
+            // it is now); only counted.
+            self.finish_upload(st, name, &t, Ok(()), 0)?;
         }
         let e = st.entry(name)?;
-        if !e.resident() {
-            self.changed.notify_all();
-            return Ok(());
-        }
         // Work recorded on user streams must finish before the range is unmapped; an event
         // that fails to synchronise stays recorded (and the set resident).
-        while let Some(&ev) = e.uses.first() {
-            b.event_synchronize(ev)?;
-            e.uses.remove(0);
-            let _ = b.event_destroy(ev);
-        }
+        sync_uses(b, &mut e.uses)?;
         let mut copied = 0;
         if e.dirty {
             e.state = Residency::Downloading;
@@ -523,13 +527,16 @@ impl Inner {
             }
         }
         if let Err(err) = e.space.as_mut().expect("resident").unback(b) {
-            // `unback` fails either before unmapping (still resident: the state stays
-            // `OnDevice`) or after (the range is no longer backed, whatever leaked in the
-            // driver): the state follows what is mapped, so no guard is ever handed out over
-            // unmapped memory.
-            if !e.resident() {
-                e.state = Residency::InHost;
-            }
+            // `unback` fails either before unmapping (still resident: `OnDevice`, also after a
+            // dirty copy-back, which set `Downloading`) or after (the range is no longer
+            // backed, whatever leaked in the driver: `InHost`). The state follows what is
+            // mapped, so no guard is ever handed out over unmapped memory and nobody waits on
+            // a `Downloading` that will not end.
+            e.state = if e.resident() {
+                Residency::OnDevice
+            } else {
+                Residency::InHost
+            };
             e.last_error = Some(err.to_string());
             self.changed.notify_all();
             return Err(err);
@@ -552,11 +559,17 @@ impl Inner {
                 done = e
                     .transfer
                     .clone()
-                    .filter(|t| t.is_complete().unwrap_or(false));
+                    .filter(|t| t.is_complete().unwrap_or(false))
+                    .zip(e.layout.clone());
             }
         }
-        if let Some(t) = done {
-            if let Err(err) = self.finish_upload(&mut st, name, &t) {
+        if let Some((t, layout)) = done {
+            // Verify without the lock (it reads the device back); `finish_upload` re-checks
+            // that the set still waits on this transfer.
+            drop(st);
+            let verified = verify_landed(&layout, &t);
+            st = self.lock();
+            if let Err(err) = self.finish_upload(&mut st, name, &t, verified, 0) {
                 tracing::warn!("swap-in of `{name}` failed verification: {err}");
                 if let Some(e) = st.sets.get_mut(name) {
                     e.last_error = Some(err.to_string());
@@ -616,6 +629,26 @@ impl Drop for Inner {
             }
         }
     }
+}
+
+/// Checks a landed upload against the host copy's checksums, when the set keeps them (the
+/// `verify` setting). Reads the device: call it without the engine's lock.
+fn verify_landed(layout: &Layout, t: &Transfer) -> Result<()> {
+    match &layout.checksums {
+        Some(sums) => t.verify(sums, Stream::DEFAULT),
+        None => Ok(()),
+    }
+}
+
+/// Waits for the work recorded on user streams (`record_stream`) before a range is unmapped.
+/// An event that fails to synchronise stays recorded, and the error says the range must stay.
+fn sync_uses(b: &dyn crate::backend::Backend, uses: &mut Vec<crate::backend::Event>) -> Result<()> {
+    while let Some(&ev) = uses.first() {
+        b.event_synchronize(ev)?;
+        uses.remove(0);
+        let _ = b.event_destroy(ev);
+    }
+    Ok(())
 }
 
 pub(super) fn idle_loop(weak: Weak<Inner>, timeout: Duration) {

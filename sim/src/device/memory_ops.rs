@@ -358,6 +358,7 @@ impl SimDevice {
 
     /// Unmaps `[va, va + len)` (`cuMemUnmap`), which must consist of whole mappings.
     pub fn unmap(&self, va: u64, len: u64) -> SimResult<()> {
+        self.fault(FaultOp::Unmap)?;
         {
             let mut mem = self.inner.memory.lock().expect("memory lock");
             let (base, region) = mem.region_of(va).ok_or_else(|| {
