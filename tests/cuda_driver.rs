@@ -238,8 +238,20 @@ fn the_backend_binds_again_after_another_library_unbinds_the_context_child() {
         let r = unsafe { sys::cuCtxSetCurrent(std::ptr::null_mut()) };
         assert_eq!(r, sys::CUresult::CUDA_SUCCESS);
     };
+    let current = || {
+        let mut c: sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: valid out-pointer.
+        assert_eq!(
+            unsafe { sys::cuCtxGetCurrent(&mut c) },
+            sys::CUresult::CUDA_SUCCESS
+        );
+        c
+    };
     let b = CudaBackend::new(0).unwrap();
     let x = b.alloc(4096).unwrap();
+    // What was current before a call (here: nothing) is current after it: the backend does
+    // not leave its context bound for the next library on the thread.
+    assert!(current().is_null(), "the backend left its context current");
     unbind();
     let y = b
         .alloc(4096)

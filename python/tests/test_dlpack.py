@@ -96,10 +96,17 @@ with vramswap.Engine(backend="cuda") as e:
 import os
 drv = ctypes.CDLL(os.environ["VRAMSWAP_CUDA_DRIVER"])
 late_ptr = DLManagedTensor.from_address(get(late, b"dltensor")).dl_tensor.data
+# vramswap leaves no context current on this thread (it puts back what it found): bind the
+# device's primary context as another library would.
+ctx = ctypes.c_void_p()
+assert drv.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), 0) == 0
+assert drv.cuCtxSetCurrent(ctx) == 0
 buf = (ctypes.c_float * 12)()
 rc = drv.cuMemcpyDtoH_v2(buf, ctypes.c_uint64(late_ptr), ctypes.c_size_t(48))
 out["read_after_close"] = [rc, list(buf)]
 del late
+drv.cuCtxSetCurrent(None)
+drv.cuDevicePrimaryCtxRelease_v2(0)
 print(json.dumps(out))
 '''
 

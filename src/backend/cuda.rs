@@ -282,7 +282,7 @@ impl CudaBackend {
                 elapsed_time: elapsed_time_fn(version),
                 kernels: OnceLock::new(),
             };
-            b.bind()?;
+            let _bound = b.bind()?;
             b.props = b.query_properties(ordinal, preloaded.is_some(), version)?;
             Ok(b)
         }
@@ -366,21 +366,25 @@ impl CudaBackend {
         prop
     }
 
-    /// Makes the primary context current on this thread (contexts are per thread). The
+    /// Makes the primary context current on this thread (contexts are per thread) for one
+    /// backend call, and puts back what was current before when the returned guard goes. The
     /// driver's current context is asked each time, not remembered: another library on the
     /// same thread (PyTorch, a user's own driver calls) may have set another context, or none,
-    /// since our last call. `cuCtxGetCurrent` is a thread-local read in the driver.
-    fn bind(&self) -> Result<()> {
+    /// since our last call; and leaving ours current would switch theirs (the CUDA runtime
+    /// uses whatever context is current, so PyTorch on another device would follow it).
+    /// `cuCtxGetCurrent` and `cuCtxSetCurrent` are thread-local operations in the driver.
+    fn bind(&self) -> Result<Bound> {
         let mut cur: sys::CUcontext = ptr::null_mut();
         // SAFETY: valid out-pointer.
         check("cuCtxGetCurrent", unsafe { sys::cuCtxGetCurrent(&mut cur) })?;
         if cur as usize == self.ctx {
-            return Ok(());
+            return Ok(Bound { prev: None });
         }
         // SAFETY: `ctx` is the retained primary context of this device.
         check("cuCtxSetCurrent", unsafe {
             sys::cuCtxSetCurrent(self.ctx as sys::CUcontext)
-        })
+        })?;
+        Ok(Bound { prev: Some(cur) })
     }
 
     fn stream(s: Stream) -> sys::CUstream {
@@ -408,6 +412,23 @@ impl CudaBackend {
     }
 }
 
+/// The primary context bound for one backend call (see `CudaBackend::bind`); puts back the
+/// context that was current before (another library's, or none) when it goes.
+struct Bound {
+    prev: Option<sys::CUcontext>,
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        if let Some(prev) = self.prev {
+            // SAFETY: `prev` was current on this thread when the call began (NULL, or a context
+            // its owner keeps alive while it is current); putting it back is a thread-local
+            // driver operation. Nothing useful can be done with an error here.
+            let _ = unsafe { sys::cuCtxSetCurrent(prev) };
+        }
+    }
+}
+
 impl Drop for CudaBackend {
     fn drop(&mut self) {
         if let Some(k) = self.kernels.take() {
@@ -415,7 +436,7 @@ impl Drop for CudaBackend {
             // The reference does not promise that launches still queued keep the module, so
             // wait for the context's work first (launches may have used any stream, destroyed
             // ones included); an error of that work belongs to it, not to the unload.
-            if self.bind().is_ok() {
+            if let Ok(_bound) = self.bind() {
                 // SAFETY: plain driver call with the context bound.
                 let _ = unsafe { sys::cuCtxSynchronize() };
                 k.unload();
@@ -434,7 +455,7 @@ impl Backend for CudaBackend {
     }
 
     fn mem_info(&self) -> Result<MemInfo> {
-        self.bind()?;
+        let _bound = self.bind()?;
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: valid out-pointers; context bound.
         check("cuMemGetInfo_v2", unsafe {
@@ -447,7 +468,7 @@ impl Backend for CudaBackend {
     }
 
     fn alloc(&self, bytes: u64) -> Result<DevicePtr> {
-        self.bind()?;
+        let _bound = self.bind()?;
         let mut p = 0;
         // SAFETY: valid out-pointer; context bound.
         let r = unsafe { sys::cuMemAlloc_v2(&mut p, bytes as usize) };
@@ -456,13 +477,13 @@ impl Backend for CudaBackend {
     }
 
     fn free(&self, ptr: DevicePtr) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: the driver validates the pointer and reports an error for a bad one.
         check("cuMemFree_v2", unsafe { sys::cuMemFree_v2(ptr.0) })
     }
 
     fn alloc_async(&self, bytes: u64, stream: Stream) -> Result<DevicePtr> {
-        self.bind()?;
+        let _bound = self.bind()?;
         let mut p = 0;
         // SAFETY: valid out-pointer; the stream handle is the caller's.
         let r = unsafe { sys::cuMemAllocAsync(&mut p, bytes as usize, Self::stream(stream)) };
@@ -471,7 +492,7 @@ impl Backend for CudaBackend {
     }
 
     fn free_async(&self, ptr: DevicePtr, stream: Stream) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: the driver validates the pointer.
         check("cuMemFreeAsync", unsafe {
             sys::cuMemFreeAsync(ptr.0, Self::stream(stream))
@@ -479,7 +500,7 @@ impl Backend for CudaBackend {
     }
 
     fn reserve(&self, bytes: u64) -> Result<DevicePtr> {
-        self.bind()?;
+        let _bound = self.bind()?;
         let mut p = 0;
         // SAFETY: valid out-pointer; alignment 0 = granularity, no fixed address.
         check("cuMemAddressReserve", unsafe {
@@ -489,7 +510,7 @@ impl Backend for CudaBackend {
     }
 
     fn free_reservation(&self, va: DevicePtr, bytes: u64) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: the driver validates the range.
         check("cuMemAddressFree", unsafe {
             sys::cuMemAddressFree(va.0, bytes as usize)
@@ -497,7 +518,7 @@ impl Backend for CudaBackend {
     }
 
     fn create_physical(&self, bytes: u64) -> Result<PhysHandle> {
-        self.bind()?;
+        let _bound = self.bind()?;
         let prop = self.alloc_prop();
         let mut h = 0;
         // SAFETY: `prop` is a valid pinned-device description; valid out-pointer.
@@ -507,13 +528,13 @@ impl Backend for CudaBackend {
     }
 
     fn release_physical(&self, handle: PhysHandle) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: the driver validates the handle.
         check("cuMemRelease", unsafe { sys::cuMemRelease(handle.0) })
     }
 
     fn map(&self, va: DevicePtr, bytes: u64, handle: PhysHandle) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: the driver validates the range and handle; offset must be 0.
         check("cuMemMap", unsafe {
             sys::cuMemMap(va.0, bytes as usize, 0, handle.0, 0)
@@ -535,7 +556,7 @@ impl Backend for CudaBackend {
     }
 
     fn unmap(&self, va: DevicePtr, bytes: u64) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: the driver validates the range.
         check("cuMemUnmap", unsafe {
             sys::cuMemUnmap(va.0, bytes as usize)
@@ -543,7 +564,7 @@ impl Backend for CudaBackend {
     }
 
     fn host_alloc_pinned(&self, bytes: u64) -> Result<*mut u8> {
-        self.bind()?;
+        let _bound = self.bind()?;
         let mut p: *mut c_void = ptr::null_mut();
         // SAFETY: valid out-pointer; PORTABLE makes it pinned for all contexts.
         let r =
@@ -553,7 +574,7 @@ impl Backend for CudaBackend {
     }
 
     unsafe fn host_free_pinned(&self, ptr: *mut u8) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: the caller passes a pointer from `host_alloc_pinned` no copy still uses.
         check("cuMemFreeHost", unsafe {
             sys::cuMemFreeHost(ptr as *mut c_void)
@@ -573,7 +594,7 @@ impl Backend for CudaBackend {
                 self.props.name
             )));
         }
-        self.bind()?;
+        let _bound = self.bind()?;
         let mut flags = sys::CU_MEMHOSTREGISTER_PORTABLE;
         if read_only {
             flags |= sys::CU_MEMHOSTREGISTER_READ_ONLY;
@@ -585,7 +606,7 @@ impl Backend for CudaBackend {
     }
 
     unsafe fn host_unregister(&self, ptr: *mut u8) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: the caller guarantees no copy still uses the range.
         check("cuMemHostUnregister", unsafe {
             sys::cuMemHostUnregister(ptr as *mut c_void)
@@ -593,7 +614,7 @@ impl Backend for CudaBackend {
     }
 
     fn stream_create(&self) -> Result<Stream> {
-        self.bind()?;
+        let _bound = self.bind()?;
         let mut s: sys::CUstream = ptr::null_mut();
         // SAFETY: valid out-pointer.
         check("cuStreamCreate", unsafe {
@@ -603,7 +624,7 @@ impl Backend for CudaBackend {
     }
 
     fn stream_destroy(&self, stream: Stream) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: the driver validates the handle.
         check("cuStreamDestroy_v2", unsafe {
             sys::cuStreamDestroy_v2(Self::stream(stream))
@@ -611,7 +632,7 @@ impl Backend for CudaBackend {
     }
 
     fn stream_synchronize(&self, stream: Stream) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: the driver validates the handle.
         check("cuStreamSynchronize", unsafe {
             sys::cuStreamSynchronize(Self::stream(stream))
@@ -619,7 +640,7 @@ impl Backend for CudaBackend {
     }
 
     fn stream_query(&self, stream: Stream) -> Result<bool> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: the driver validates the handle.
         let r = unsafe { sys::cuStreamQuery(Self::stream(stream)) };
         if r == CUresult::CUDA_ERROR_NOT_READY {
@@ -630,7 +651,7 @@ impl Backend for CudaBackend {
     }
 
     fn event_create(&self, timing: bool) -> Result<Event> {
-        self.bind()?;
+        let _bound = self.bind()?;
         let flags = if timing {
             sys::CUevent_flags::CU_EVENT_DEFAULT as u32
         } else {
@@ -645,7 +666,7 @@ impl Backend for CudaBackend {
     }
 
     fn event_destroy(&self, event: Event) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: the driver validates the handle.
         check("cuEventDestroy_v2", unsafe {
             sys::cuEventDestroy_v2(Self::event(event))
@@ -653,7 +674,7 @@ impl Backend for CudaBackend {
     }
 
     fn event_record(&self, event: Event, stream: Stream) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: the driver validates the handles.
         check("cuEventRecord", unsafe {
             sys::cuEventRecord(Self::event(event), Self::stream(stream))
@@ -661,7 +682,7 @@ impl Backend for CudaBackend {
     }
 
     fn event_query(&self, event: Event) -> Result<bool> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: the driver validates the handle.
         let r = unsafe { sys::cuEventQuery(Self::event(event)) };
         if r == CUresult::CUDA_ERROR_NOT_READY {
@@ -672,7 +693,7 @@ impl Backend for CudaBackend {
     }
 
     fn event_synchronize(&self, event: Event) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: the driver validates the handle.
         check("cuEventSynchronize", unsafe {
             sys::cuEventSynchronize(Self::event(event))
@@ -680,7 +701,7 @@ impl Backend for CudaBackend {
     }
 
     fn stream_wait_event(&self, stream: Stream, event: Event) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: the driver validates the handles.
         check("cuStreamWaitEvent", unsafe {
             sys::cuStreamWaitEvent(Self::stream(stream), Self::event(event), 0)
@@ -695,7 +716,7 @@ impl Backend for CudaBackend {
                 version_text(self.props.driver_version)
             )));
         };
-        self.bind()?;
+        let _bound = self.bind()?;
         let mut ms = 0f32;
         // SAFETY: `f` is the driver's cuEventElapsedTime(_v2), looked up with its C signature;
         // valid out-pointer; the driver validates the handles.
@@ -706,7 +727,7 @@ impl Backend for CudaBackend {
     }
 
     fn synchronize(&self) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: plain driver call with the context bound.
         check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })
     }
@@ -718,7 +739,7 @@ impl Backend for CudaBackend {
         bytes: u64,
         stream: Stream,
     ) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: the caller keeps `src` valid until the copy completes.
         check("cuMemcpyHtoDAsync_v2", unsafe {
             sys::cuMemcpyHtoDAsync_v2(
@@ -737,7 +758,7 @@ impl Backend for CudaBackend {
         bytes: u64,
         stream: Stream,
     ) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: the caller keeps `dst` valid and untouched until the copy completes.
         check("cuMemcpyDtoHAsync_v2", unsafe {
             sys::cuMemcpyDtoHAsync_v2(
@@ -756,7 +777,7 @@ impl Backend for CudaBackend {
         bytes: u64,
         stream: Stream,
     ) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: device addresses are validated by the driver.
         check("cuMemcpyDtoDAsync_v2", unsafe {
             sys::cuMemcpyDtoDAsync_v2(dst.0, src.0, bytes as usize, Self::stream(stream))
@@ -764,7 +785,7 @@ impl Backend for CudaBackend {
     }
 
     fn memset_d8_async(&self, dst: DevicePtr, value: u8, bytes: u64, stream: Stream) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: device addresses are validated by the driver.
         check("cuMemsetD8Async", unsafe {
             sys::cuMemsetD8Async(dst.0, value, bytes as usize, Self::stream(stream))
@@ -778,7 +799,7 @@ impl Backend for CudaBackend {
         out: DevicePtr,
         stream: Stream,
     ) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         self.kernels()?.checksum(src, bytes, out, stream)
     }
 
@@ -789,7 +810,7 @@ impl Backend for CudaBackend {
         pattern: u32,
         stream: Stream,
     ) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         self.kernels()?.fill_u32(dst, bytes, pattern, stream)
     }
 
@@ -802,7 +823,7 @@ impl Backend for CudaBackend {
         count: u64,
         stream: Stream,
     ) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         self.kernels()?.cast(src, from, dst, to, count, stream)
     }
 }
