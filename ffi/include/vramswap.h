@@ -186,7 +186,9 @@ void vramswap_context_destroy(vramswap_context *ctx);
 /*
  Allocates `size` bytes of device memory for use on `stream` from the caching allocator.
  `stream` is NULL (the default stream), a stream from `vramswap_stream_create` on this
- context, or on CUDA a `CUstream` of the caller's own, kept alive while vramswap may use it;
+ context, or on CUDA a `CUstream` of the caller's own, kept alive while vramswap may use it:
+ until every block allocated or recorded on it is freed and the cache is emptied
+ (`vramswap_empty_cache`), or the context destroyed;
  any other handle (the engine's own copy streams; on sim, anything else) is
  `VRAMSWAP_NOT_FOUND`. `size` 0, or a size too large to round, is
  `VRAMSWAP_INVALID_ARGUMENT`. On failure `*out_ptr` is NULL.

@@ -341,9 +341,10 @@ impl Engine {
         py.allow_threads(|| alloc.empty_cache()).py()
     }
 
-    /// Releases every handle, set, allocation, stream and pinned byte. Idempotent. A tensor
-    /// exported through DLPack (with the default `hold=True`) keeps its set's device memory, and
-    /// what it needs, until the consumer lets it go.
+    /// Releases every handle, set, allocation, stream and pinned byte. Idempotent. Except while
+    /// a tensor exported through DLPack (with the default `hold=True`) lives: it holds the
+    /// engine's internals (every set's device memory, the pinned arena, the streams), which are
+    /// freed when the last such tensor goes, in its deleter.
     fn close(&self, py: Python<'_>) {
         let live = self.live.write().unwrap_or_else(|p| p.into_inner()).take();
         let slots: Vec<Arc<Slot>> = self

@@ -223,17 +223,22 @@ pub unsafe extern "C" fn vramswap_guard_read_tensor(
             .map_or(0, |t| t.len);
         let len = usize::try_from(len)
             .map_err(|_| Failure::invalid(format!("tensor `{name}` has {len} bytes")))?;
-        if !needed.is_null() {
-            // SAFETY: not NULL and valid for a write (caller's contract).
-            unsafe { needed.write(len) };
-        }
+        // `*needed` is written on success and on BUFFER_TOO_SMALL only, as every out-parameter.
+        let write_needed = || {
+            if !needed.is_null() {
+                // SAFETY: not NULL and valid for a write (caller's contract).
+                unsafe { needed.write(len) };
+            }
+        };
         if dst_len < len {
+            write_needed();
             return Err(Failure::new(
                 vramswap_status::VRAMSWAP_BUFFER_TOO_SMALL,
                 format!("tensor `{name}` has {len} bytes, the buffer {dst_len}"),
             ));
         }
         if len == 0 {
+            write_needed();
             return Ok(());
         }
         let data = g.read_tensor(name)?;
@@ -246,6 +251,7 @@ pub unsafe extern "C" fn vramswap_guard_read_tensor(
         // SAFETY: `dst` is not NULL (dst_len >= len > 0) and valid for dst_len >= data.len()
         // bytes; `data` is a distinct allocation.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst.cast::<u8>(), data.len()) };
+        write_needed();
         Ok(())
     })
 }
@@ -419,6 +425,17 @@ mod tests {
             assert_eq!(st, vramswap_status::VRAMSWAP_OK);
             assert_eq!(all.as_slice(), w.as_slice());
             assert!(dev.calls(FaultOp::Copy) > copies);
+            // A read that fails on the device writes no out-parameter.
+            dev.inject_fault(FaultOp::Copy, 1);
+            let st = vramswap_guard_read_tensor(
+                g,
+                tensor.as_ptr(),
+                all.as_mut_ptr().cast(),
+                64,
+                &mut untouched,
+            );
+            assert_eq!(st, vramswap_status::VRAMSWAP_DRIVER_ERROR);
+            assert_eq!(untouched, 7);
             vramswap_guard_release(g);
             vramswap_context_destroy(ctx);
         }
