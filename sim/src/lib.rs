@@ -120,6 +120,8 @@ pub enum FaultOp {
     Map,
     /// Unmappings (`cuMemUnmap`).
     Unmap,
+    /// Releases of physical allocations (`cuMemRelease`).
+    PhysRelease,
     /// Copies in any direction.
     Copy,
     /// Memsets.
@@ -138,12 +140,13 @@ pub enum FaultOp {
 
 impl FaultOp {
     /// Every operation, for parsing and listing.
-    pub const ALL: [FaultOp; 12] = [
+    pub const ALL: [FaultOp; 13] = [
         FaultOp::DeviceAlloc,
         FaultOp::PhysCreate,
         FaultOp::Reserve,
         FaultOp::Map,
         FaultOp::Unmap,
+        FaultOp::PhysRelease,
         FaultOp::Copy,
         FaultOp::Memset,
         FaultOp::HostAlloc,
@@ -154,8 +157,8 @@ impl FaultOp {
     ];
 
     /// Short name used in `VRAMSWAP_SIM_FAULTS` / `VRAMSWAP_EMU_FAULTS` (`alloc`, `create`,
-    /// `reserve`, `map`, `unmap`, `copy`, `memset`, `host_alloc`, `register`, `launch`, `stream`,
-    /// `event`).
+    /// `reserve`, `map`, `unmap`, `release`, `copy`, `memset`, `host_alloc`, `register`,
+    /// `launch`, `stream`, `event`).
     pub fn name(self) -> &'static str {
         match self {
             FaultOp::DeviceAlloc => "alloc",
@@ -163,6 +166,7 @@ impl FaultOp {
             FaultOp::Reserve => "reserve",
             FaultOp::Map => "map",
             FaultOp::Unmap => "unmap",
+            FaultOp::PhysRelease => "release",
             FaultOp::Copy => "copy",
             FaultOp::Memset => "memset",
             FaultOp::HostAlloc => "host_alloc",

@@ -143,6 +143,14 @@ impl CachingAllocator {
             ));
         }
         let granularity = props.vmm_granularity.max(1);
+        if config.poison {
+            probe_fill(backend.as_ref()).map_err(|e| {
+                Error::Unsupported(format!(
+                    "poison fills freed blocks with a kernel this backend cannot run ({e}); \
+                     without it no free could succeed"
+                ))
+            })?;
+        }
         let history = History::new(config.history);
         Ok(CachingAllocator {
             backend,
@@ -217,60 +225,67 @@ impl CachingAllocator {
         if let Some(p) = self.try_backend(&mut st, size, rounded, kind, stream)? {
             return Ok(p);
         }
-        // Rung 2: free empty cached segments and retry.
-        st.stats.num_alloc_retries += 1;
-        self.release_cached(&mut st)?;
-        if let Some(p) = self.try_cached(&mut st, size, rounded, kind, stream)? {
-            return Ok(p);
-        }
-        if let Some(p) = self.try_backend(&mut st, size, rounded, kind, stream)? {
-            return Ok(p);
-        }
-        // Rung 3: pressure handlers, called without the lock.
-        let handlers: Vec<_> = self
-            .handlers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(_, h)| h.clone())
-            .collect();
-        // A handler that allocates and runs short does not call the handlers again.
-        if !handlers.is_empty() && !IN_HANDLER.with(|f| f.get()) {
-            drop(st);
-            let mut freed = 0u64;
-            let mut calls = 0u64;
-            IN_HANDLER.with(|f| f.set(true));
-            // Cleared on the way out, a panicking handler included.
-            struct Clear;
-            impl Drop for Clear {
-                fn drop(&mut self) {
-                    IN_HANDLER.with(|f| f.set(false));
-                }
-            }
-            let clear = Clear;
-            for h in &handlers {
-                calls += 1;
-                freed = freed.saturating_add(h(rounded.saturating_sub(freed)));
-                if freed >= rounded {
-                    break;
-                }
-            }
-            drop(clear);
-            st = self.lock();
-            st.stats.num_pressure_calls += calls;
+        // A request larger than the device (or the limit) fails whatever is freed: no cache
+        // release, no pressure handlers evicting other users' memory for nothing.
+        let ceiling = self
+            .limit
+            .map_or(self.device_total, |l| l.min(self.device_total));
+        if rounded <= ceiling {
+            // Rung 2: free empty cached segments and retry.
             st.stats.num_alloc_retries += 1;
-            if !st.pending.is_empty() {
-                self.process_events(&mut st)?;
-            }
-            if let Some(p) = self.try_cached(&mut st, size, rounded, kind, stream)? {
-                return Ok(p);
-            }
             self.release_cached(&mut st)?;
             if let Some(p) = self.try_cached(&mut st, size, rounded, kind, stream)? {
                 return Ok(p);
             }
             if let Some(p) = self.try_backend(&mut st, size, rounded, kind, stream)? {
                 return Ok(p);
+            }
+            // Rung 3: pressure handlers, called without the lock.
+            let handlers: Vec<_> = self
+                .handlers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(_, h)| h.clone())
+                .collect();
+            // A handler that allocates and runs short does not call the handlers again.
+            if !handlers.is_empty() && !IN_HANDLER.with(|f| f.get()) {
+                drop(st);
+                let mut freed = 0u64;
+                let mut calls = 0u64;
+                IN_HANDLER.with(|f| f.set(true));
+                // Cleared on the way out, a panicking handler included.
+                struct Clear;
+                impl Drop for Clear {
+                    fn drop(&mut self) {
+                        IN_HANDLER.with(|f| f.set(false));
+                    }
+                }
+                let clear = Clear;
+                for h in &handlers {
+                    calls += 1;
+                    freed = freed.saturating_add(h(rounded.saturating_sub(freed)));
+                    if freed >= rounded {
+                        break;
+                    }
+                }
+                drop(clear);
+                st = self.lock();
+                st.stats.num_pressure_calls += calls;
+                st.stats.num_alloc_retries += 1;
+                if !st.pending.is_empty() {
+                    self.process_events(&mut st)?;
+                }
+                if let Some(p) = self.try_cached(&mut st, size, rounded, kind, stream)? {
+                    return Ok(p);
+                }
+                self.release_cached(&mut st)?;
+                if let Some(p) = self.try_cached(&mut st, size, rounded, kind, stream)? {
+                    return Ok(p);
+                }
+                if let Some(p) = self.try_backend(&mut st, size, rounded, kind, stream)? {
+                    return Ok(p);
+                }
             }
         }
         st.stats.num_ooms += 1;
@@ -641,4 +656,15 @@ mod tests;
 fn _assert_send_sync() {
     fn is<T: Send + Sync>() {}
     is::<CachingAllocator>();
+}
+
+/// One fill of a small scratch allocation, waited for: whether [`CachingAllocator::free`] can
+/// poison at all on this backend (the cuda backend's kernels may be unavailable).
+fn probe_fill(b: &dyn crate::backend::Backend) -> Result<()> {
+    let p = b.alloc(4)?;
+    let r = b
+        .fill_u32_async(p, 4, POISON_PATTERN, Stream::DEFAULT)
+        .and_then(|()| b.synchronize());
+    let freed = b.free(p);
+    r.and(freed)
 }

@@ -162,3 +162,50 @@ fn a_parked_block_is_released_even_when_its_poison_fill_fails() {
     alloc.free(q).unwrap();
     destroy(&backend, s);
 }
+
+#[test]
+fn poison_on_a_backend_that_cannot_fill_is_refused_up_front() {
+    // Every fill fails (as on the cuda backend without its kernels): with poison on, no free
+    // could ever succeed, so the allocator refuses the configuration instead.
+    let backend = Arc::new(SimBackend::with_capacity(64 << 20));
+    backend.device().inject_fault(FaultOp::Launch, 1);
+    let config = AllocatorConfig::parse("poison:true").unwrap();
+    let Err(e) = CachingAllocator::new(backend.clone(), config.clone()) else {
+        panic!("poison without a working fill was accepted");
+    };
+    assert!(matches!(e, Error::Unsupported(_)), "{e}");
+    assert!(e.to_string().contains("poison"), "{e}");
+    assert!(
+        backend.device().leaks().is_clean(),
+        "the probe freed its scratch"
+    );
+    // Where the fill works, the same configuration is accepted.
+    let alloc = CachingAllocator::new(backend, config).unwrap();
+    let p = alloc.allocate(4096, Stream::DEFAULT).unwrap();
+    alloc.free(p).unwrap();
+}
+
+#[test]
+fn a_request_larger_than_the_device_skips_the_out_of_memory_ladder() {
+    // Nothing freed could make 1 TiB fit a 64 MiB device: the cache stays, no handler runs.
+    let (backend, alloc) = setup("");
+    let called = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let c = called.clone();
+    alloc.add_pressure_handler(Box::new(move |_| {
+        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        0
+    }));
+    let p = alloc.allocate(8 << 20, Stream::DEFAULT).unwrap();
+    alloc.free(p).unwrap();
+    let reserved = alloc.stats().reserved_bytes.current;
+    let e = alloc.allocate(1 << 40, Stream::DEFAULT).unwrap_err();
+    assert!(matches!(e, Error::AllocatorOutOfMemory { .. }), "{e}");
+    assert_eq!(
+        alloc.stats().reserved_bytes.current,
+        reserved,
+        "the cache was kept"
+    );
+    assert_eq!(called.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(alloc.stats().num_ooms, 1);
+    drop(backend);
+}

@@ -174,15 +174,28 @@ impl CachingAllocator {
         let mut done = 0;
         let mut fail = None;
         while done < bytes {
-            let r = self.backend.create_physical(g).and_then(|h| {
-                let m = self.backend.map(DevicePtr(va + done), g, h);
-                // The mapping keeps the memory; the handle is not needed after it.
-                let rel = self.backend.release_physical(h);
-                m.and(rel)
-            });
-            match r {
-                Ok(()) => done += g,
+            let h = match self.backend.create_physical(g) {
+                Ok(h) => h,
                 Err(e) => {
+                    fail = Some(e);
+                    break;
+                }
+            };
+            let mapped = self.backend.map(DevicePtr(va + done), g, h);
+            // The mapping keeps the memory; the handle is not needed after it (or, unmapped,
+            // at all).
+            let released = self.backend.release_physical(h);
+            match (mapped, released) {
+                (Ok(()), released) => {
+                    // The page is mapped whatever the release said: count it, so it is
+                    // tracked (and unmapped below if the whole request fails). A handle the
+                    // driver would not release leaks only that handle, not the page.
+                    done += g;
+                    if let Err(e) = released {
+                        tracing::warn!("releasing a mapped page's handle failed: {e}");
+                    }
+                }
+                (Err(e), _) => {
                     fail = Some(e);
                     break;
                 }

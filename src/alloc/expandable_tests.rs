@@ -121,3 +121,24 @@ fn pages_that_cannot_be_unmapped_after_a_failed_mapping_are_kept_and_counted() {
     drop(alloc);
     assert!(backend.device().leaks().is_clean());
 }
+
+#[test]
+fn a_page_mapped_whose_handle_cannot_be_released_is_counted_and_unmapped_later() {
+    use vramswap_sim::FaultOp;
+    let (backend, alloc) = setup();
+    let s = Stream::DEFAULT;
+    let a = alloc.allocate(4 * MIB, s).unwrap();
+    // The next page's handle is not released after mapping it: the page is mapped all the same
+    // and must be counted (it was left mapped and untracked, and every later growth of the
+    // range then failed with an overlapping mapping).
+    backend.device().inject_fault(FaultOp::PhysRelease, 1);
+    let b = alloc.allocate(4 * MIB, s).unwrap();
+    assert_exact(&backend, &alloc, 0);
+    let c = alloc.allocate(4 * MIB, s).unwrap();
+    assert_exact(&backend, &alloc, 0);
+    for p in [a, b, c] {
+        alloc.free(p).unwrap();
+    }
+    alloc.empty_cache().unwrap();
+    assert_eq!(alloc.stats().reserved_bytes.current, 0);
+}

@@ -265,6 +265,7 @@ impl SimDevice {
     /// Releases a physical allocation handle (`cuMemRelease`). The memory itself is freed when
     /// the last mapping of it is unmapped.
     pub fn release(&self, handle: u64) -> SimResult<()> {
+        self.fault(FaultOp::PhysRelease)?;
         let mut mem = self.inner.memory.lock().expect("memory lock");
         mem.handles.remove(&handle).map(|_| ()).ok_or_else(|| {
             SimError::InvalidValue(format!("{handle:#x} is not a live allocation handle"))
