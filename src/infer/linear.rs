@@ -173,38 +173,23 @@ fn band_generic<const FUSED: bool>(
     c1: usize,
     out: &mut [f32],
 ) {
+    const C: usize = 4;
     let o = Out { width: c1 - c0, c0 };
-    cols::<FUSED, 4>(x, w, m, k, c0, c1, out, &o);
+    let mut c = c0;
+    while c + C <= c1 {
+        rows::<FUSED, C>(x, w, m, k, c, out, &o);
+        c += C;
+    }
+    while c < c1 {
+        rows::<FUSED, 1>(x, w, m, k, c, out, &o);
+        c += 1;
+    }
 }
 
 /// Where a band's results go: `out[r * width + (c - c0)]`.
 struct Out {
     width: usize,
     c0: usize,
-}
-
-/// Columns `c0..c1`, `C` at a time (then one at a time), each against every row.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn cols<const FUSED: bool, const C: usize>(
-    x: &[f32],
-    w: &[f32],
-    m: usize,
-    k: usize,
-    c0: usize,
-    c1: usize,
-    out: &mut [f32],
-    o: &Out,
-) {
-    let mut c = c0;
-    while c + C <= c1 {
-        rows::<FUSED, C>(x, w, m, k, c, out, o);
-        c += C;
-    }
-    while c < c1 {
-        rows::<FUSED, 1>(x, w, m, k, c, out, o);
-        c += 1;
-    }
 }
 
 /// Columns `c..c + C` against every row of `x`, 2 rows at a time, then the last one.
