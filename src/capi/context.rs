@@ -111,7 +111,7 @@ impl Context {
         if s.0 == 0 || self.known_streams().contains(&s.0) {
             return Ok(s);
         }
-        if self.backend.kind() == BackendKind::Cuda && !self.engine.copy_streams().contains(&s) {
+        if self.backend.kind() == BackendKind::Cuda && !self.engine.is_copy_stream(s) {
             return Ok(s);
         }
         Err(unknown_stream(s))

@@ -267,14 +267,14 @@ impl SwapEngine {
         &self.inner.config
     }
 
-    /// The engine's own copy streams (both directions). Callers that take stream handles from
-    /// outside (the C ABI) check that a caller's stream is not one of them.
-    pub fn copy_streams(&self) -> Vec<Stream> {
+    /// Whether `s` is one of the engine's own copy streams (either direction). Callers that
+    /// take stream handles from outside (the C ABI) refuse those.
+    pub fn is_copy_stream(&self, s: Stream) -> bool {
         use crate::transfer::Direction;
         let c = &self.inner.copy;
-        let mut v = c.streams(Direction::HostToDevice).to_vec();
-        v.extend_from_slice(c.streams(Direction::DeviceToHost));
-        v
+        [Direction::HostToDevice, Direction::DeviceToHost]
+            .iter()
+            .any(|&d| c.streams(d).contains(&s))
     }
 
     /// Whether sets get stable addresses (the virtual-memory API is in use).
