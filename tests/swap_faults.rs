@@ -474,3 +474,20 @@ fn a_dirty_offload_whose_unmap_fails_leaves_the_set_on_the_device_and_usable() {
     assert_eq!(state(&e), Residency::InHost);
     finish(b, e);
 }
+
+#[test]
+fn a_bad_copy_that_cannot_be_unmapped_stays_uploading_and_the_next_acquire_retries() {
+    // Verification fails (the checksum kernel's launch) and discarding the copy fails too (the
+    // unmap): the set must keep its transfer, so the next acquire verifies again instead of
+    // finding an `Uploading` set without one.
+    let b: SharedBackend = Arc::new(SimBackend::with_capacity(256 << 20));
+    let e = verified(&b, true);
+    one_tensor(&e, "m", 4 << 20);
+    let sim = b.sim_device().unwrap();
+    sim.inject_fault(FaultOp::Launch, 1);
+    sim.inject_fault(FaultOp::Unmap, 1);
+    assert!(e.acquire("m").is_err());
+    assert_eq!(state(&e), Residency::Uploading);
+    assert_eq!(e.acquire("m").unwrap().read(0, 16).unwrap(), vec![5u8; 16]);
+    finish(b, e);
+}

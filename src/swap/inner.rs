@@ -449,13 +449,16 @@ impl Inner {
             // stay mapped under them: the set stays `Uploading` with this transfer, so every
             // acquire fails verification until the last guard is gone and the copy can go.
             if e.guards <= held && sync_uses(b, &mut e.uses).is_ok() {
-                e.transfer = None;
                 let _ = e
                     .space
                     .as_mut()
                     .expect("uploading sets have space")
                     .unback(b);
+                // An unback that failed before unmapping leaves the bad copy mapped: the set
+                // stays `Uploading` with its transfer (an `Uploading` set always has one), and
+                // the next acquire tries again.
                 if !e.resident() {
+                    e.transfer = None;
                     e.state = Residency::InHost;
                 }
             }
@@ -483,12 +486,11 @@ impl Inner {
         let t0 = Instant::now();
         if let Some(t) = e.transfer.clone() {
             // An upload nobody waited for (a prefetch, or a streaming acquire whose guard was
-            // dropped early): let it land before unmapping, and finish it so that it is counted
-            // and verified like any other. On a wait error the set stays as it was (uploading,
-            // its transfer kept).
+            // dropped early): let it land before unmapping, and finish it so that it is
+            // counted. Not verified: the device copy is about to go (or, dirty, to be copied
+            // back as it is now). On a wait error the set stays as it was (uploading, its
+            // transfer kept).
             t.wait()?;
-            // Not verified: the device copy is about to go (or, dirty, to be copied back as
-            // it is now); only counted.
             self.finish_upload(st, name, &t, Ok(()), 0)?;
         }
         let e = st.entry(name)?;
