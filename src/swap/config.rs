@@ -101,14 +101,8 @@ impl SwapConfig {
                 _ => Err(conf_err(k, format!("`{v}` is not true or false"))),
             };
             match k {
-                "device_budget" | "host_budget" => {
-                    let b = Some(parse_bytes_for(k, v)?);
-                    if k == "device_budget" {
-                        self.device_budget = b;
-                    } else {
-                        self.host_budget = b;
-                    }
-                }
+                "device_budget" => self.device_budget = Some(parse_bytes_for(k, v)?),
+                "host_budget" => self.host_budget = Some(parse_bytes_for(k, v)?),
                 "idle_timeout_s" => self.idle_timeout = Some(parse_secs(k, v)?),
                 "chunk_mb" => {
                     let mb: u64 = v
