@@ -55,17 +55,7 @@ impl Handle {
 
     fn info(&self, tensor: &str) -> PyResult<(Arc<WeightGuard>, TensorInfo)> {
         let g = self.guard()?;
-        let t = g
-            .tensors()
-            .iter()
-            .find(|t| t.name == tensor)
-            .cloned()
-            .ok_or_else(|| {
-                to_py(Error::NotFound {
-                    kind: "tensor",
-                    name: format!("{}/{tensor}", self.name),
-                })
-            })?;
+        let t = g.tensor(tensor).py()?.clone();
         Ok((g, t))
     }
 }

@@ -150,11 +150,7 @@ pub unsafe extern "C" fn vramswap_guard_tensor_ptr(
         // SAFETY: NULL-checked inside; live / NUL-terminated otherwise (caller's contract).
         let (g, name) = unsafe { (guard_ref(guard)?, str_arg(name, "name")?) };
         let p = g.tensor_ptr(name)?;
-        let len = g
-            .tensors()
-            .iter()
-            .find(|t| t.name == name)
-            .map_or(0, |t| t.len);
+        let len = g.tensor(name)?.len;
         // SAFETY: `out` is not NULL; both are valid for writes when not NULL (caller's
         // contract).
         unsafe {
@@ -214,13 +210,7 @@ pub unsafe extern "C" fn vramswap_guard_read_tensor(
             ));
         }
         // The length from the guard's table: a size query reads nothing from the device.
-        // `tensor_ptr` fails (NOT_FOUND) exactly when the table lacks the name.
-        g.tensor_ptr(name)?;
-        let len = g
-            .tensors()
-            .iter()
-            .find(|t| t.name == name)
-            .map_or(0, |t| t.len);
+        let len = g.tensor(name)?.len;
         let len = usize::try_from(len)
             .map_err(|_| Failure::invalid(format!("tensor `{name}` has {len} bytes")))?;
         // `*needed` is written on success and on BUFFER_TOO_SMALL only, as every out-parameter.

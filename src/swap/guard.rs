@@ -101,7 +101,8 @@ impl WeightGuard {
         &self.layout.desc.tensors
     }
 
-    fn tensor(&self, name: &str) -> Result<&TensorInfo> {
+    /// The tensor called `name`, or [`Error::NotFound`].
+    pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
         self.layout
             .desc
             .tensors
