@@ -642,14 +642,10 @@ impl CachingAllocator {
     }
 }
 
-#[path = "events.rs"]
 mod events;
-#[path = "expandable.rs"]
 mod expandable;
-#[path = "report.rs"]
 mod report;
 #[cfg(test)]
-#[path = "caching_tests.rs"]
 mod tests;
 
 #[allow(dead_code)]

@@ -679,9 +679,7 @@ impl BlockPool {
     }
 }
 
-#[path = "pool_expand.rs"]
 mod expand;
 
 #[cfg(test)]
-#[path = "pool_tests.rs"]
 mod tests;

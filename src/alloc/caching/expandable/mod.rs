@@ -274,5 +274,4 @@ impl CachingAllocator {
 }
 
 #[cfg(test)]
-#[path = "expandable_tests.rs"]
 mod tests;
