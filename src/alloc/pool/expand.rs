@@ -106,33 +106,6 @@ impl BlockPool {
         (keep_end, cut)
     }
 
-    /// Splits block `idx` after its first `first` bytes; the new upper block (same segment,
-    /// stream and state, in no free list) is returned. `idx` must be in no free list.
-    fn split_at(&mut self, idx: u32, first: u64) -> u32 {
-        let b = self.blocks[idx as usize].clone();
-        let up = self.new_block(Block {
-            addr: b.addr + first,
-            size: b.size - first,
-            requested: 0,
-            segment: b.segment,
-            stream: b.stream,
-            state: b.state,
-            tag: 0,
-            handed_out: false,
-            prev: idx,
-            next: b.next,
-            fprev: NIL,
-            fnext: NIL,
-        });
-        if b.next != NIL {
-            self.blocks[b.next as usize].prev = up;
-        }
-        let blk = &mut self.blocks[idx as usize];
-        blk.next = up;
-        blk.size = first;
-        up
-    }
-
     /// The whole granules (relative to the base) inside every free block of a segment, as
     /// ranges `(start, bytes)`, one per free block that holds any.
     pub fn unmappable_ranges(&self, seg: u32, granule: u64) -> Vec<(u64, u64)> {

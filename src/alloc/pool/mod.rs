@@ -486,32 +486,40 @@ impl BlockPool {
         let size = self.blocks[idx as usize].size;
         let max_split = if expandable { u64::MAX } else { max_split };
         if should_split(kind, size, rounded, max_split) {
-            let b = self.blocks[idx as usize].clone();
-            let rest = self.new_block(Block {
-                addr: b.addr + rounded,
-                size: size - rounded,
-                requested: 0,
-                segment: seg,
-                stream: b.stream,
-                state: BlockState::Allocated,
-                tag: 0,
-                handed_out: false,
-                prev: idx,
-                next: b.next,
-                fprev: NIL,
-                fnext: NIL,
-            });
-            if b.next != NIL {
-                self.blocks[b.next as usize].prev = rest;
-            }
-            let blk = &mut self.blocks[idx as usize];
-            blk.next = rest;
-            blk.size = rounded;
+            let rest = self.split_at(idx, rounded);
             self.push_free(rest);
         }
         self.blocks[idx as usize].state = BlockState::Allocated;
         self.account(seg);
         idx
+    }
+
+    /// Splits block `idx` after its first `first` bytes; the new upper block (same segment,
+    /// stream and state, in no free list) is returned. `idx` must be in no free list. The one
+    /// place a block is split: [`BlockPool::take`] and the expandable segments' holes use it.
+    fn split_at(&mut self, idx: u32, first: u64) -> u32 {
+        let b = self.blocks[idx as usize].clone();
+        let up = self.new_block(Block {
+            addr: b.addr + first,
+            size: b.size - first,
+            requested: 0,
+            segment: b.segment,
+            stream: b.stream,
+            state: b.state,
+            tag: 0,
+            handed_out: false,
+            prev: idx,
+            next: b.next,
+            fprev: NIL,
+            fnext: NIL,
+        });
+        if b.next != NIL {
+            self.blocks[b.next as usize].prev = up;
+        }
+        let blk = &mut self.blocks[idx as usize];
+        blk.next = up;
+        blk.size = first;
+        up
     }
 
     /// Marks an allocated block as waiting for events.
