@@ -370,7 +370,8 @@ fn history_exports_a_replayable_trace() {
     assert!(ops.contains(&TraceOp::Alloc {
         id: 0,
         size: 1000,
-        stream: 0
+        stream: 0,
+        addr: None,
     }));
     assert!(ops.contains(&TraceOp::RecordStream { id: 0, stream: 1 }));
     assert!(ops.contains(&TraceOp::Free { id: 0 }));

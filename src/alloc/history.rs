@@ -5,53 +5,9 @@ use std::collections::{HashMap, VecDeque};
 
 use super::trace::TraceOp;
 
-/// One event in the history.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum HistoryEvent {
-    /// A block was handed out.
-    Alloc {
-        /// Allocation id (order of allocation, from 0).
-        id: u64,
-        /// Bytes asked for.
-        size: u64,
-        /// Stream handle.
-        stream: u64,
-        /// Device address.
-        addr: u64,
-    },
-    /// A block was freed by the user.
-    Free {
-        /// Allocation id.
-        id: u64,
-    },
-    /// A block was marked as used on another stream.
-    RecordStream {
-        /// Allocation id.
-        id: u64,
-        /// Stream handle.
-        stream: u64,
-    },
-    /// Memory was obtained from the backend (a segment, or pages of an expandable one).
-    SegmentAlloc {
-        /// First byte.
-        addr: u64,
-        /// Bytes.
-        size: u64,
-    },
-    /// Memory was returned to the backend.
-    SegmentFree {
-        /// First byte.
-        addr: u64,
-        /// Bytes.
-        size: u64,
-    },
-    /// A request failed with out-of-memory.
-    Oom {
-        /// Bytes asked for.
-        size: u64,
-    },
-}
+/// One event in the history: a [`TraceOp`], with the backend's stream handles and, for
+/// allocations, the address.
+pub type HistoryEvent = TraceOp;
 
 /// A bounded ring of [`HistoryEvent`]s; capacity 0 records nothing.
 #[derive(Debug, Default)]
@@ -104,16 +60,16 @@ impl History {
 /// order of first use. Frees of allocations that fell out of the ring are left out, so the
 /// trace replays cleanly.
 pub fn to_trace(events: &[HistoryEvent]) -> Vec<TraceOp> {
-    let mut streams: HashMap<u64, u32> = HashMap::new();
+    let mut streams: HashMap<u64, u64> = HashMap::new();
     let mut known = std::collections::HashSet::new();
     let mut small = |s: u64| {
-        let n = streams.len() as u32;
+        let n = streams.len() as u64;
         *streams.entry(s).or_insert(n)
     };
     let mut out = Vec::with_capacity(events.len());
     for e in events {
         match *e {
-            HistoryEvent::Alloc {
+            TraceOp::Alloc {
                 id, size, stream, ..
             } => {
                 known.insert(id);
@@ -121,23 +77,20 @@ pub fn to_trace(events: &[HistoryEvent]) -> Vec<TraceOp> {
                     id,
                     size,
                     stream: small(stream),
+                    addr: None,
                 });
             }
-            HistoryEvent::Free { id } if known.remove(&id) => out.push(TraceOp::Free { id }),
-            HistoryEvent::RecordStream { id, stream } if known.contains(&id) => {
+            TraceOp::Free { id } if known.remove(&id) => out.push(TraceOp::Free { id }),
+            TraceOp::RecordStream { id, stream } if known.contains(&id) => {
                 out.push(TraceOp::RecordStream {
                     id,
                     stream: small(stream),
                 })
             }
-            HistoryEvent::SegmentAlloc { addr, size } => {
-                out.push(TraceOp::SegmentAlloc { addr, size })
-            }
-            HistoryEvent::SegmentFree { addr, size } => {
-                out.push(TraceOp::SegmentFree { addr, size })
-            }
-            HistoryEvent::Oom { size } => out.push(TraceOp::Oom { size }),
-            _ => {}
+            TraceOp::Free { .. } | TraceOp::RecordStream { .. } => {}
+            op @ (TraceOp::SegmentAlloc { .. }
+            | TraceOp::SegmentFree { .. }
+            | TraceOp::Oom { .. }) => out.push(op),
         }
     }
     out

@@ -47,7 +47,7 @@ fn trace_error(line: usize, problem: String) -> Error {
 /// id) or fails in the allocator is an error naming its line.
 pub fn replay(alloc: &CachingAllocator, ops: &[(usize, TraceOp)]) -> Result<ReplayReport> {
     let backend = alloc.backend().clone();
-    let mut streams: HashMap<u32, Stream> = HashMap::new();
+    let mut streams: HashMap<u64, Stream> = HashMap::new();
     let mut live: HashMap<u64, DevicePtr> = HashMap::new();
     let mut timeline = Vec::with_capacity(ops.len().min(1 << 20));
     let every = ops.len().div_ceil(4000).max(1);
@@ -56,7 +56,7 @@ pub fn replay(alloc: &CachingAllocator, ops: &[(usize, TraceOp)]) -> Result<Repl
     let result = (|| -> Result<()> {
         for (i, (line, op)) in ops.iter().enumerate() {
             let line = *line;
-            let mut stream_of = |s: u32| -> Result<Stream> {
+            let mut stream_of = |s: u64| -> Result<Stream> {
                 if let Some(st) = streams.get(&s) {
                     return Ok(*st);
                 }
@@ -65,7 +65,9 @@ pub fn replay(alloc: &CachingAllocator, ops: &[(usize, TraceOp)]) -> Result<Repl
                 Ok(st)
             };
             match *op {
-                TraceOp::Alloc { id, size, stream } => {
+                TraceOp::Alloc {
+                    id, size, stream, ..
+                } => {
                     let st = stream_of(stream)?;
                     if live.contains_key(&id) {
                         return Err(trace_error(

@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// One trace operation.
+/// One trace operation, and one event of the allocator's history (the one definition of
+/// both: [`super::history::HistoryEvent`] is this type). In the history, streams are the
+/// backend's handles and allocations carry their address; [`super::history::to_trace`] turns
+/// handles into small stream numbers and drops addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TraceOp {
@@ -22,8 +25,11 @@ pub enum TraceOp {
         id: u64,
         /// Bytes.
         size: u64,
-        /// Stream number.
-        stream: u32,
+        /// Stream: a small number in a trace, the backend's handle in the history.
+        stream: u64,
+        /// Device address the block got (history only; absent from traces).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        addr: Option<u64>,
     },
     /// Free allocation `id`.
     Free {
@@ -34,24 +40,25 @@ pub enum TraceOp {
     RecordStream {
         /// Allocation id.
         id: u64,
-        /// Stream number.
-        stream: u32,
+        /// Stream: a small number in a trace, the backend's handle in the history.
+        stream: u64,
     },
-    /// (History only) memory obtained from the backend.
+    /// Memory obtained from the backend (a segment, or pages of an expandable one); replay
+    /// ignores it.
     SegmentAlloc {
         /// First byte.
         addr: u64,
         /// Bytes.
         size: u64,
     },
-    /// (History only) memory returned to the backend.
+    /// Memory returned to the backend; replay ignores it.
     SegmentFree {
         /// First byte.
         addr: u64,
         /// Bytes.
         size: u64,
     },
-    /// (History only) a request that failed.
+    /// A request that failed with out-of-memory; replay ignores it.
     Oom {
         /// Bytes.
         size: u64,
@@ -201,6 +208,7 @@ impl Gen {
             id,
             size: size.max(1),
             stream: 0,
+            addr: None,
         });
         id
     }

@@ -365,7 +365,7 @@ impl CachingAllocator {
                 id,
                 size,
                 stream,
-                addr,
+                addr: Some(addr),
             });
         }
         DevicePtr(addr)
