@@ -36,6 +36,10 @@ pub struct AllocatorConfig {
     /// Large-pool memory comes from one growable virtual range per stream, mapped in
     /// granularity-sized pages, instead of fixed segments.
     pub expandable_segments: bool,
+    /// Large blocks are virtual ranges mapped to pages of one physical page pool shared by all
+    /// sizes and streams (see `docs/design.md`, "Allocator"), where the device has the
+    /// virtual-memory API; fixed segments elsewhere. Ignored when `expandable_segments` is on.
+    pub page_pool: bool,
     /// Cap on reserved bytes.
     pub limit: MemoryLimit,
     /// Round requests up to this many equal steps between powers of two (0 or 1: off).
@@ -54,6 +58,7 @@ impl Default for AllocatorConfig {
         AllocatorConfig {
             max_split_size: u64::MAX,
             expandable_segments: false,
+            page_pool: false,
             limit: MemoryLimit::None,
             roundup_power2_divisions: 0,
             history: 0,
@@ -87,7 +92,7 @@ fn parse_mb(key: &str, v: &str) -> Result<u64> {
 
 impl AllocatorConfig {
     /// Parses `key:value` pairs separated by commas. Keys: `max_split_size_mb`,
-    /// `expandable_segments` (true/false), `limit_mb`, `limit_fraction` (0 < f ≤ 1),
+    /// `expandable_segments` (true/false), `page_pool` (true/false), `limit_mb`, `limit_fraction` (0 < f ≤ 1),
     /// `roundup_power2_divisions` (0 or a power of two up to 64), `history` (ring size),
     /// `poison` (true/false). Unknown keys and bad values are [`Error::Config`].
     pub fn parse(spec: &str) -> Result<AllocatorConfig> {
@@ -106,6 +111,7 @@ impl AllocatorConfig {
                     c.max_split_size = b;
                 }
                 "expandable_segments" => c.expandable_segments = parse_bool(k, v)?,
+                "page_pool" => c.page_pool = parse_bool(k, v)?,
                 "limit_mb" => c.limit = MemoryLimit::Bytes(parse_mb(k, v)?),
                 "limit_fraction" => {
                     let f = v
@@ -134,7 +140,7 @@ impl AllocatorConfig {
                 _ => {
                     return Err(bad(
                         k,
-                        "unknown key (known: max_split_size_mb, expandable_segments, limit_mb, \
+                        "unknown key (known: max_split_size_mb, expandable_segments, page_pool, limit_mb, \
                          limit_fraction, roundup_power2_divisions, history, poison)",
                     ))
                 }

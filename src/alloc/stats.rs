@@ -95,6 +95,11 @@ pub struct AllocatorStats {
     pub num_sync_all_streams: u64,
     /// Calls of pressure handlers.
     pub num_pressure_calls: u64,
+    /// Pages mapped (`cuMemMap`, with its `cuMemSetAccess`): expandable segments and the page
+    /// pool.
+    pub num_maps: u64,
+    /// Pages unmapped (`cuMemUnmap`).
+    pub num_unmaps: u64,
 }
 
 impl AllocatorStats {

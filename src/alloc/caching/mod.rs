@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::config::{AllocatorConfig, MemoryLimit, POISON_PATTERN};
 use super::history::{History, HistoryEvent};
-use super::pool::BlockPool;
+use super::pool::{Backing, BlockPool};
 use super::sizing::{round_size, segment_size, PoolKind};
 use super::stats::AllocatorStats;
 use crate::backend::{DevicePtr, Event, SharedBackend, Stream};
@@ -65,6 +65,8 @@ struct State {
     stats: AllocatorStats,
     history: History,
     next_id: u64,
+    /// The page pool's pages and ranges (empty unless the page pool is on).
+    pages: paged::Pages,
 }
 
 /// A caching device allocator in the manner of PyTorch's `CUDACachingAllocator` and RMM's
@@ -100,6 +102,9 @@ pub struct CachingAllocator {
     config: AllocatorConfig,
     limit: Option<u64>,
     granularity: u64,
+    /// Large blocks come from the page pool (configured, and the device has the
+    /// virtual-memory API, and expandable segments are off).
+    paged: bool,
     /// The device's memory in all.
     device_total: u64,
     state: Mutex<State>,
@@ -143,6 +148,7 @@ impl CachingAllocator {
             ));
         }
         let granularity = props.vmm_granularity.max(1);
+        let paged = config.page_pool && props.vmm_supported && !config.expandable_segments;
         if config.poison {
             probe_fill(backend.as_ref()).map_err(|e| {
                 Error::Unsupported(format!(
@@ -156,6 +162,7 @@ impl CachingAllocator {
             backend,
             limit,
             granularity,
+            paged,
             device_total: total,
             state: Mutex::new(State {
                 pool: BlockPool::new(),
@@ -167,6 +174,7 @@ impl CachingAllocator {
                 stats: AllocatorStats::default(),
                 history,
                 next_id: 0,
+                pages: paged::Pages::default(),
             }),
             config,
             handlers: Mutex::new(Vec::new()),
@@ -400,6 +408,9 @@ impl CachingAllocator {
         if self.config.expandable_segments && kind == PoolKind::Large {
             return self.try_expand(st, size, rounded, stream);
         }
+        if self.paged && kind == PoolKind::Large {
+            return self.try_paged(st, size, rounded, stream);
+        }
         let Some(seg) = segment_size(rounded) else {
             return Ok(None);
         };
@@ -419,7 +430,9 @@ impl CachingAllocator {
             addr: base.0,
             size: seg,
         });
-        let idx = st.pool.add_segment(base.0, seg, seg, stream.0, kind, false);
+        let idx = st
+            .pool
+            .add_segment(base.0, seg, seg, stream.0, kind, Backing::Fixed);
         Ok(Some(self.hand_out(st, idx, size, rounded)))
     }
 
@@ -438,7 +451,7 @@ impl CachingAllocator {
         st.pool.merge_all_free();
         for seg in st.pool.empty_segments() {
             let s = st.pool.segment(seg).clone();
-            if s.expandable {
+            if s.backing != Backing::Fixed {
                 continue;
             }
             self.backend.free(DevicePtr(s.base))?;
@@ -454,7 +467,7 @@ impl CachingAllocator {
         let expandable: Vec<u32> = st
             .pool
             .segments()
-            .filter(|(_, s)| s.expandable)
+            .filter(|(_, s)| s.backing == Backing::Expandable)
             .map(|(i, _)| i)
             .collect();
         let mut result = Ok(());
@@ -463,6 +476,9 @@ impl CachingAllocator {
             if result.is_err() {
                 break;
             }
+        }
+        if result.is_ok() {
+            result = self.release_paged(st);
         }
         self.update_split_stats(st);
         result
@@ -644,6 +660,7 @@ impl CachingAllocator {
 
 mod events;
 mod expandable;
+mod paged;
 mod report;
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,7 @@
 
 use super::CachingAllocator;
 use crate::alloc::history::{to_trace, HistoryEvent};
+use crate::alloc::pool::Backing;
 use crate::alloc::stats::{AllocatorStats, BlockInfo, SegmentInfo, Snapshot};
 use crate::alloc::trace::{write_trace, TraceOp};
 use crate::backend::{DevicePtr, Event};
@@ -46,7 +47,7 @@ impl CachingAllocator {
                     active_size: sum(&|b| b.state.starts_with("active")),
                     stream: s.stream,
                     segment_type: s.kind,
-                    expandable: s.expandable,
+                    expandable: s.backing == Backing::Expandable,
                     blocks,
                 }
             })
@@ -103,7 +104,19 @@ impl Drop for CachingAllocator {
         for seg in segs {
             let mapped = st.pool.mapped_ranges(seg);
             let s = st.pool.forget_segment(seg);
-            let r = if s.expandable {
+            let r = if let Backing::Paged { page } = s.backing {
+                let handles = st.pages.of_segment.remove(&seg).unwrap_or_default();
+                let mapped = s.size.div_ceil(page) as usize;
+                let mut r = Ok(());
+                for (i, &h) in handles.iter().enumerate() {
+                    if i < mapped && r.is_ok() {
+                        r = backend.unmap(DevicePtr(s.base + i as u64 * page), page);
+                    }
+                    // A handle released while mapped keeps its page until the unmap.
+                    let _ = backend.release_physical(h);
+                }
+                r.and_then(|_| backend.free_reservation(DevicePtr(s.base), s.capacity))
+            } else if s.backing == Backing::Expandable {
                 let g = self.granularity;
                 let mut r = Ok(());
                 for (start, bytes) in mapped {
@@ -119,6 +132,18 @@ impl Drop for CachingAllocator {
             };
             if let Err(e) = r {
                 tracing::warn!("caching allocator drop: returning segment failed: {e}");
+            }
+        }
+        for h in st.pages.free.drain(..) {
+            if let Err(e) = backend.release_physical(h) {
+                tracing::warn!("caching allocator drop: releasing a pooled page failed: {e}");
+            }
+        }
+        for (bytes, vas) in st.pages.ranges.drain() {
+            for va in vas {
+                if let Err(e) = backend.free_reservation(DevicePtr(va), bytes) {
+                    tracing::warn!("caching allocator drop: freeing a cached range failed: {e}");
+                }
             }
         }
         events.append(&mut st.spare_events);

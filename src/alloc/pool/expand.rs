@@ -1,6 +1,6 @@
 //! Growing and trimming expandable segments, and the invariant check used by tests.
 
-use super::{Block, BlockPool, BlockState, NIL};
+use super::{Backing, Block, BlockPool, BlockState, NIL};
 use crate::alloc::sizing::PoolKind;
 
 impl BlockPool {
@@ -11,7 +11,9 @@ impl BlockPool {
         stream: u64,
     ) -> impl Iterator<Item = u32> + '_ {
         self.segments()
-            .filter(move |(_, s)| s.expandable && s.kind == kind && s.stream == stream)
+            .filter(move |(_, s)| {
+                s.backing == Backing::Expandable && s.kind == kind && s.stream == stream
+            })
             .map(|(i, _)| i)
     }
 

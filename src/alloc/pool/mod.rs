@@ -53,6 +53,22 @@ pub struct Block {
     fnext: u32,
 }
 
+/// How a segment's memory is held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backing {
+    /// One backend allocation.
+    Fixed,
+    /// A reserved range that grows and shrinks by mapping pages (expandable segments).
+    Expandable,
+    /// A virtual range of exactly the pages one block needs, mapped to pages of the page pool
+    /// (`page` bytes each). Its one block is never split, and serves only requests needing
+    /// the same number of pages; freed, its pages may be unmapped and mapped elsewhere.
+    Paged {
+        /// Page size in bytes.
+        page: u64,
+    },
+}
+
 /// One segment: memory obtained from the backend in one piece (or, expandable, one reserved
 /// range of which `size` bytes are mapped).
 #[derive(Clone, Debug)]
@@ -68,8 +84,8 @@ pub struct Segment {
     pub stream: u64,
     /// Pool.
     pub kind: PoolKind,
-    /// Grows and shrinks by mapping pages.
-    pub expandable: bool,
+    /// How its memory is held.
+    pub backing: Backing,
     first: u32,
     live: bool,
 }
@@ -331,7 +347,7 @@ impl BlockPool {
         capacity: u64,
         stream: u64,
         kind: PoolKind,
-        expandable: bool,
+        backing: Backing,
     ) -> u32 {
         let seg = Segment {
             base,
@@ -339,7 +355,7 @@ impl BlockPool {
             capacity,
             stream,
             kind,
-            expandable,
+            backing,
             first: NIL,
             live: true,
         };
@@ -424,12 +440,14 @@ impl BlockPool {
                     break;
                 }
                 let b = &self.blocks[cur as usize];
-                let ms = if self.segments[b.segment as usize].expandable {
-                    u64::MAX
-                } else {
-                    max_split
+                let fits = match self.segments[b.segment as usize].backing {
+                    Backing::Fixed => may_serve(b.size, rounded, max_split),
+                    Backing::Expandable => may_serve(b.size, rounded, u64::MAX),
+                    Backing::Paged { page } => {
+                        b.size >= rounded && b.size.div_ceil(page) == rounded.div_ceil(page)
+                    }
                 };
-                if may_serve(b.size, rounded, ms) {
+                if fits {
                     let key = (b.size, b.addr, cur);
                     if best.is_none_or(|k| (key.0, key.1) < (k.0, k.1)) {
                         best = Some(key);
@@ -479,13 +497,17 @@ impl BlockPool {
         let seg = self.blocks[idx as usize].segment;
         self.unaccount(seg);
         self.unlink_free(idx);
-        let (kind, expandable) = {
+        let (kind, backing) = {
             let s = &self.segments[seg as usize];
-            (s.kind, s.expandable)
+            (s.kind, s.backing)
         };
         let size = self.blocks[idx as usize].size;
-        let max_split = if expandable { u64::MAX } else { max_split };
-        if should_split(kind, size, rounded, max_split) {
+        let split = match backing {
+            Backing::Fixed => should_split(kind, size, rounded, max_split),
+            Backing::Expandable => should_split(kind, size, rounded, u64::MAX),
+            Backing::Paged { .. } => false,
+        };
+        if split {
             let rest = self.split_at(idx, rounded);
             self.push_free(rest);
         }
@@ -651,6 +673,26 @@ impl BlockPool {
             .map(|(i, _)| i)
             .filter(|&i| self.whole_free(i))
             .collect()
+    }
+
+    /// Cuts an entirely free paged segment down to its first `bytes` (`bytes` > 0): what
+    /// stays mapped after unmapping its last pages failed part way.
+    pub fn shrink_paged(&mut self, seg: u32, bytes: u64) {
+        debug_assert!(bytes > 0 && self.whole_free(seg));
+        let b = self.segments[seg as usize].first;
+        self.unaccount(seg);
+        self.unlink_free(b);
+        let blk = &mut self.blocks[b as usize];
+        blk.size = blk.size.min(bytes);
+        let s = &mut self.segments[seg as usize];
+        s.size = s.size.min(bytes);
+        self.push_free(b);
+        self.account(seg);
+    }
+
+    /// Whether every byte of segment `seg` is one free block.
+    pub fn is_empty_segment(&self, seg: u32) -> bool {
+        self.whole_free(seg)
     }
 
     /// Removes an entirely free segment; returns it.

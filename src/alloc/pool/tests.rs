@@ -7,7 +7,7 @@ const MIB: u64 = 1 << 20;
 
 fn pool_with_segment(size: u64, kind: PoolKind) -> (BlockPool, u32) {
     let mut p = BlockPool::new();
-    let b = p.add_segment(0x1000_0000, size, size, 1, kind, false);
+    let b = p.add_segment(0x1000_0000, size, size, 1, kind, Backing::Fixed);
     (p, b)
 }
 
@@ -94,14 +94,28 @@ fn moving_a_stream_merges_its_free_blocks_into_the_new_one() {
 #[test]
 fn best_fit_prefers_the_smallest_block_that_fits() {
     let mut p = BlockPool::new();
-    let first = p.add_segment(0x1000_0000, 2 * MIB, 2 * MIB, 1, PoolKind::Small, false);
+    let first = p.add_segment(
+        0x1000_0000,
+        2 * MIB,
+        2 * MIB,
+        1,
+        PoolKind::Small,
+        Backing::Fixed,
+    );
     let hole = p.take(first, 64 << 10, MAX);
     let rest = p
         .find_free(PoolKind::Small, 1, 2 * MIB - (64 << 10), MAX)
         .unwrap();
     p.take(rest, 2 * MIB - (64 << 10), MAX);
     p.release(hole);
-    p.add_segment(0x2000_0000, 2 * MIB, 2 * MIB, 1, PoolKind::Small, false);
+    p.add_segment(
+        0x2000_0000,
+        2 * MIB,
+        2 * MIB,
+        1,
+        PoolKind::Small,
+        Backing::Fixed,
+    );
     let got = p.find_free(PoolKind::Small, 1, 32 << 10, MAX).unwrap();
     assert_eq!(p.block(got).addr, 0x1000_0000);
 }
@@ -117,7 +131,14 @@ fn oversize_blocks_are_not_split_nor_used_for_small_requests() {
 #[test]
 fn expandable_segment_grows_and_trims_its_tail() {
     let mut p = BlockPool::new();
-    let b = p.add_segment(0x1000_0000, 4 * MIB, 64 * MIB, 1, PoolKind::Large, true);
+    let b = p.add_segment(
+        0x1000_0000,
+        4 * MIB,
+        64 * MIB,
+        1,
+        PoolKind::Large,
+        Backing::Expandable,
+    );
     let a = p.take(b, 3 * MIB / 2, MAX);
     let tail = p.grow(0, 4 * MIB, 1);
     assert_eq!(p.block(tail).size, 6 * MIB + MIB / 2);
@@ -160,7 +181,7 @@ proptest! {
                         Some(i) => i,
                         None => {
                             let seg = crate::alloc::sizing::segment_size(size).unwrap();
-                            let b = p.add_segment(next_base, seg, seg, stream, kind, false);
+                            let b = p.add_segment(next_base, seg, seg, stream, kind, Backing::Fixed);
                             next_base += seg + 4096;
                             b
                         }
@@ -197,7 +218,14 @@ proptest! {
 #[test]
 fn whole_free_granules_are_carved_out_and_filled_again() {
     let mut p = BlockPool::new();
-    let b = p.add_segment(0x1000_0000, 8 * MIB, 64 * MIB, 1, PoolKind::Large, true);
+    let b = p.add_segment(
+        0x1000_0000,
+        8 * MIB,
+        64 * MIB,
+        1,
+        PoolKind::Large,
+        Backing::Expandable,
+    );
     let a = p.take(b, 3 * MIB / 2, MAX);
     let rest = p.find_free(PoolKind::Large, 1, 4 * MIB, MAX).unwrap();
     let c = p.take(rest, 4 * MIB + MIB / 2, MAX);
@@ -217,7 +245,14 @@ fn whole_free_granules_are_carved_out_and_filled_again() {
 #[test]
 fn a_middle_hole_is_found_and_merges_with_its_free_neighbours() {
     let mut p = BlockPool::new();
-    let b = p.add_segment(0x1000_0000, 8 * MIB, 64 * MIB, 1, PoolKind::Large, true);
+    let b = p.add_segment(
+        0x1000_0000,
+        8 * MIB,
+        64 * MIB,
+        1,
+        PoolKind::Large,
+        Backing::Expandable,
+    );
     let a = p.take(b, 2 * MIB, MAX);
     let mid = p.find_free(PoolKind::Large, 1, 4 * MIB, MAX).unwrap();
     let m = p.take(mid, 4 * MIB, MAX);

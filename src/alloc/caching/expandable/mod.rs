@@ -4,6 +4,7 @@
 
 use super::{is_oom, CachingAllocator, State};
 use crate::alloc::history::HistoryEvent;
+use crate::alloc::pool::Backing;
 use crate::alloc::sizing::PoolKind;
 use crate::backend::{DevicePtr, Stream};
 use crate::error::{Error, Result};
@@ -118,7 +119,7 @@ impl CachingAllocator {
     }
 
     /// Whether `bytes` more stay under the limit.
-    fn within_limit(&self, st: &State, bytes: u64) -> bool {
+    pub(super) fn within_limit(&self, st: &State, bytes: u64) -> bool {
         let reserved = st.stats.reserved_bytes.current;
         self.limit
             .is_none_or(|l| reserved.checked_add(bytes).is_some_and(|r| r <= l))
@@ -142,8 +143,14 @@ impl CachingAllocator {
                 Into::Tail(seg) => st.pool.grow(seg, mapped, stream.0),
                 Into::Fresh(cap) => {
                     st.stats.segment.add(1);
-                    st.pool
-                        .add_segment(va, mapped, cap, stream.0, PoolKind::Large, true)
+                    st.pool.add_segment(
+                        va,
+                        mapped,
+                        cap,
+                        stream.0,
+                        PoolKind::Large,
+                        Backing::Expandable,
+                    )
                 }
             })
         } else {
@@ -187,6 +194,7 @@ impl CachingAllocator {
             let released = self.backend.release_physical(h);
             match (mapped, released) {
                 (Ok(()), released) => {
+                    st.stats.num_maps += 1;
                     // The page is mapped whatever the release said: count it, so it is
                     // tracked (and unmapped below if the whole request fails). A handle the
                     // driver would not release leaks only that handle, not the page.
@@ -207,6 +215,7 @@ impl CachingAllocator {
                     fail = Some(e);
                     break;
                 }
+                st.stats.num_unmaps += 1;
                 done -= g;
             }
         }
@@ -233,6 +242,7 @@ impl CachingAllocator {
                     fail = Some(e);
                     break;
                 }
+                st.stats.num_unmaps += 1;
                 done += g;
             }
             if done > 0 {
@@ -251,7 +261,7 @@ impl CachingAllocator {
         Ok(())
     }
 
-    fn unmap_page(&self, va: u64) -> Result<()> {
+    pub(super) fn unmap_page(&self, va: u64) -> Result<()> {
         #[cfg(test)]
         if let Some(n) = UNMAP_FAILS_AFTER.get() {
             UNMAP_FAILS_AFTER.set(n.checked_sub(1));
