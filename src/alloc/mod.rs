@@ -15,7 +15,8 @@
 //! - [`CachingAllocator`]: the pool over a [`crate::Backend`], with events, limits, the
 //!   out-of-memory ladder and expandable segments;
 //! - [`stats`], [`history`]: statistics, snapshots, the event ring;
-//! - [`trace`], [`mod@replay`]: the trace format, a transformer trace generator, replay and SVG.
+//! - [`trace`], [`serving`], [`mod@replay`]: the trace format, transformer and serving trace
+//!   generators, replay and SVG.
 //!
 //! Configuration: [`AllocatorConfig`], or `VRAMSWAP_ALLOC_CONF` such as
 //! `max_split_size_mb:128,expandable_segments:true,limit_mb:4096`.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod history;
 pub mod pool;
 pub mod replay;
+pub mod serving;
 pub mod sizing;
 pub mod stats;
 pub mod trace;
@@ -33,6 +35,7 @@ pub use caching::{CachingAllocator, PressureHandler, PressureHandlerId};
 pub use config::{AllocatorConfig, MemoryLimit, ALLOC_CONF_VAR, POISON_PATTERN};
 pub use history::HistoryEvent;
 pub use replay::{render_svg, replay, ReplayReport};
+pub use serving::{serving_trace, ServingShape};
 pub use sizing::{round_size, PoolKind};
 pub use stats::{AllocatorStats, BlockInfo, SegmentInfo, Snapshot, Stat};
 pub use trace::{transformer_trace, TraceOp, TransformerShape};

@@ -24,6 +24,12 @@ pub struct ReplayReport {
     pub fragmentation: f64,
     /// Backend allocations.
     pub backend_allocs: u64,
+    /// Pages mapped (expandable segments, page pool).
+    pub maps: u64,
+    /// Pages unmapped.
+    pub unmaps: u64,
+    /// Requests that failed with out-of-memory.
+    pub ooms: u64,
     /// Requests served from the cache.
     pub cache_hits: u64,
     /// Requests that needed the backend.
@@ -126,6 +132,9 @@ pub fn replay(alloc: &CachingAllocator, ops: &[(usize, TraceOp)]) -> Result<Repl
         peak_reserved_bytes: s.reserved_bytes.peak,
         fragmentation: s.fragmentation(),
         backend_allocs: s.num_device_alloc,
+        maps: s.num_maps,
+        unmaps: s.num_unmaps,
+        ooms: s.num_ooms,
         cache_hits: s.cache_hits,
         cache_misses: s.cache_misses,
         cache_hit_rate: if requests == 0 {

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use vramswap::alloc::trace::{read_trace, write_trace};
 use vramswap::alloc::{
-    render_svg, replay, transformer_trace, AllocatorConfig, CachingAllocator, TransformerShape,
+    render_svg, replay, serving_trace, transformer_trace, AllocatorConfig, CachingAllocator,
+    ReplayReport, ServingShape, TransformerShape,
 };
 use vramswap::backend::SharedBackend;
 use vramswap::{Error, Result};
@@ -17,9 +18,18 @@ pub struct Args {
     /// {"op":"free","id":N}, {"op":"record_stream","id":N,"stream":S}.
     #[arg(required_unless_present = "generate", conflicts_with = "generate")]
     trace: Option<PathBuf>,
-    /// Replay a generated transformer trace instead: small, mixed or long.
+    /// Replay a generated trace instead: small, mixed or long (one transformer's forward
+    /// passes), or serving (continuous batching of mixed requests, KV caches on a second
+    /// stream freed out of order, logits used on a third; drawn from --seed).
     #[arg(long, value_name = "SHAPE")]
     generate: Option<String>,
+    /// Seed of --generate serving.
+    #[arg(long, default_value_t = 1, requires = "generate")]
+    seed: u64,
+    /// Replay the trace under fixed segments, expandable segments and the page pool (each
+    /// over the rest of the allocator configuration) and print them side by side.
+    #[arg(long)]
+    compare: bool,
     /// With --generate, also write the trace to this file.
     #[arg(long, value_name = "FILE", requires = "generate")]
     write: Option<PathBuf>,
@@ -38,12 +48,16 @@ pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
     let (ops, title) = match (&args.trace, &args.generate) {
         (Some(path), _) => (read_trace(path)?, path.display().to_string()),
         (None, Some(name)) => {
-            let shape = TransformerShape::preset(name).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "unknown trace shape `{name}` (known: small, mixed, long)"
-                ))
-            })?;
-            let ops = transformer_trace(&shape);
+            let ops = if name == "serving" {
+                serving_trace(&ServingShape::new(args.seed))
+            } else {
+                let shape = TransformerShape::preset(name).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "unknown trace shape `{name}` (known: small, mixed, long, serving)"
+                    ))
+                })?;
+                transformer_trace(&shape)
+            };
             if let Some(w) = &args.write {
                 std::fs::write(w, write_trace(&ops)).map_err(|source| Error::Io {
                     path: w.clone(),
@@ -55,7 +69,12 @@ pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
                 .enumerate()
                 .map(|(i, o)| (i + 1, o))
                 .collect();
-            (numbered, format!("transformer trace `{name}`"))
+            let title = if name == "serving" {
+                format!("serving trace (seed {})", args.seed)
+            } else {
+                format!("transformer trace `{name}`")
+            };
+            (numbered, title)
         }
         (None, None) => return Err(Error::InvalidArgument("no trace given".into())),
     };
@@ -63,6 +82,9 @@ pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
         Some(c) => AllocatorConfig::parse(c)?,
         None => AllocatorConfig::from_env()?,
     };
+    if args.compare {
+        return compare(b, &config, &ops, &title, args);
+    }
     let alloc = CachingAllocator::new(b, config)?;
     let report = replay(&alloc, &ops)?;
     if let Some(path) = &args.svg {
@@ -95,11 +117,121 @@ pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
     );
     println!("backend allocs   {}", report.backend_allocs);
     println!(
+        "maps / unmaps    {} / {} ({:.1} / {:.1} per 1000 ops)",
+        report.maps,
+        report.unmaps,
+        per_1000(report.maps, report.ops),
+        per_1000(report.unmaps, report.ops)
+    );
+    println!(
         "cache hit rate   {:.1} % ({} hits, {} misses)",
         100.0 * report.cache_hit_rate,
         report.cache_hits,
         report.cache_misses
     );
     println!("ops per second   {:.0}", report.ops_per_sec);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn per_1000(n: u64, ops: u64) -> f64 {
+    if ops == 0 {
+        0.0
+    } else {
+        n as f64 * 1000.0 / ops as f64
+    }
+}
+
+/// The three ways of holding large blocks that `--compare` sets side by side.
+const MODES: [(&str, bool, bool); 3] = [
+    ("fixed segments", false, false),
+    ("expandable segments", true, false),
+    ("page pool", false, true),
+];
+
+/// One mode's replay: its report, or why it failed (an out-of-memory stops a replay).
+#[derive(serde::Serialize)]
+struct Row {
+    mode: &'static str,
+    config: String,
+    #[serde(flatten)]
+    report: Option<ReplayReport>,
+    error: Option<String>,
+}
+
+/// `replay --compare`: the trace under each of [`MODES`], as a table, `--json` or SVG.
+fn compare(
+    b: SharedBackend,
+    base: &AllocatorConfig,
+    ops: &[(usize, vramswap::alloc::TraceOp)],
+    title: &str,
+    args: &Args,
+) -> Result<ExitCode> {
+    let mut rows = Vec::new();
+    for (mode, expandable, paged) in MODES {
+        let config = AllocatorConfig {
+            expandable_segments: expandable,
+            page_pool: paged,
+            ..base.clone()
+        };
+        let alloc = CachingAllocator::new(b.clone(), config.clone())?;
+        let result = replay(&alloc, ops);
+        drop(alloc);
+        let (report, error) = match result {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        rows.push(Row {
+            mode,
+            config: format!("{config:?}"),
+            report,
+            error,
+        });
+    }
+    if let Some(path) = &args.svg {
+        let mut svg = String::from(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"800\" height=\"1200\">\n",
+        );
+        for (i, row) in rows.iter().enumerate() {
+            let timeline = row.report.as_ref().map_or(&[][..], |r| &r.timeline[..]);
+            let chart = render_svg(timeline, &format!("{title}: {}", row.mode));
+            svg.push_str(&chart.replacen("<svg ", &format!("<svg y=\"{}\" ", i * 400), 1));
+        }
+        svg.push_str("</svg>\n");
+        std::fs::write(path, svg).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    if args.json {
+        let text = serde_json::to_string_pretty(&rows)
+            .map_err(|e| Error::InvalidState(format!("the comparison as JSON: {e}")))?;
+        println!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    println!("trace  {title}");
+    println!(
+        "{:<20} {:>12} {:>12} {:>7} {:>10} {:>10} {:>5}",
+        "mode", "peak alloc", "peak resv", "ratio", "maps/1k", "unmaps/1k", "OOMs"
+    );
+    for row in &rows {
+        match &row.report {
+            Some(r) => println!(
+                "{:<20} {:>8.1} MiB {:>8.1} MiB {:>7.3} {:>10.1} {:>10.1} {:>5}",
+                row.mode,
+                mib(r.peak_allocated_bytes),
+                mib(r.peak_reserved_bytes),
+                r.fragmentation,
+                per_1000(r.maps, r.ops),
+                per_1000(r.unmaps, r.ops),
+                r.ooms
+            ),
+            None => println!(
+                "{:<20} failed: {}",
+                row.mode,
+                row.error.as_deref().unwrap_or("")
+            ),
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
