@@ -68,3 +68,45 @@ fn expandable_segments_keep_bytes_while_growing_and_return_pages() {
     }
     b.stream_destroy(s).unwrap();
 }
+
+#[test]
+fn page_pool_keeps_bytes_while_pages_move_between_blocks_and_returns_them() {
+    let b = common::test_backend();
+    let (s1, s2) = (b.stream_create().unwrap(), b.stream_create().unwrap());
+    {
+        let free0 = b.mem_info().unwrap().free;
+        let a = CachingAllocator::new(
+            b.clone(),
+            AllocatorConfig {
+                page_pool: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let keep = a.allocate(3 * MIB, s1).unwrap();
+        let data = pattern(3 * MIB as usize, 9);
+        upload(b.as_ref(), keep, &data, s1).unwrap();
+        // A block of another size on another stream, freed: its pages go back to the pool
+        // when the next request (of yet another size) needs them.
+        let p = a.allocate(8 * MIB, s2).unwrap();
+        b.memset_d8_async(p, 0x33, 8 * MIB, s2).unwrap();
+        a.free(p).unwrap();
+        let q = a.allocate(6 * MIB, s1).unwrap();
+        let fill = pattern(6 * MIB as usize, 4);
+        upload(b.as_ref(), q, &fill, s1).unwrap();
+        let mut back = vec![0u8; 6 * MIB as usize];
+        download(b.as_ref(), &mut back, q, s1).unwrap();
+        assert_eq!(back, fill);
+        let mut back = vec![0u8; 3 * MIB as usize];
+        download(b.as_ref(), &mut back, keep, s1).unwrap();
+        assert_eq!(back, data);
+        assert!(a.stats().num_unmaps > 0, "pages moved between blocks");
+        a.free(keep).unwrap();
+        a.free(q).unwrap();
+        a.empty_cache().unwrap();
+        assert_eq!(a.stats().reserved_bytes.current, 0);
+        assert_eq!(b.mem_info().unwrap().free, free0);
+    }
+    b.stream_destroy(s1).unwrap();
+    b.stream_destroy(s2).unwrap();
+}

@@ -1,6 +1,8 @@
-//! Property tests over random operation sequences on several streams: live blocks never
-//! overlap, the statistics equal what a simple model computes, and everything returns to the
-//! backend after `empty_cache`.
+//! Property tests over random operation sequences on several streams, under fixed segments,
+//! expandable segments and the page pool: live blocks never overlap, every byte of a live
+//! block can be written (it is mapped), the statistics equal what a simple model computes,
+//! the device holds exactly the reserved bytes (no page is created or mapped twice unseen),
+//! and everything returns to the backend after `empty_cache`.
 
 use std::sync::Arc;
 
@@ -30,11 +32,32 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn run(ops: Vec<Op>, expandable: bool) -> Result<(), TestCaseError> {
-    let config = AllocatorConfig {
-        expandable_segments: expandable,
+/// How large blocks are held.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Fixed,
+    Expandable,
+    PagePool,
+}
+
+fn mode() -> impl Strategy<Value = Mode> {
+    prop_oneof![
+        Just(Mode::Fixed),
+        Just(Mode::Expandable),
+        Just(Mode::PagePool)
+    ]
+}
+
+fn config(mode: Mode) -> AllocatorConfig {
+    AllocatorConfig {
+        expandable_segments: matches!(mode, Mode::Expandable),
+        page_pool: matches!(mode, Mode::PagePool),
         ..Default::default()
-    };
+    }
+}
+
+fn run(ops: Vec<Op>, mode: Mode) -> Result<(), TestCaseError> {
+    let config = config(mode);
     run_on(ops, 512 * MIB, config)
 }
 
@@ -60,6 +83,8 @@ fn run_on(ops: Vec<Op>, capacity: u64, config: AllocatorConfig) -> Result<(), Te
                 };
                 let bs = a.block_size(p).unwrap();
                 prop_assert!(bs >= round_size(size, 0).unwrap());
+                // Every byte is mapped: the device refuses writes to unmapped addresses.
+                b.memset_d8_async(p, 0xA5, bs, streams[stream]).unwrap();
                 for &(q, qs, _) in &live {
                     prop_assert!(p.0 + bs <= q.0 || q.0 + qs <= p.0, "overlap {p:?} {q:?}");
                 }
@@ -124,8 +149,9 @@ fn check(
             prop_assert_eq!(st.cache_hits + st.cache_misses, st.allocation.allocated);
         }
         prop_assert_eq!(st.reserved_bytes.current, sb.device().leaks().device_bytes);
-        let held: u64 = a.snapshot().segments.iter().map(|s| s.total_size).sum();
-        prop_assert_eq!(held, st.reserved_bytes.current);
+        let snap = a.snapshot();
+        let held: u64 = snap.segments.iter().map(|s| s.total_size).sum();
+        prop_assert_eq!(held + snap.pooled_page_bytes, st.reserved_bytes.current);
     }
     Ok(())
 }
@@ -137,28 +163,34 @@ proptest! {
     fn random_ops_keep_blocks_disjoint_stats_exact_and_return_everything(
         ops in proptest::collection::vec(op(), 1..80)
     ) {
-        run(ops, false)?;
+        run(ops, Mode::Fixed)?;
     }
 
     #[test]
     fn random_ops_on_expandable_segments_do_the_same(
         ops in proptest::collection::vec(op(), 1..80)
     ) {
-        run(ops, true)?;
+        run(ops, Mode::Expandable)?;
+    }
+
+    #[test]
+    fn random_ops_on_the_page_pool_do_the_same(
+        ops in proptest::collection::vec(op(), 1..80)
+    ) {
+        run(ops, Mode::PagePool)?;
     }
 
     #[test]
     fn random_ops_on_a_small_device_under_a_limit_fail_only_with_out_of_memory(
         ops in proptest::collection::vec(op(), 1..120),
-        expandable in any::<bool>(),
+        mode in mode(),
         limit in prop_oneof![Just(MemoryLimit::None), (16u64..64).prop_map(|m| MemoryLimit::Bytes(m * MIB))],
         max_split in prop_oneof![Just(u64::MAX), Just(8 * MIB), Just(20 * MIB)],
     ) {
         let config = AllocatorConfig {
-            expandable_segments: expandable,
             limit,
             max_split_size: max_split,
-            ..Default::default()
+            ..config(mode)
         };
         run_on(ops, 64 * MIB, config)?;
     }

@@ -185,6 +185,8 @@ pub struct SegmentInfo {
 pub struct Snapshot {
     /// Segments in address order.
     pub segments: Vec<SegmentInfo>,
+    /// Bytes of the page pool's physical pages mapped nowhere (reserved, in no segment).
+    pub pooled_page_bytes: u64,
     /// Statistics at the same moment.
     pub stats: AllocatorStats,
 }

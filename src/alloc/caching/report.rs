@@ -41,7 +41,11 @@ impl CachingAllocator {
                 };
                 SegmentInfo {
                     address: s.base,
-                    total_size: sum(&|b| b.state != "unmapped"),
+                    total_size: match s.backing {
+                        // Whole pages are mapped under the block.
+                        Backing::Paged { page } => s.size.div_ceil(page) * page,
+                        _ => sum(&|b| b.state != "unmapped"),
+                    },
                     reserved_range: s.capacity,
                     allocated_size: sum(&|b| b.state == "active_allocated"),
                     active_size: sum(&|b| b.state.starts_with("active")),
@@ -55,6 +59,7 @@ impl CachingAllocator {
         segments.sort_by_key(|s| s.address);
         Snapshot {
             segments,
+            pooled_page_bytes: st.pages.free.len() as u64 * self.granularity,
             stats: st.stats.clone(),
         }
     }
