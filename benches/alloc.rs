@@ -1,8 +1,9 @@
 //! Caching allocator benchmarks, each beside a peer in the same run:
 //!
 //! - `hit_pair/*`: a cached alloc+free pair with sizes drawn from a transformer trace, through
-//!   the caching allocator and through the system allocator (`std::alloc`) on the same stream
-//!   of sizes;
+//!   the caching allocator with fixed segments (`caching_allocator`) and with the page pool
+//!   (`page_pool`), and through the system allocator (`std::alloc`) on the same stream of
+//!   sizes;
 //! - `replay/*`: a whole transformer trace replayed through a fresh allocator (ops/s).
 //!
 //! Run: `cargo bench --bench alloc -- --warm-up-time 1 --measurement-time 3`.
@@ -30,24 +31,34 @@ fn sizes() -> Vec<u64> {
 
 fn hit_pair(c: &mut Criterion) {
     let sizes = sizes();
-    let b: SharedBackend = Arc::new(SimBackend::with_capacity(64 << 30));
-    let s = b.stream_create().unwrap();
-    let a = CachingAllocator::new(b.clone(), AllocatorConfig::default()).unwrap();
-    let warm: Vec<_> = sizes.iter().map(|&n| a.allocate(n, s).unwrap()).collect();
-    for p in warm {
-        a.free(p).unwrap();
-    }
     let mut g = c.benchmark_group("hit_pair");
     g.throughput(Throughput::Elements(1));
-    let mut i = 0usize;
-    g.bench_function("caching_allocator", |bench| {
-        bench.iter(|| {
-            let n = sizes[i % sizes.len()];
-            i += 1;
-            let p = a.allocate(black_box(n), s).unwrap();
-            a.free(black_box(p)).unwrap();
-        })
-    });
+    // Fixed segments (`caching_allocator`, the name kept for comparison with earlier runs) and
+    // the page pool, on the same stream of sizes.
+    for (name, page_pool) in [("caching_allocator", false), ("page_pool", true)] {
+        let b: SharedBackend = Arc::new(SimBackend::with_capacity(64 << 30));
+        let s = b.stream_create().unwrap();
+        let config = AllocatorConfig {
+            page_pool,
+            ..Default::default()
+        };
+        let a = CachingAllocator::new(b.clone(), config).unwrap();
+        let warm: Vec<_> = sizes.iter().map(|&n| a.allocate(n, s).unwrap()).collect();
+        for p in warm {
+            a.free(p).unwrap();
+        }
+        let mut i = 0usize;
+        g.bench_function(name, |bench| {
+            bench.iter(|| {
+                let n = sizes[i % sizes.len()];
+                i += 1;
+                let p = a.allocate(black_box(n), s).unwrap();
+                a.free(black_box(p)).unwrap();
+            })
+        });
+        drop(a);
+        b.stream_destroy(s).unwrap();
+    }
     let mut j = 0usize;
     g.bench_function("std_alloc", |bench| {
         bench.iter(|| {

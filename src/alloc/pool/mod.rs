@@ -430,6 +430,9 @@ impl BlockPool {
         let Some(mut c) = list.next_nonempty(c0) else {
             return (None, false);
         };
+        // Paged blocks fit only requests of their page count: classes above that bound hold
+        // nothing that fits (set on seeing one; all large blocks are paged in that mode).
+        let mut ceiling: Option<usize> = None;
         loop {
             let mut cur = list.heads[c];
             let mut best: Option<(u64, u64, u32)> = None;
@@ -440,11 +443,13 @@ impl BlockPool {
                     break;
                 }
                 let b = &self.blocks[cur as usize];
-                let fits = match self.segments[b.segment as usize].backing {
-                    Backing::Fixed => may_serve(b.size, rounded, max_split),
-                    Backing::Expandable => may_serve(b.size, rounded, u64::MAX),
+                let (fits, any_fit) = match self.segments[b.segment as usize].backing {
+                    Backing::Fixed => (may_serve(b.size, rounded, max_split), false),
+                    Backing::Expandable => (may_serve(b.size, rounded, u64::MAX), false),
                     Backing::Paged { page } => {
-                        b.size >= rounded && b.size.div_ceil(page) == rounded.div_ceil(page)
+                        let pages = rounded.div_ceil(page);
+                        ceiling = Some(class(pages.saturating_mul(page)));
+                        (b.size >= rounded && b.size.div_ceil(page) == pages, true)
                     }
                 };
                 if fits {
@@ -452,7 +457,8 @@ impl BlockPool {
                     if best.is_none_or(|k| (key.0, key.1) < (k.0, k.1)) {
                         best = Some(key);
                     }
-                    if b.size == rounded || c != c0 {
+                    // Any paged block that fits wastes the same: take the first.
+                    if b.size == rounded || c != c0 || any_fit {
                         break;
                     }
                 }
@@ -463,8 +469,8 @@ impl BlockPool {
                 return (Some(i), cut);
             }
             match list.next_nonempty(c + 1) {
-                Some(next) => c = next,
-                None => return (None, cut),
+                Some(next) if ceiling.is_none_or(|top| next <= top) => c = next,
+                _ => return (None, cut),
             }
         }
     }
