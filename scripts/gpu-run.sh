@@ -33,6 +33,9 @@ for t in "$HERE"/tests/*; do
 done
 step selftest sh -c "'$VS' selftest --backend cuda --json > '$OUT/selftest.json'"
 step bench sh -c "'$VS' bench --backend cuda --json --svg '$OUT' > '$OUT/bench.json'"
+# The allocator's three large-block modes on a serving trace: real reserved/allocated ratios and
+# ops/s, with the page pool's cuMemMap/cuMemUnmap counts (their price is what the GPU adds).
+step replay-compare sh -c "'$VS' replay --backend cuda --generate serving --seed 1 --compare --json > '$OUT/replay-compare.json'"
 step swap-bench sh -c "'$VS' swap-bench --backend cuda --size-mb $SWAP_MB --json > '$OUT/swap-bench.json'"
 if "$VS" demo --help > /dev/null 2>&1; then
   step demo "$VS" demo --backend cuda
