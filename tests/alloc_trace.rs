@@ -152,3 +152,75 @@ fn replay_command_generates_a_transformer_trace() {
     .unwrap();
     assert_eq!(v["ops"].as_u64().unwrap(), ops.len() as u64);
 }
+
+#[test]
+fn serving_traces_free_kv_caches_out_of_order_on_a_second_stream() {
+    use vramswap::alloc::{serving_trace, ServingShape, TraceOp};
+    let ops = serving_trace(&ServingShape::new(7));
+    assert_ne!(ops, serving_trace(&ServingShape::new(8)), "seeds differ");
+    let kv: Vec<u64> = ops
+        .iter()
+        .filter_map(|o| match o {
+            TraceOp::Alloc { id, stream: 1, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let kv_frees: Vec<u64> = ops
+        .iter()
+        .filter_map(|o| match o {
+            TraceOp::Free { id } if kv.contains(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kv_frees.len(), kv.len(), "every KV cache is freed");
+    assert!(
+        kv_frees.windows(2).any(|w| w[0] > w[1]),
+        "some KV caches are freed before older ones"
+    );
+    // Batch sizes and lengths vary: the KV caches have many sizes.
+    let sizes: std::collections::BTreeSet<u64> = ops
+        .iter()
+        .filter_map(|o| match o {
+            TraceOp::Alloc {
+                size, stream: 1, ..
+            } => Some(*size),
+            _ => None,
+        })
+        .collect();
+    assert!(sizes.len() > 10, "{} KV sizes", sizes.len());
+}
+
+#[test]
+fn replay_compare_sets_the_three_modes_side_by_side() {
+    let v = common::json_output(bin().args([
+        "replay",
+        "--generate",
+        "serving",
+        "--seed",
+        "2",
+        "--compare",
+        "--json",
+    ]));
+    let rows = v.as_array().unwrap();
+    let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
+    assert_eq!(
+        modes,
+        ["fixed segments", "expandable segments", "page pool"]
+    );
+    for r in rows {
+        assert!(r["error"].is_null(), "{r}");
+        assert!(r["fragmentation"].as_f64().unwrap() >= 1.0, "{r}");
+        assert_eq!(r["ooms"].as_u64(), Some(0), "{r}");
+    }
+    assert_eq!(
+        rows[0]["maps"].as_u64(),
+        Some(0),
+        "fixed segments map nothing"
+    );
+    assert!(rows[2]["maps"].as_u64().unwrap() > 0);
+    // The page pool holds less than fixed segments on this trace.
+    assert!(
+        rows[2]["peak_reserved_bytes"].as_u64() < rows[0]["peak_reserved_bytes"].as_u64(),
+        "{v}"
+    );
+}
