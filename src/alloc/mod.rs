@@ -15,7 +15,7 @@
 //! - [`CachingAllocator`]: the pool over a [`crate::Backend`], with events, limits, the
 //!   out-of-memory ladder and expandable segments;
 //! - [`stats`], [`history`]: statistics, snapshots, the event ring;
-//! - [`trace`], [`mod@replay`]: the trace format, a transformer trace generator, replay and SVG.
+//! - [`trace`], [`mod@replay`]: the trace format, a transformer trace generator, replay and its chart.
 //!
 //! Configuration: [`AllocatorConfig`], or `VRAMSWAP_ALLOC_CONF` such as
 //! `max_split_size_mb:128,expandable_segments:true,limit_mb:4096`.
@@ -32,7 +32,7 @@ pub mod trace;
 pub use caching::{CachingAllocator, PressureHandler, PressureHandlerId};
 pub use config::{AllocatorConfig, MemoryLimit, ALLOC_CONF_VAR, POISON_PATTERN};
 pub use history::HistoryEvent;
-pub use replay::{render_svg, replay, ReplayReport};
+pub use replay::{replay, ReplayReport};
 pub use sizing::{round_size, PoolKind};
 pub use stats::{AllocatorStats, BlockInfo, SegmentInfo, Snapshot, Stat};
 pub use trace::{transformer_trace, TraceOp, TransformerShape};

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use vramswap::alloc::trace::{read_trace, write_trace};
 use vramswap::alloc::{
-    render_svg, replay, transformer_trace, AllocatorConfig, CachingAllocator, TransformerShape,
+    replay, transformer_trace, AllocatorConfig, CachingAllocator, TransformerShape,
 };
 use vramswap::backend::SharedBackend;
 use vramswap::{Error, Result};
@@ -66,7 +66,7 @@ pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
     let alloc = CachingAllocator::new(b, config)?;
     let report = replay(&alloc, &ops)?;
     if let Some(path) = &args.svg {
-        std::fs::write(path, render_svg(&report.timeline, &title)).map_err(|source| Error::Io {
+        std::fs::write(path, report.chart(&title).render()).map_err(|source| Error::Io {
             path: path.clone(),
             source,
         })?;
