@@ -31,6 +31,7 @@
 pub mod alloc;
 pub mod arena;
 pub mod backend;
+#[cfg(feature = "cli")]
 pub mod bench;
 pub mod capi;
 pub mod conformance;
@@ -38,7 +39,9 @@ pub mod error;
 #[cfg(feature = "infer")]
 pub mod infer;
 pub mod load;
+#[cfg(feature = "cli")]
 pub mod selftest;
+#[cfg(feature = "cli")]
 pub mod svg;
 pub mod swap;
 pub mod transfer;

@@ -140,6 +140,7 @@ pub fn replay(alloc: &CachingAllocator, ops: &[(usize, TraceOp)]) -> Result<Repl
     })
 }
 
+#[cfg(feature = "cli")]
 impl ReplayReport {
     /// The [`timeline`](ReplayReport::timeline) as a line chart: allocated and reserved MiB
     /// against the op index (the CLI's `replay --svg`).

@@ -80,7 +80,7 @@ impl fmt::Display for BackendKind {
 }
 
 /// What a user asks for: a backend kind, or `auto`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
     /// CUDA when a device answers, `sim` otherwise.
