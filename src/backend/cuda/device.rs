@@ -36,7 +36,7 @@ unsafe impl Sync for CudaBackend {}
 
 impl CudaBackend {
     /// Opens device `ordinal`: loads the driver, initialises it, retains the primary context.
-    /// Fails with [`Error::BackendUnavailable`] where there is no driver or no such device.
+    /// Fails with [`Error::BackendUnavailable`](crate::Error::BackendUnavailable) where there is no driver or no such device.
     pub fn new(ordinal: i32) -> Result<CudaBackend> {
         let preloaded = preload_driver()?;
         if !driver_present() {
