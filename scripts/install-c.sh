@@ -21,9 +21,12 @@ cd "$(dirname "$0")/.."
 mkdir -p "$1"
 PREFIX="$(cd "$1" && pwd)"
 PROFILE="${VRAMSWAP_PROFILE:-release}"
+# The C ABI needs the engine and the allocator only: no command-line tool (`cli`: clap,
+# indicatif, bench, selftest, charts) and no candle layer (`infer`) in the C library.
+FEATURES=(--no-default-features --features dynamic-loading)
 case "$PROFILE" in
-  release) cargo build -p vramswap --lib --release; DIR=release ;;
-  debug) cargo build -p vramswap --lib; DIR=debug ;;
+  release) cargo build -p vramswap --lib --release "${FEATURES[@]}"; DIR=release ;;
+  debug) cargo build -p vramswap --lib "${FEATURES[@]}"; DIR=debug ;;
   *) echo "VRAMSWAP_PROFILE=$PROFILE: expected release or debug" >&2; exit 2 ;;
 esac
 BUILT="${CARGO_TARGET_DIR:-target}/$DIR"

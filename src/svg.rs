@@ -1,4 +1,9 @@
-//! Small hand-written SVG line charts for the CLI's `--svg` outputs (no plotting dependency).
+//! The CLI's one chart module: small hand-written SVG line charts for the `--svg` outputs of
+//! `bench` and `replay` (built with the `cli` feature).
+//!
+//! Hand-written rather than a plotting crate: `plotters` would bring a font stack and its own
+//! backends for what is a few hundred lines of SVG text, and the charts need nothing beyond
+//! lines, markers, axes and a legend.
 
 use std::fmt::Write;
 
@@ -10,6 +15,10 @@ pub struct Series {
     /// Points (x, y).
     pub points: Vec<(f64, f64)>,
 }
+
+/// Series with at most this many points get a marker at each point; denser ones (an
+/// allocator timeline of thousands of samples) are drawn as a line only.
+const MAX_MARKED_POINTS: usize = 64;
 
 /// A line chart.
 #[derive(Clone, Debug)]
@@ -139,7 +148,12 @@ impl LineChart {
                 r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#,
                 path.join(" ")
             );
-            for &(x, y) in &series.points {
+            let marked = if series.points.len() <= MAX_MARKED_POINTS {
+                &series.points[..]
+            } else {
+                &[]
+            };
+            for &(x, y) in marked {
                 let _ = writeln!(
                     s,
                     r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{c}"/>"#,
@@ -206,5 +220,23 @@ mod tests {
         assert!(svg.starts_with("<svg"));
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains("a &lt; b"));
+        assert_eq!(svg.matches("<circle").count(), 4);
+    }
+
+    #[test]
+    fn dense_series_are_drawn_without_markers() {
+        let c = LineChart {
+            title: "timeline".into(),
+            x_label: "op".into(),
+            y_label: "MiB".into(),
+            log_x: false,
+            series: vec![Series {
+                label: "allocated".into(),
+                points: (0..=MAX_MARKED_POINTS).map(|i| (i as f64, 1.0)).collect(),
+            }],
+        };
+        let svg = c.render();
+        assert_eq!(svg.matches("<polyline").count(), 1);
+        assert_eq!(svg.matches("<circle").count(), 0);
     }
 }

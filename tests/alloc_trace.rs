@@ -78,6 +78,7 @@ fn bin() -> Command {
 }
 
 #[test]
+#[cfg(feature = "cli")] // runs the `vramswap` binary
 fn replay_command_prints_json_and_draws_svg() {
     let dir = std::env::temp_dir().join(format!("vramswap-replay-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

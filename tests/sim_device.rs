@@ -410,6 +410,7 @@ fn every_concurrent_device_synchronisation_waits_for_destroyed_streams() {
 }
 
 #[test]
+#[cfg(feature = "cli")] // `vramswap::bench` is part of the command-line tool
 fn the_bandwidth_bench_still_measures_after_the_links_interval_log_is_full() {
     use vramswap::bench::bandwidth::{self, BandwidthConfig};
     // The device keeps only the latest LINK_LOG intervals per link; the bench used to count

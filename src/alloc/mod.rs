@@ -16,7 +16,7 @@
 //!   out-of-memory ladder and expandable segments;
 //! - [`stats`], [`history`]: statistics, snapshots, the event ring;
 //! - [`trace`], [`serving`], [`mod@replay`]: the trace format, transformer and serving trace
-//!   generators, replay and SVG.
+//!   generators, replay and its chart.
 //!
 //! Configuration: [`AllocatorConfig`], or `VRAMSWAP_ALLOC_CONF` such as
 //! `max_split_size_mb:128,expandable_segments:true,limit_mb:4096`.
@@ -34,7 +34,7 @@ pub mod trace;
 pub use caching::{CachingAllocator, PressureHandler, PressureHandlerId};
 pub use config::{AllocatorConfig, MemoryLimit, ALLOC_CONF_VAR, POISON_PATTERN};
 pub use history::HistoryEvent;
-pub use replay::{render_svg, replay, ReplayReport};
+pub use replay::{replay, ReplayReport};
 pub use serving::{serving_trace, ServingShape};
 pub use sizing::{round_size, PoolKind};
 pub use stats::{AllocatorStats, BlockInfo, SegmentInfo, Snapshot, Stat};

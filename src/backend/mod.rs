@@ -80,7 +80,7 @@ impl fmt::Display for BackendKind {
 }
 
 /// What a user asks for: a backend kind, or `auto`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
     /// CUDA when a device answers, `sim` otherwise.
@@ -148,7 +148,8 @@ pub struct MemInfo {
 }
 
 /// The driver operations vramswap needs. Implemented by [`cuda::CudaBackend`] and
-/// [`sim::SimBackend`]; used as `Arc<dyn Backend>`.
+/// [`sim::SimBackend`]; used as `Arc<dyn Backend>`. (`Any` lets tests reach the simulated
+/// device behind a `dyn Backend`: `<dyn Backend>::sim_device`, in [`sim`].)
 ///
 /// Semantics follow the CUDA Driver API: work on one stream runs in order, work on different
 /// streams is unordered unless an event orders it, copies between device memory and host
@@ -156,7 +157,7 @@ pub struct MemInfo {
 /// memory the reference says only that the call "might be synchronous", so callers must treat
 /// them as asynchronous too (synchronise before reading a pageable destination or reusing a
 /// pageable source); `sim` and the emulated driver never complete them early.
-pub trait Backend: Send + Sync + fmt::Debug {
+pub trait Backend: std::any::Any + Send + Sync + fmt::Debug {
     /// Device facts.
     fn properties(&self) -> &DeviceProperties;
     /// Which implementation this is.
@@ -295,11 +296,6 @@ pub trait Backend: Send + Sync + fmt::Debug {
         count: u64,
         stream: Stream,
     ) -> Result<()>;
-
-    /// The simulated device behind this backend, for tests and reports (leaks, faults, races).
-    fn sim_device(&self) -> Option<&vramswap_sim::SimDevice> {
-        None
-    }
 }
 
 /// A shared backend.

@@ -394,8 +394,22 @@ impl Backend for SimBackend {
             )
             .map_err(|e| sim_error("cuLaunchKernel", e))
     }
+}
 
-    fn sim_device(&self) -> Option<&SimDevice> {
-        Some(&self.dev)
+impl dyn Backend {
+    /// The simulated device behind this backend when it is the `sim` backend, for tests and
+    /// reports (leaks, faults, races); `None` for any other backend (the emulated driver's
+    /// device lives in its own library and reports through `VRAMSWAP_EMU_REPORT`).
+    ///
+    /// Found by downcasting, so the [`Backend`] trait itself carries no test hook.
+    ///
+    /// ```
+    /// use vramswap::backend::{sim::SimBackend, SharedBackend};
+    /// let b: SharedBackend = std::sync::Arc::new(SimBackend::with_capacity(1 << 20));
+    /// assert!(b.sim_device().unwrap().leaks().is_clean());
+    /// ```
+    pub fn sim_device(&self) -> Option<&SimDevice> {
+        let any: &dyn std::any::Any = self;
+        any.downcast_ref::<SimBackend>().map(SimBackend::device)
     }
 }

@@ -28,6 +28,7 @@
 
 mod attend;
 mod config;
+#[cfg(feature = "cli")]
 pub mod demo;
 mod generate;
 mod linear;
@@ -37,6 +38,7 @@ mod params;
 mod text;
 mod tokenizer;
 
+#[cfg(feature = "cli")]
 pub mod bench;
 
 pub use config::{LlamaConfig, TokenIds};

@@ -125,7 +125,7 @@ fn a_forgotten_stream_is_never_named_again() {
 #[test]
 fn a_poison_fill_that_fails_leaves_the_block_allocated() {
     let (backend, alloc) = setup("poison:true");
-    let dev = backend.sim_device().unwrap();
+    let dev = backend.device();
     let p = alloc.allocate(4096, Stream::default()).unwrap();
     // The fill on the block's stream and the one on the default stream both fail.
     dev.inject_fault(FaultOp::Launch, 1);
@@ -148,7 +148,7 @@ fn a_poison_fill_that_fails_leaves_the_block_allocated() {
 #[test]
 fn a_parked_block_is_released_even_when_its_poison_fill_fails() {
     let (backend, alloc) = setup("poison:true");
-    let dev = backend.sim_device().unwrap();
+    let dev = backend.device();
     let s = backend.stream_create().unwrap();
     let p = alloc.allocate(4096, Stream::default()).unwrap();
     alloc.record_stream(p, s).unwrap();

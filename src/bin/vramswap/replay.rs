@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use vramswap::alloc::trace::{read_trace, write_trace};
 use vramswap::alloc::{
-    render_svg, replay, serving_trace, transformer_trace, AllocatorConfig, CachingAllocator,
-    ReplayReport, ServingShape, TransformerShape,
+    replay, serving_trace, transformer_trace, AllocatorConfig, CachingAllocator, ReplayReport,
+    ServingShape, TransformerShape,
 };
 use vramswap::backend::SharedBackend;
 use vramswap::{Error, Result};
@@ -88,7 +88,7 @@ pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
     let alloc = CachingAllocator::new(b, config)?;
     let report = replay(&alloc, &ops)?;
     if let Some(path) = &args.svg {
-        std::fs::write(path, render_svg(&report.timeline, &title)).map_err(|source| Error::Io {
+        std::fs::write(path, report.chart(&title).render()).map_err(|source| Error::Io {
             path: path.clone(),
             source,
         })?;
@@ -192,8 +192,9 @@ fn compare(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"800\" height=\"1200\">\n",
         );
         for (i, row) in rows.iter().enumerate() {
-            let timeline = row.report.as_ref().map_or(&[][..], |r| &r.timeline[..]);
-            let chart = render_svg(timeline, &format!("{title}: {}", row.mode));
+            // A mode that failed has no timeline: its slot stays empty (the table names its error).
+            let Some(report) = &row.report else { continue };
+            let chart = report.chart(&format!("{title}: {}", row.mode)).render();
             svg.push_str(&chart.replacen("<svg ", &format!("<svg y=\"{}\" ", i * 400), 1));
         }
         svg.push_str("</svg>\n");
