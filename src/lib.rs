@@ -46,3 +46,6 @@ pub mod weights;
 
 pub use backend::{Backend, BackendChoice, BackendKind, DevicePtr, Event, SharedBackend, Stream};
 pub use error::{Error, ErrorKind, Result};
+/// The one `key:value` configuration grammar and its vocabulary for booleans and sizes, shared
+/// by every configuration string and every command-line flag that takes a size.
+pub use vramswap_sim::kv as config;
