@@ -145,7 +145,8 @@ const char *vramswap_version(void);
  Creates a context on `backend` (a `vramswap_backend_kind`) and device `device`, with the
  allocator configured by `VRAMSWAP_ALLOC_CONF` and the engine by `VRAMSWAP_SWAP_CONF`.
  `sim_capacity_bytes` is the simulated device's memory (0: `VRAMSWAP_SIM_CONF` or 8 GiB);
- other backends ignore it. On success `*out` holds the context, to be released with
+ the argument comes before the environment, and the rest of `VRAMSWAP_SIM_CONF` and the
+ fault plan of `VRAMSWAP_SIM_FAULTS` apply either way. Other backends ignore it. On success `*out` holds the context, to be released with
  `vramswap_context_destroy`; on failure `*out` is NULL.
 
  # Safety

@@ -56,11 +56,8 @@ impl Context {
             return Err(Failure::invalid(format!("device {device} is negative")));
         }
         let sim = || -> CResult<SharedBackend> {
-            Ok(if sim_capacity > 0 {
-                Arc::new(SimBackend::with_capacity(sim_capacity))
-            } else {
-                Arc::new(SimBackend::from_env()?)
-            })
+            let capacity = (sim_capacity > 0).then_some(sim_capacity);
+            Ok(Arc::new(SimBackend::from_env_with_capacity(capacity)?))
         };
         let backend: SharedBackend = match kind {
             VRAMSWAP_BACKEND_AUTO => {
@@ -169,7 +166,8 @@ pub(crate) fn device_ptr_arg(p: *mut c_void) -> DevicePtr {
 /// Creates a context on `backend` (a `vramswap_backend_kind`) and device `device`, with the
 /// allocator configured by `VRAMSWAP_ALLOC_CONF` and the engine by `VRAMSWAP_SWAP_CONF`.
 /// `sim_capacity_bytes` is the simulated device's memory (0: `VRAMSWAP_SIM_CONF` or 8 GiB);
-/// other backends ignore it. On success `*out` holds the context, to be released with
+/// the argument comes before the environment, and the rest of `VRAMSWAP_SIM_CONF` and the
+/// fault plan of `VRAMSWAP_SIM_FAULTS` apply either way. Other backends ignore it. On success `*out` holds the context, to be released with
 /// `vramswap_context_destroy`; on failure `*out` is NULL.
 ///
 /// # Safety
