@@ -402,16 +402,10 @@ impl Engine {
             return Ok(None);
         };
         let r = dev.leaks();
-        let d = PyDict::new(py);
-        d.set_item("device_bytes", r.device_bytes)?;
-        d.set_item("allocations", r.allocations)?;
-        d.set_item("reservations", r.reservations)?;
-        d.set_item("mappings", r.mappings)?;
-        d.set_item("physical_handles", r.physical_handles)?;
-        d.set_item("pinned_bytes", r.pinned_bytes)?;
-        d.set_item("registered_ranges", r.registered_ranges)?;
-        d.set_item("streams", r.streams)?;
-        d.set_item("events", r.events)?;
+        // The fields are the one `LeakReport` definition's, serialised; `clean` is added.
+        let d = pythonize::pythonize(py, &r)?
+            .downcast_into::<PyDict>()
+            .map_err(|e| pyo3::exceptions::PyTypeError::new_err(e.to_string()))?;
         d.set_item("clean", r.is_clean())?;
         Ok(Some(d))
     }
