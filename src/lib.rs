@@ -39,6 +39,7 @@ pub mod error;
 pub mod infer;
 pub mod load;
 pub mod selftest;
+pub mod setup;
 pub mod svg;
 pub mod swap;
 pub mod transfer;

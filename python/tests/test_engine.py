@@ -146,6 +146,18 @@ def test_the_allocators_out_of_memory_numbers_are_attributes():
         assert ex.value.requested is None
 
 
+def test_the_allocator_and_device_are_configured_by_arguments():
+    with vramswap.Engine(backend="sim", alloc_conf="limit_mb:64", sim_capacity="256MiB") as e:
+        with pytest.raises(vramswap.OutOfMemoryError) as ex:
+            e.allocate(100 * MIB)
+        assert ex.value.limit == 64 * MIB
+        assert ex.value.device_free <= 256 * MIB
+    with pytest.raises(vramswap.InvalidArgumentError, match="limit_mb"):
+        vramswap.Engine(backend="sim", alloc_conf="limit_mb:lots")
+    with pytest.raises(vramswap.InvalidArgumentError, match="no_such_key"):
+        vramswap.Engine(backend="sim", swap_conf="no_such_key:1")
+
+
 def test_held_sets_are_never_evicted_to_fit_another():
     with vramswap.Engine(backend="sim", device_budget="4MiB") as e:
         e.register_arrays("a", {"w": np.zeros(MIB, np.uint8)})

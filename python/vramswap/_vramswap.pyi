@@ -111,6 +111,9 @@ class Engine:
         device_budget: Optional[_Bytes] = None,
         host_budget: Optional[_Bytes] = None,
         idle_timeout: Optional[float] = None,
+        alloc_conf: Optional[str] = None,
+        swap_conf: Optional[str] = None,
+        sim_capacity: Optional[_Bytes] = None,
     ) -> "Engine": ...
     def register(self, name: str, path: Union[str, "PathLike[str]"]) -> None: ...
     def register_arrays(

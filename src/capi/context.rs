@@ -5,10 +5,11 @@ use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, RwLock};
 
 use super::{check_non_null, guarded, str_arg, vramswap_status, write_json, CResult, Failure};
-use crate::alloc::{AllocatorConfig, CachingAllocator};
-use crate::backend::{self, cuda::CudaBackend, sim::SimBackend, BackendChoice, BackendKind};
+use crate::alloc::CachingAllocator;
+use crate::backend::{self, BackendChoice, BackendKind};
 use crate::backend::{DevicePtr, SharedBackend, Stream};
-use crate::swap::{SwapConfig, SwapEngine};
+use crate::setup::EngineSetup;
+use crate::swap::SwapEngine;
 
 /// Which backend a context uses: `VRAMSWAP_BACKEND_AUTO` (0: CUDA when a device answers, the
 /// simulated device otherwise; `VRAMSWAP_BACKEND=cuda|sim` overrides), `VRAMSWAP_BACKEND_CUDA`
@@ -52,44 +53,26 @@ impl Context {
         alloc_conf: Option<&str>,
         swap_conf: Option<&str>,
     ) -> CResult<Context> {
-        if device < 0 {
-            return Err(Failure::invalid(format!("device {device} is negative")));
-        }
-        let sim = || -> CResult<SharedBackend> {
-            let capacity = (sim_capacity > 0).then_some(sim_capacity);
-            Ok(Arc::new(SimBackend::from_env_with_capacity(capacity)?))
-        };
-        let backend: SharedBackend = match kind {
-            VRAMSWAP_BACKEND_AUTO => {
-                let (b, _why) = backend::open(BackendChoice::Auto, device)?;
-                match b.kind() {
-                    BackendKind::Sim if sim_capacity > 0 => sim()?,
-                    _ => b,
-                }
-            }
-            VRAMSWAP_BACKEND_CUDA => Arc::new(CudaBackend::new(device)?),
-            VRAMSWAP_BACKEND_SIM => sim()?,
+        let backend = match kind {
+            VRAMSWAP_BACKEND_AUTO => BackendChoice::Auto,
+            VRAMSWAP_BACKEND_CUDA => BackendChoice::Cuda,
+            VRAMSWAP_BACKEND_SIM => BackendChoice::Sim,
             other => {
                 return Err(Failure::invalid(format!(
                     "backend kind {other} is not VRAMSWAP_BACKEND_AUTO (0), _CUDA (1) or _SIM (2)"
                 )))
             }
         };
-        let aconf = match alloc_conf {
-            Some(s) => AllocatorConfig::parse(s)?,
-            None => AllocatorConfig::from_env()?,
-        };
-        let sconf = match swap_conf {
-            Some(s) => {
-                let mut c = SwapConfig::default();
-                c.apply(s)?;
-                c
-            }
-            None => SwapConfig::from_env()?,
-        };
-        let alloc = Arc::new(CachingAllocator::new(backend.clone(), aconf)?);
-        let engine = SwapEngine::new(backend.clone(), sconf)?;
-        engine.attach_allocator(&alloc);
+        let built = EngineSetup {
+            backend,
+            device,
+            sim_capacity: (sim_capacity > 0).then_some(sim_capacity),
+            alloc_conf: alloc_conf.map(str::to_string),
+            swap_conf: swap_conf.map(str::to_string),
+            ..EngineSetup::default()
+        }
+        .build()?;
+        let (engine, alloc, backend) = (built.engine, built.alloc, built.backend);
         Ok(Context {
             engine,
             alloc,
