@@ -44,25 +44,16 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    /// Opens a backend and builds the allocator and engine over it. `None` configurations are
-    /// read from `VRAMSWAP_ALLOC_CONF` and `VRAMSWAP_SWAP_CONF`.
+    /// Opens a backend and builds the allocator and engine over it with the crate's one setup
+    /// ([`EngineSetup`]). `None` configurations are read from `VRAMSWAP_ALLOC_CONF` and
+    /// `VRAMSWAP_SWAP_CONF`.
     pub(crate) fn open(
-        kind: vramswap_backend_kind,
+        backend: BackendChoice,
         device: c_int,
         sim_capacity: u64,
         alloc_conf: Option<&str>,
         swap_conf: Option<&str>,
     ) -> CResult<Context> {
-        let backend = match kind {
-            VRAMSWAP_BACKEND_AUTO => BackendChoice::Auto,
-            VRAMSWAP_BACKEND_CUDA => BackendChoice::Cuda,
-            VRAMSWAP_BACKEND_SIM => BackendChoice::Sim,
-            other => {
-                return Err(Failure::invalid(format!(
-                    "backend kind {other} is not VRAMSWAP_BACKEND_AUTO (0), _CUDA (1) or _SIM (2)"
-                )))
-            }
-        };
         let built = EngineSetup {
             backend,
             device,
@@ -141,6 +132,18 @@ pub(crate) fn device_ptr_out(p: DevicePtr) -> *mut c_void {
     std::ptr::without_provenance_mut(p.0 as usize)
 }
 
+/// The backend a `vramswap_backend_kind` names.
+fn backend_choice(kind: vramswap_backend_kind) -> CResult<BackendChoice> {
+    match kind {
+        VRAMSWAP_BACKEND_AUTO => Ok(BackendChoice::Auto),
+        VRAMSWAP_BACKEND_CUDA => Ok(BackendChoice::Cuda),
+        VRAMSWAP_BACKEND_SIM => Ok(BackendChoice::Sim),
+        other => Err(Failure::invalid(format!(
+            "backend kind {other} is not VRAMSWAP_BACKEND_AUTO (0), _CUDA (1) or _SIM (2)"
+        ))),
+    }
+}
+
 /// A `void *` device address from C.
 pub(crate) fn device_ptr_arg(p: *mut c_void) -> DevicePtr {
     DevicePtr(p as usize as u64)
@@ -202,7 +205,13 @@ pub unsafe extern "C" fn vramswap_context_create_with_config(
                 .transpose()
         };
         let (aconf, sconf) = (opt(alloc_conf, "alloc_conf")?, opt(swap_conf, "swap_conf")?);
-        let inner = Context::open(backend, device, sim_capacity_bytes, aconf, sconf)?;
+        let inner = Context::open(
+            backend_choice(backend)?,
+            device,
+            sim_capacity_bytes,
+            aconf,
+            sconf,
+        )?;
         let handle = Box::new(vramswap_context {
             inner: Arc::new(inner),
         });
