@@ -70,7 +70,7 @@ fn parse_config_kv(spec: &str, base: SimConfig) -> Result<SimConfig, KvError> {
             _ => {
                 return Err(KvError::new(
                     k,
-                    format!("unknown key (known: {CONFIG_KEYS})"),
+                    format!("unknown key `{k}` (known: {CONFIG_KEYS})"),
                 ))
             }
         }
