@@ -214,3 +214,14 @@ impl Error {
 
 /// `Result` with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A value of the shared `key:value` grammar ([`vramswap_sim::kv`]) that does not parse is a
+/// configuration error naming its key.
+impl From<vramswap_sim::KvError> for Error {
+    fn from(e: vramswap_sim::KvError) -> Error {
+        Error::Config {
+            key: e.key,
+            problem: e.problem,
+        }
+    }
+}

@@ -14,7 +14,7 @@
 //! ```text
 //!   bin/vramswap [cli]   bench, selftest, svg [cli]   capi (C ABI)   python/ (PyO3, own crate)
 //!          \__________________|__________________________|_______________/
-//!                             |
+//!                             |                 setup (one builder for C and Python)
 //!             infer [infer] (candle: batched generation; demo, bench [cli])
 //!                             |
 //!             swap (SwapEngine: residency, budgets, LRU, prefetch)
@@ -41,6 +41,7 @@
 //! - [`transfer`], [`load`], [`weights`]: moving bytes, reading checkpoints, describing sets.
 //! - [`swap`]: the engine deciding what lives where.
 //! - `infer`: a thin candle layer over the engine (feature `infer`).
+//! - [`setup`]: one builder of backend, allocator and engine that the C ABI and Python share.
 //! - [`capi`]: the C ABI (`ffi/include/vramswap.h`); the Python extension (`python/`) is a
 //!   separate crate over the same public API.
 //! - [`conformance`]: the backend conformance suite, run by the tests and by `selftest`.
@@ -66,6 +67,7 @@ pub mod infer;
 pub mod load;
 #[cfg(feature = "cli")]
 pub mod selftest;
+pub mod setup;
 #[cfg(feature = "cli")]
 pub mod svg;
 pub mod swap;
@@ -74,3 +76,6 @@ pub mod weights;
 
 pub use backend::{Backend, BackendChoice, BackendKind, DevicePtr, Event, SharedBackend, Stream};
 pub use error::{Error, ErrorKind, Result};
+/// The one `key:value` configuration grammar and its vocabulary for booleans and sizes, shared
+/// by every configuration string and every command-line flag that takes a size.
+pub use vramswap_sim::kv as config;

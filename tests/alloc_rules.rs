@@ -1,5 +1,7 @@
 //! The caching allocator's rules, one behaviour per test, on the `sim` backend.
 
+mod common;
+
 use std::sync::Arc;
 
 use vramswap::alloc::{AllocatorConfig, CachingAllocator, HistoryEvent, MemoryLimit, TraceOp};
@@ -249,8 +251,7 @@ fn dropping_the_allocator_returns_everything_to_the_backend() {
     }
     b.stream_destroy(s).unwrap();
     b.stream_destroy(s2).unwrap();
-    let leaks = sb.device().leaks();
-    assert!(leaks.is_clean(), "{leaks:?}");
+    common::assert_no_leaks(sb.device(), "allocator");
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! threads and streams through one allocator report no race, and the same reuse without the
 //! event wait is reported.
 
+mod common;
+
 use std::sync::Arc;
 
 use rand::{rngs::SmallRng, Rng, SeedableRng};
@@ -93,8 +95,7 @@ fn stress(config: AllocatorConfig, seed: u64) {
     for s in streams {
         b.stream_destroy(s).unwrap();
     }
-    let leaks = sb.device().leaks();
-    assert!(leaks.is_clean(), "{leaks:?}");
+    common::assert_no_leaks(sb.device(), "allocator");
 }
 
 #[test]

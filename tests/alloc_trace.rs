@@ -26,7 +26,7 @@ fn replay_shape(
         .collect();
     let r = replay(&a, &ops).unwrap();
     drop(a);
-    assert!(sb.device().leaks().is_clean());
+    common::assert_no_leaks(sb.device(), "replay");
     r
 }
 

@@ -128,6 +128,58 @@ fn malloc_rejects_zero_overflowing_and_negative_sizes() {
 }
 
 #[test]
+fn out_of_memory_numbers_reach_c_as_fields() {
+    let c = context_with(Some("limit_mb:64"), Some(""));
+    let held = malloc(&c, 32 << 20);
+    let mut p = null_mut();
+    let mut info = vramswap_oom_info {
+        requested: 0,
+        allocated: 0,
+        reserved: 0,
+        device_free: 0,
+        limit: 0,
+        fragmented: 0,
+    };
+    // SAFETY: live context, valid out-pointers.
+    let st = unsafe { vramswap_malloc(c.0, 48 << 20, null_mut(), &mut p) };
+    assert_eq!(st, VRAMSWAP_OUT_OF_MEMORY, "{}", last_error());
+    // SAFETY: valid out-pointer.
+    assert_eq!(unsafe { vramswap_last_error_oom(&mut info) }, VRAMSWAP_OK);
+    assert_eq!(info.requested, 48 << 20, "{info:?}");
+    assert_eq!(info.allocated, 32 << 20, "{info:?}");
+    assert!(info.reserved >= info.allocated, "{info:?}");
+    assert_eq!(info.limit, 64 << 20, "{info:?}");
+    assert!(info.device_free > 0, "{info:?}");
+    // The message carries the same numbers as text.
+    assert!(
+        last_error().contains(&(48u64 << 20).to_string()),
+        "{}",
+        last_error()
+    );
+    // SAFETY: NULL is reported, not written.
+    assert_eq!(
+        unsafe { vramswap_last_error_oom(null_mut()) },
+        VRAMSWAP_NULL_POINTER
+    );
+    // Another kind of failure, and a success, leave no numbers behind.
+    // SAFETY: live context, valid out-pointer.
+    let st = unsafe { vramswap_malloc(c.0, 0, null_mut(), &mut p) };
+    assert_eq!(st, VRAMSWAP_INVALID_ARGUMENT);
+    // SAFETY: valid out-pointer.
+    assert_eq!(
+        unsafe { vramswap_last_error_oom(&mut info) },
+        VRAMSWAP_NOT_FOUND
+    );
+    // SAFETY: `held` came from vramswap_malloc on this context.
+    ok(unsafe { vramswap_free(c.0, held) });
+    // SAFETY: valid out-pointer.
+    assert_eq!(
+        unsafe { vramswap_last_error_oom(&mut info) },
+        VRAMSWAP_NOT_FOUND
+    );
+}
+
+#[test]
 fn malloc_and_free_reject_null_pointers() {
     let c = context();
     let mut p = null_mut();

@@ -110,6 +110,8 @@ fn load_on_sim_reports_bytes_and_throughput() {
         vec!["--cast", "bf16"],
         vec!["--direct"],
         vec!["--source", "mmap-register"],
+        vec!["--budget", "1GiB"],
+        vec!["--budget", "0.5GB"],
     ] {
         let v = common::json_output(
             vramswap()
@@ -134,4 +136,12 @@ fn load_on_sim_reports_bytes_and_throughput() {
         s.starts_with("loaded 3 tensors") && s.contains("GB/s"),
         "{s}"
     );
+    let out = vramswap()
+        .args(["--backend", "sim", "load", "--budget", "12parsecs"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("unknown unit `parsecs`"), "{err}");
 }

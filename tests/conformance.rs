@@ -19,11 +19,7 @@ fn run(name: &str) {
         out.message.unwrap_or_default()
     );
     if let Some(sim) = b.sim_device() {
-        let v = sim.violations();
-        assert!(v.is_empty(), "{name}: stream-ordering violations: {v:?}");
-        sim.synchronize().unwrap();
-        let leaks = sim.leaks();
-        assert!(leaks.is_clean(), "{name} leaked: {leaks:?}");
+        common::assert_device_clean(sim, name);
     }
 }
 

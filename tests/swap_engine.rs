@@ -87,11 +87,7 @@ fn state(e: &SwapEngine, name: &str) -> Residency {
 /// process by its exit report, which `scripts/test.sh` reads.)
 fn assert_clean(b: &SharedBackend) {
     let Some(sim) = b.sim_device() else { return };
-    sim.synchronize().unwrap();
-    let v = sim.violations();
-    assert!(v.is_empty(), "stream-ordering violations: {v:?}");
-    let l = sim.leaks();
-    assert!(l.is_clean(), "leaked: {l:?}");
+    common::assert_device_clean(sim, "swap engine");
 }
 
 #[test]

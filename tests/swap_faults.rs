@@ -2,6 +2,8 @@
 //! from its last good tier, a retry succeeds, and nothing leaks; many threads at once produce no
 //! race and no deadlock.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,11 +56,7 @@ fn state(e: &SwapEngine) -> Residency {
 
 fn finish(b: SharedBackend, e: SwapEngine) {
     drop(e);
-    let sim = b.sim_device().unwrap();
-    sim.synchronize().unwrap();
-    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
-    let l = sim.leaks();
-    assert!(l.is_clean(), "leaked after faults: {l:?}");
+    common::assert_device_clean(b.sim_device().unwrap(), "after faults");
 }
 
 #[test]

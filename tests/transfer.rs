@@ -1,6 +1,8 @@
 //! The copy engine on the simulated device: chunked multi-stream copies, readiness per group,
 //! verification, failure handling, and stream ordering for consumers.
 
+mod common;
+
 use std::sync::Arc;
 
 use rand::{RngCore, SeedableRng};
@@ -238,10 +240,7 @@ fn a_copy_that_fails_midway_returns_the_error_and_leaks_nothing() {
     // SAFETY: no transfer in flight.
     unsafe { b.host_free_pinned(src).unwrap() };
     b.free(d).unwrap();
-    let sim = b.sim_device().unwrap();
-    sim.synchronize().unwrap();
-    let l = sim.leaks();
-    assert!(l.is_clean(), "{l:?}");
+    common::assert_device_clean(b.sim_device().unwrap(), "transfer");
 }
 
 #[test]

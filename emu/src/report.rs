@@ -2,27 +2,27 @@
 //! process exit when `VRAMSWAP_EMU_REPORT` names a file (`-` for stderr).
 
 use std::ffi::c_char;
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Once;
 
+use serde::Serialize;
+use vramswap_sim::LeakReport;
+
 use crate::state::driver_if_initialised;
 
-fn json_str(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
+/// The emulator's report: the device's [`LeakReport`] flattened beside what only the driver
+/// holds.
+#[derive(Serialize)]
+struct Report<'a> {
+    initialized: bool,
+    clean: bool,
+    device: &'a str,
+    #[serde(flatten)]
+    leaks: LeakReport,
+    modules: usize,
+    primary_context_refs: u32,
+    driver_version: i32,
+    violations: Vec<String>,
 }
 
 /// The report as one JSON object: `initialized`, `clean` (no leaks and no violations), the
@@ -41,31 +41,19 @@ pub fn report_json() -> String {
     let misuse = d.misuse.lock().map(|m| m.clone()).unwrap_or_default();
     let modules = d.modules.lock().map(|m| m.len()).unwrap_or(0);
     let clean = l.is_clean() && v.is_empty() && misuse.is_empty() && modules == 0;
-    let msgs: Vec<String> = v
-        .iter()
-        .map(|x| json_str(&x.message))
-        .chain(misuse.iter().map(|m| json_str(m)))
-        .collect();
-    format!(
-        "{{\"initialized\":true,\"clean\":{clean},\"device\":{},\"device_bytes\":{},\
-         \"allocations\":{},\"reservations\":{},\"mappings\":{},\"physical_handles\":{},\
-         \"pinned_bytes\":{},\"registered_ranges\":{},\"streams\":{},\"events\":{},\
-         \"modules\":{modules},\"primary_context_refs\":{},\"driver_version\":{},\
-         \"violations\":[{}]}}",
-        json_str(&d.dev.config().name),
-        l.device_bytes,
-        l.allocations,
-        l.reservations,
-        l.mappings,
-        l.physical_handles,
-        l.pinned_bytes,
-        l.registered_ranges,
-        l.streams,
-        l.events,
-        d.primary_refs.load(Ordering::SeqCst),
-        d.opts.driver_version,
-        msgs.join(",")
-    )
+    let report = Report {
+        initialized: true,
+        clean,
+        device: &d.dev.config().name,
+        leaks: l,
+        modules,
+        primary_context_refs: d.primary_refs.load(Ordering::SeqCst),
+        driver_version: d.opts.driver_version,
+        violations: v.into_iter().map(|x| x.message).chain(misuse).collect(),
+    };
+    serde_json::to_string(&report).unwrap_or_else(|e| {
+        format!("{{\"initialized\":true,\"clean\":false,\"error\":\"report failed: {e}\"}}")
+    })
 }
 
 /// Writes the JSON report (see [`report_json`]) into `buf` as a NUL-terminated string,

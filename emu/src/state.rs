@@ -103,40 +103,26 @@ pub const EMU_CONF_KEYS: &str = "driver_version, read_only_host_register";
 pub fn parse_emu_conf(spec: &str) -> Result<(EmuOptions, String), String> {
     let mut o = EmuOptions::default();
     let mut rest = Vec::new();
-    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let Some((k, v)) = part.split_once(':') else {
-            rest.push(part);
-            continue;
-        };
-        let (k, v) = (k.trim(), v.trim());
+    for pair in vramswap_sim::kv::pairs("VRAMSWAP_EMU_CONF", spec) {
+        let (k, v) = pair.map_err(|e| e.problem)?;
         match k {
             "driver_version" => {
-                let n: i32 = v
-                    .parse()
-                    .map_err(|_| format!("driver_version: `{v}` is not an integer"))?;
                 let newest = crate::api::context::DRIVER_VERSION;
-                if !(OLDEST_DRIVER_VERSION..=newest).contains(&n) {
-                    return Err(format!(
-                        "driver_version: {n} is outside {OLDEST_DRIVER_VERSION}..={newest} \
-                         (1000 * major + 10 * minor, CUDA {} to {})",
+                let n: i32 = vramswap_sim::kv::parse_int_in(k, v, OLDEST_DRIVER_VERSION..=newest)
+                    .map_err(|e| {
+                    format!(
+                        "{e} (1000 * major + 10 * minor, CUDA {} to {})",
                         version_text(OLDEST_DRIVER_VERSION),
                         version_text(newest)
-                    ));
-                }
+                    )
+                })?;
                 o.driver_version = n;
             }
             "read_only_host_register" => {
-                o.read_only_host_register = match v {
-                    "1" | "true" => true,
-                    "0" | "false" => false,
-                    _ => {
-                        return Err(format!(
-                            "read_only_host_register: `{v}` is not 0, 1, true or false"
-                        ))
-                    }
-                }
+                o.read_only_host_register =
+                    vramswap_sim::kv::parse_bool(k, v).map_err(|e| e.to_string())?
             }
-            _ => rest.push(part),
+            _ => rest.push(format!("{k}:{v}")),
         }
     }
     Ok((o, rest.join(",")))

@@ -8,9 +8,10 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use vramswap::alloc::CachingAllocator;
-use vramswap::backend::{self, BackendChoice, SharedBackend};
+use vramswap::backend::SharedBackend;
 use vramswap::load::LoadOptions;
-use vramswap::swap::{SwapConfig, SwapEngine};
+use vramswap::setup::EngineSetup;
+use vramswap::swap::SwapEngine;
 use vramswap::weights::DType;
 use vramswap::{DevicePtr, Error, Stream};
 
@@ -177,7 +178,8 @@ pub fn as_list(held: &[ArrayBytes]) -> Vec<(String, DType, Vec<u64>, &[u8])> {
 #[pymethods]
 impl Engine {
     #[new]
-    #[pyo3(signature = (backend="auto", device=0, device_budget=None, host_budget=None, idle_timeout=None))]
+    #[pyo3(signature = (backend="auto", device=0, device_budget=None, host_budget=None, idle_timeout=None, alloc_conf=None, swap_conf=None, sim_capacity=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         backend: &str,
@@ -185,37 +187,39 @@ impl Engine {
         device_budget: Option<&Bound<'_, PyAny>>,
         host_budget: Option<&Bound<'_, PyAny>>,
         idle_timeout: Option<f64>,
+        alloc_conf: Option<String>,
+        swap_conf: Option<String>,
+        sim_capacity: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Engine> {
-        let choice: BackendChoice = backend.parse().py()?;
-        // VRAMSWAP_SWAP_CONF and VRAMSWAP_IDLE_TIMEOUT first, the arguments over them.
-        let mut config = SwapConfig::from_env().py()?;
-        if let Some(b) = bytes_arg(device_budget, "device_budget")? {
-            config.device_budget = Some(b);
-        }
-        if let Some(b) = bytes_arg(host_budget, "host_budget")? {
-            config.host_budget = Some(b);
-        }
+        // The crate's one setup (`vramswap::setup`): arguments over the environment.
+        let mut setup = EngineSetup {
+            backend: backend.parse().py()?,
+            device,
+            sim_capacity: bytes_arg(sim_capacity, "sim_capacity")?,
+            alloc_conf,
+            swap_conf,
+            device_budget: bytes_arg(device_budget, "device_budget")?,
+            host_budget: bytes_arg(host_budget, "host_budget")?,
+            idle_timeout: None,
+        };
         if let Some(t) = idle_timeout {
             if !t.is_finite() || t <= 0.0 {
                 return Err(to_py(Error::InvalidArgument(format!(
                     "idle_timeout must be a positive number of seconds, not {t}"
                 ))));
             }
-            config.idle_timeout = Some(Duration::try_from_secs_f64(t).map_err(|_| {
+            setup.idle_timeout = Some(Duration::try_from_secs_f64(t).map_err(|_| {
                 to_py(Error::InvalidArgument(format!(
                     "idle_timeout of {t} seconds is out of range"
                 )))
             })?);
         }
-        let (backend, why, live) = py
-            .allow_threads(|| -> vramswap::Result<_> {
-                let (backend, why) = backend::open(choice, device)?;
-                let swap = SwapEngine::new(backend.clone(), config)?;
-                let alloc = Arc::new(CachingAllocator::from_env(backend.clone())?);
-                swap.attach_allocator(&alloc);
-                Ok((backend, why, Live { swap, alloc }))
-            })
-            .py()?;
+        let built = py.allow_threads(|| setup.build()).py()?;
+        let (backend, why) = (built.backend, built.selected_because);
+        let live = Live {
+            swap: built.engine,
+            alloc: built.alloc,
+        };
         Ok(Engine {
             live: RwLock::new(Some(live)),
             backend,
@@ -402,16 +406,10 @@ impl Engine {
             return Ok(None);
         };
         let r = dev.leaks();
-        let d = PyDict::new(py);
-        d.set_item("device_bytes", r.device_bytes)?;
-        d.set_item("allocations", r.allocations)?;
-        d.set_item("reservations", r.reservations)?;
-        d.set_item("mappings", r.mappings)?;
-        d.set_item("physical_handles", r.physical_handles)?;
-        d.set_item("pinned_bytes", r.pinned_bytes)?;
-        d.set_item("registered_ranges", r.registered_ranges)?;
-        d.set_item("streams", r.streams)?;
-        d.set_item("events", r.events)?;
+        // The fields are the one `LeakReport` definition's, serialised; `clean` is added.
+        let d = pythonize::pythonize(py, &r)?
+            .downcast_into::<PyDict>()
+            .map_err(|e| pyo3::exceptions::PyTypeError::new_err(e.to_string()))?;
         d.set_item("clean", r.is_clean())?;
         Ok(Some(d))
     }

@@ -120,6 +120,13 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         ns.set_item("__module__", "vramswap")?;
         ns.set_item("__doc__", doc)?;
         ns.set_item("kind", kind_name(kind))?;
+        if kind == ErrorKind::OutOfMemory {
+            // The allocator's numbers, set on the instance when it is the allocator that ran
+            // out (`None` otherwise: a budget or the driver).
+            for field in OOM_FIELDS {
+                ns.set_item(field, py.None())?;
+            }
+        }
         // KeyError quotes its message in str(); the Rust message reads better as it is.
         ns.set_item("__str__", py.get_type::<PyException>().getattr("__str__")?)?;
         let cls = type_
@@ -133,7 +140,19 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
-/// The Python exception for a vramswap error, with the Rust message.
+/// The attributes of `OutOfMemoryError` that carry the allocator's numbers.
+const OOM_FIELDS: [&str; 6] = [
+    "requested",
+    "allocated",
+    "reserved",
+    "device_free",
+    "limit",
+    "fragmented",
+];
+
+/// The Python exception for a vramswap error, with the Rust message; the allocator's
+/// out-of-memory error also carries its numbers as attributes ([`OOM_FIELDS`]; `limit` is
+/// `None` when the allocator has none).
 pub fn to_py(e: Error) -> PyErr {
     let kind = e.kind();
     Python::with_gil(|py| match KINDS.get(py) {
@@ -142,7 +161,30 @@ pub fn to_py(e: Error) -> PyErr {
                 .iter()
                 .position(|c| c.0 == kind)
                 .expect("every ErrorKind has a class");
-            PyErr::from_type(classes[i].bind(py).clone(), e.to_string())
+            let err = PyErr::from_type(classes[i].bind(py).clone(), e.to_string());
+            if let Error::AllocatorOutOfMemory {
+                requested,
+                allocated,
+                reserved,
+                device_free,
+                limit,
+                fragmented,
+            } = e
+            {
+                let v = err.value(py);
+                let numbers = [requested, allocated, reserved, device_free];
+                let set = || -> PyResult<()> {
+                    for (field, n) in OOM_FIELDS.iter().zip(numbers) {
+                        v.setattr(*field, n)?;
+                    }
+                    v.setattr("limit", limit)?;
+                    v.setattr("fragmented", fragmented)
+                };
+                if let Err(failed) = set() {
+                    return failed;
+                }
+            }
+            err
         }
         None => PyTypeError::new_err(e.to_string()),
     })

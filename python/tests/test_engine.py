@@ -125,6 +125,39 @@ def test_a_set_larger_than_the_device_budget_is_an_out_of_memory_error():
         assert isinstance(ex.value, MemoryError) and "device budget" in str(ex.value)
 
 
+def test_the_allocators_out_of_memory_numbers_are_attributes():
+    with vramswap.Engine(backend="sim") as e:
+        held = e.allocate(MIB)
+        with pytest.raises(vramswap.OutOfMemoryError) as ex:
+            e.allocate(1 << 50)
+        err = ex.value
+        assert err.requested is not None and err.requested >= 1 << 50
+        assert err.allocated is not None and err.allocated >= MIB
+        assert err.reserved is not None and err.reserved >= err.allocated
+        assert err.device_free is not None and 0 < err.device_free < 1 << 50
+        assert err.limit is None and err.fragmented is not None
+        assert str(err.requested) in str(err)
+        e.free(held)
+    # A budget's refusal is no allocator's: the numbers stay None.
+    with vramswap.Engine(backend="sim", device_budget=2 * MIB) as e:
+        e.register_arrays("big", {"w": np.zeros(3 * MIB, np.uint8)})
+        with pytest.raises(vramswap.OutOfMemoryError) as ex:
+            e.acquire("big")
+        assert ex.value.requested is None
+
+
+def test_the_allocator_and_device_are_configured_by_arguments():
+    with vramswap.Engine(backend="sim", alloc_conf="limit_mb:64", sim_capacity="256MiB") as e:
+        with pytest.raises(vramswap.OutOfMemoryError) as ex:
+            e.allocate(100 * MIB)
+        assert ex.value.limit == 64 * MIB
+        assert ex.value.device_free <= 256 * MIB
+    with pytest.raises(vramswap.InvalidArgumentError, match="limit_mb"):
+        vramswap.Engine(backend="sim", alloc_conf="limit_mb:lots")
+    with pytest.raises(vramswap.InvalidArgumentError, match="no_such_key"):
+        vramswap.Engine(backend="sim", swap_conf="no_such_key:1")
+
+
 def test_held_sets_are_never_evicted_to_fit_another():
     with vramswap.Engine(backend="sim", device_budget="4MiB") as e:
         e.register_arrays("a", {"w": np.zeros(MIB, np.uint8)})

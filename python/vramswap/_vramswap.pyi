@@ -25,7 +25,16 @@ class Error(Exception):
     kind: Optional[str]
 
 class DriverError(Error, RuntimeError): ...
-class OutOfMemoryError(Error, MemoryError): ...
+class OutOfMemoryError(Error, MemoryError):
+    """Out of memory; when the caching allocator ran out, its numbers (bytes) are set."""
+
+    requested: Optional[int]
+    allocated: Optional[int]
+    reserved: Optional[int]
+    device_free: Optional[int]
+    limit: Optional[int]
+    fragmented: Optional[int]
+
 class BackendUnavailableError(Error, RuntimeError): ...
 class InvalidArgumentError(Error, ValueError): ...
 class MalformedFileError(Error, ValueError): ...
@@ -102,6 +111,9 @@ class Engine:
         device_budget: Optional[_Bytes] = None,
         host_budget: Optional[_Bytes] = None,
         idle_timeout: Optional[float] = None,
+        alloc_conf: Optional[str] = None,
+        swap_conf: Optional[str] = None,
+        sim_capacity: Optional[_Bytes] = None,
     ) -> "Engine": ...
     def register(self, name: str, path: Union[str, "PathLike[str]"]) -> None: ...
     def register_arrays(

@@ -24,6 +24,7 @@ mod device;
 mod error;
 mod host;
 pub mod kernels;
+pub mod kv;
 mod memory;
 mod race;
 mod stream;
@@ -35,6 +36,7 @@ pub use device::{
 pub use error::{cuda_code_of, SimError, SimResult};
 pub use host::HostKind;
 pub use kernels::CastType;
+pub use kv::KvError;
 pub use memory::VA_BASE;
 pub use race::{Access, Space, Violation};
 pub use stream::WorkMark;
@@ -198,24 +200,17 @@ impl FaultOp {
 /// making the Nth call of that operation fail.
 pub fn parse_faults(spec: &str) -> Result<Vec<(FaultOp, u64)>, String> {
     let mut out = Vec::new();
-    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (op, n) = part
-            .split_once(':')
-            .ok_or_else(|| format!("fault `{part}`: expected op:N"))?;
-        let op = FaultOp::from_name(op.trim()).ok_or_else(|| {
+    for pair in kv::pairs("fault", spec) {
+        let (op, n) = pair.map_err(|e| format!("{}: expected op:N", e.problem))?;
+        let op = FaultOp::from_name(op).ok_or_else(|| {
             let names: Vec<_> = FaultOp::ALL.iter().map(|o| o.name()).collect();
             format!(
-                "fault `{part}`: unknown operation `{op}` (one of {})",
+                "fault `{op}:{n}`: unknown operation `{op}` (one of {})",
                 names.join(", ")
             )
         })?;
-        let n: u64 = n
-            .trim()
-            .parse()
-            .map_err(|_| format!("fault `{part}`: `{n}` is not a positive count"))?;
-        if n == 0 {
-            return Err(format!("fault `{part}`: counts start at 1"));
-        }
+        let n = kv::parse_int_in(op.name(), n, 1..=u64::MAX)
+            .map_err(|e| format!("fault {e} (counts start at 1)"))?;
         out.push((op, n));
     }
     Ok(out)

@@ -1,5 +1,6 @@
 //! Configuration of the caching allocator, in code or from `VRAMSWAP_ALLOC_CONF`.
 
+use crate::config as kv;
 use crate::error::{Error, Result};
 
 /// The environment variable [`AllocatorConfig::from_env`] reads.
@@ -74,20 +75,8 @@ fn bad(key: &str, problem: impl Into<String>) -> Error {
     }
 }
 
-fn parse_bool(key: &str, v: &str) -> Result<bool> {
-    match v {
-        "true" | "True" | "1" | "on" | "yes" => Ok(true),
-        "false" | "False" | "0" | "off" | "no" => Ok(false),
-        _ => Err(bad(key, format!("`{v}` is not true or false"))),
-    }
-}
-
 fn parse_mb(key: &str, v: &str) -> Result<u64> {
-    v.parse::<u64>()
-        .ok()
-        .filter(|&m| m > 0)
-        .and_then(|m| m.checked_mul(1 << 20))
-        .ok_or_else(|| bad(key, format!("`{v}` is not a positive whole number of MiB")))
+    Ok(kv::parse_int_in(key, v, 1..=u64::MAX >> 20)? << 20)
 }
 
 impl AllocatorConfig {
@@ -97,11 +86,8 @@ impl AllocatorConfig {
     /// `poison` (true/false). Unknown keys and bad values are [`Error::Config`].
     pub fn parse(spec: &str) -> Result<AllocatorConfig> {
         let mut c = AllocatorConfig::default();
-        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once(':')
-                .ok_or_else(|| bad(ALLOC_CONF_VAR, format!("`{part}` is not key:value")))?;
-            let (k, v) = (k.trim(), v.trim());
+        for pair in kv::pairs(ALLOC_CONF_VAR, spec) {
+            let (k, v) = pair?;
             match k {
                 "max_split_size_mb" => {
                     let b = parse_mb(k, v)?;
@@ -110,8 +96,8 @@ impl AllocatorConfig {
                     }
                     c.max_split_size = b;
                 }
-                "expandable_segments" => c.expandable_segments = parse_bool(k, v)?,
-                "page_pool" => c.page_pool = parse_bool(k, v)?,
+                "expandable_segments" => c.expandable_segments = kv::parse_bool(k, v)?,
+                "page_pool" => c.page_pool = kv::parse_bool(k, v)?,
                 "limit_mb" => c.limit = MemoryLimit::Bytes(parse_mb(k, v)?),
                 "limit_fraction" => {
                     let f = v
@@ -136,7 +122,7 @@ impl AllocatorConfig {
                         .filter(|n| *n <= 1 << 24)
                         .ok_or_else(|| bad(k, format!("`{v}` is not a ring size ≤ 16777216")))?
                 }
-                "poison" => c.poison = parse_bool(k, v)?,
+                "poison" => c.poison = kv::parse_bool(k, v)?,
                 _ => {
                     return Err(bad(
                         k,

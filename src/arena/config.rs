@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::MAX_REGISTER_BYTES;
+use crate::config as kv;
 use crate::error::{Error, Result};
 
 /// The environment variable [`ArenaConfig::from_env`] reads.
@@ -77,26 +78,15 @@ fn config_error(problem: impl Into<String>) -> Error {
 /// errors.
 pub fn parse_arena_config(spec: &str) -> Result<ArenaConfig> {
     let mut c = ArenaConfig::default();
-    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part
-            .split_once(':')
-            .ok_or_else(|| config_error(format!("`{part}` is not key:value")))?;
-        let (k, v) = (k.trim(), v.trim());
-        let num = |unit: u64| -> Result<u64> {
-            v.parse::<f64>()
-                .ok()
-                .filter(|x| x.is_finite() && *x > 0.0)
-                .map(|x| (x * unit as f64) as u64)
-                .filter(|&x| x > 0)
-                .ok_or_else(|| config_error(format!("`{k}`: `{v}` is not a positive number")))
-        };
+    for pair in kv::pairs(ARENA_ENV, spec) {
+        let (k, v) = pair?;
         match k {
-            "budget_mb" => c.budget = Some(num(1 << 20)?),
-            "budget_gb" => c.budget = Some(num(1 << 30)?),
-            "slab_mb" => c.slab_size = num(1 << 20)?,
-            "pin_threads" => c.pin_threads = num(1)? as usize,
+            "budget_mb" => c.budget = Some(kv::parse_scaled(k, v, 1 << 20)?),
+            "budget_gb" => c.budget = Some(kv::parse_scaled(k, v, 1 << 30)?),
+            "slab_mb" => c.slab_size = kv::parse_scaled(k, v, 1 << 20)?,
+            "pin_threads" => c.pin_threads = kv::parse_int_in(k, v, 1..=1024)?,
             "register_chunk_gb" => {
-                c.register_chunk = num(1 << 30)?;
+                c.register_chunk = kv::parse_scaled(k, v, 1 << 30)?;
                 if c.register_chunk > MAX_REGISTER_BYTES {
                     return Err(config_error("register_chunk_gb is at most 512"));
                 }
@@ -133,5 +123,17 @@ mod tests {
         assert!(parse_arena_config("slab_mb:-1").is_err());
         assert!(parse_arena_config("register_chunk_gb:1024").is_err());
         assert!(parse_arena_config("").is_ok());
+    }
+
+    #[test]
+    fn an_overflowing_size_names_its_setting() {
+        for key in ["slab_mb", "budget_mb", "budget_gb", "register_chunk_gb"] {
+            let e = parse_arena_config(&format!("{key}:1e300")).unwrap_err();
+            let Error::Config { key: k, problem } = e else {
+                panic!("{key}: {e}")
+            };
+            assert_eq!(k, key);
+            assert!(problem.contains("overflows"), "{key}: {problem}");
+        }
     }
 }

@@ -335,7 +335,7 @@ pub fn open(choice: BackendChoice, device: i32) -> Result<(SharedBackend, String
 /// device memory and `stream`.
 pub fn checksum(backend: &dyn Backend, src: DevicePtr, bytes: u64, stream: Stream) -> Result<u64> {
     let out = backend.alloc(8)?;
-    let result = (|| {
+    let result = (|| -> Result<u64> {
         backend.checksum_async(src, bytes, out, stream)?;
         let mut v = [0u8; 8];
         // SAFETY: `v` is a live local buffer; the copy is waited for below before it is read.

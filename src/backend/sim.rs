@@ -89,8 +89,19 @@ impl SimBackend {
     /// faults planted from `VRAMSWAP_SIM_FAULTS` (`op:N,...`, see
     /// [`vramswap_sim::parse_faults`]).
     pub fn from_env() -> Result<SimBackend> {
+        SimBackend::from_env_with_capacity(None)
+    }
+
+    /// [`SimBackend::from_env`] with the capacity an argument gives, if any, over the one
+    /// `VRAMSWAP_SIM_CONF` gives (arguments before the environment): the rest of the
+    /// configuration and the fault plan still come from the environment.
+    pub fn from_env_with_capacity(capacity: Option<u64>) -> Result<SimBackend> {
         let conf = std::env::var("VRAMSWAP_SIM_CONF").unwrap_or_default();
-        let b = SimBackend::new(parse_sim_config(&conf)?);
+        let mut config = parse_sim_config(&conf)?;
+        if let Some(c) = capacity {
+            config.capacity = c;
+        }
+        let b = SimBackend::new(config);
         if let Ok(f) = std::env::var("VRAMSWAP_SIM_FAULTS") {
             let plan = vramswap_sim::parse_faults(&f).map_err(|problem| Error::Config {
                 key: "VRAMSWAP_SIM_FAULTS".into(),

@@ -5,10 +5,11 @@ use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, RwLock};
 
 use super::{check_non_null, guarded, str_arg, vramswap_status, write_json, CResult, Failure};
-use crate::alloc::{AllocatorConfig, CachingAllocator};
-use crate::backend::{self, cuda::CudaBackend, sim::SimBackend, BackendChoice, BackendKind};
+use crate::alloc::CachingAllocator;
+use crate::backend::{self, BackendChoice, BackendKind};
 use crate::backend::{DevicePtr, SharedBackend, Stream};
-use crate::swap::{SwapConfig, SwapEngine};
+use crate::setup::EngineSetup;
+use crate::swap::SwapEngine;
 
 /// Which backend a context uses: `VRAMSWAP_BACKEND_AUTO` (0: CUDA when a device answers, the
 /// simulated device otherwise; `VRAMSWAP_BACKEND=cuda|sim` overrides), `VRAMSWAP_BACKEND_CUDA`
@@ -43,56 +44,26 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    /// Opens a backend and builds the allocator and engine over it. `None` configurations are
-    /// read from `VRAMSWAP_ALLOC_CONF` and `VRAMSWAP_SWAP_CONF`.
+    /// Opens a backend and builds the allocator and engine over it with the crate's one setup
+    /// ([`EngineSetup`]). `None` configurations are read from `VRAMSWAP_ALLOC_CONF` and
+    /// `VRAMSWAP_SWAP_CONF`.
     pub(crate) fn open(
-        kind: vramswap_backend_kind,
+        backend: BackendChoice,
         device: c_int,
         sim_capacity: u64,
         alloc_conf: Option<&str>,
         swap_conf: Option<&str>,
     ) -> CResult<Context> {
-        if device < 0 {
-            return Err(Failure::invalid(format!("device {device} is negative")));
+        let built = EngineSetup {
+            backend,
+            device,
+            sim_capacity: (sim_capacity > 0).then_some(sim_capacity),
+            alloc_conf: alloc_conf.map(str::to_string),
+            swap_conf: swap_conf.map(str::to_string),
+            ..EngineSetup::default()
         }
-        let sim = || -> CResult<SharedBackend> {
-            Ok(if sim_capacity > 0 {
-                Arc::new(SimBackend::with_capacity(sim_capacity))
-            } else {
-                Arc::new(SimBackend::from_env()?)
-            })
-        };
-        let backend: SharedBackend = match kind {
-            VRAMSWAP_BACKEND_AUTO => {
-                let (b, _why) = backend::open(BackendChoice::Auto, device)?;
-                match b.kind() {
-                    BackendKind::Sim if sim_capacity > 0 => sim()?,
-                    _ => b,
-                }
-            }
-            VRAMSWAP_BACKEND_CUDA => Arc::new(CudaBackend::new(device)?),
-            VRAMSWAP_BACKEND_SIM => sim()?,
-            other => {
-                return Err(Failure::invalid(format!(
-                    "backend kind {other} is not VRAMSWAP_BACKEND_AUTO (0), _CUDA (1) or _SIM (2)"
-                )))
-            }
-        };
-        let aconf = match alloc_conf {
-            Some(s) => AllocatorConfig::parse(s)?,
-            None => AllocatorConfig::from_env()?,
-        };
-        let sconf = match swap_conf {
-            Some(s) => {
-                let mut c = SwapConfig::default();
-                c.apply(s)?;
-                c
-            }
-            None => SwapConfig::from_env()?,
-        };
-        let alloc = Arc::new(CachingAllocator::new(backend.clone(), aconf)?);
-        let engine = SwapEngine::new(backend.clone(), sconf)?;
-        engine.attach_allocator(&alloc);
+        .build()?;
+        let (engine, alloc, backend) = (built.engine, built.alloc, built.backend);
         Ok(Context {
             engine,
             alloc,
@@ -161,6 +132,18 @@ pub(crate) fn device_ptr_out(p: DevicePtr) -> *mut c_void {
     std::ptr::without_provenance_mut(p.0 as usize)
 }
 
+/// The backend a `vramswap_backend_kind` names.
+fn backend_choice(kind: vramswap_backend_kind) -> CResult<BackendChoice> {
+    match kind {
+        VRAMSWAP_BACKEND_AUTO => Ok(BackendChoice::Auto),
+        VRAMSWAP_BACKEND_CUDA => Ok(BackendChoice::Cuda),
+        VRAMSWAP_BACKEND_SIM => Ok(BackendChoice::Sim),
+        other => Err(Failure::invalid(format!(
+            "backend kind {other} is not VRAMSWAP_BACKEND_AUTO (0), _CUDA (1) or _SIM (2)"
+        ))),
+    }
+}
+
 /// A `void *` device address from C.
 pub(crate) fn device_ptr_arg(p: *mut c_void) -> DevicePtr {
     DevicePtr(p as usize as u64)
@@ -169,7 +152,8 @@ pub(crate) fn device_ptr_arg(p: *mut c_void) -> DevicePtr {
 /// Creates a context on `backend` (a `vramswap_backend_kind`) and device `device`, with the
 /// allocator configured by `VRAMSWAP_ALLOC_CONF` and the engine by `VRAMSWAP_SWAP_CONF`.
 /// `sim_capacity_bytes` is the simulated device's memory (0: `VRAMSWAP_SIM_CONF` or 8 GiB);
-/// other backends ignore it. On success `*out` holds the context, to be released with
+/// the argument comes before the environment, and the rest of `VRAMSWAP_SIM_CONF` and the
+/// fault plan of `VRAMSWAP_SIM_FAULTS` apply either way. Other backends ignore it. On success `*out` holds the context, to be released with
 /// `vramswap_context_destroy`; on failure `*out` is NULL.
 ///
 /// # Safety
@@ -221,7 +205,13 @@ pub unsafe extern "C" fn vramswap_context_create_with_config(
                 .transpose()
         };
         let (aconf, sconf) = (opt(alloc_conf, "alloc_conf")?, opt(swap_conf, "swap_conf")?);
-        let inner = Context::open(backend, device, sim_capacity_bytes, aconf, sconf)?;
+        let inner = Context::open(
+            backend_choice(backend)?,
+            device,
+            sim_capacity_bytes,
+            aconf,
+            sconf,
+        )?;
         let handle = Box::new(vramswap_context {
             inner: Arc::new(inner),
         });

@@ -148,11 +148,56 @@ impl vramswap_status {
     }
 }
 
-/// A failed call: its status and the message for `vramswap_last_error_message`.
+/// The numbers of the allocator's out-of-memory error, for `vramswap_last_error_oom`: what a
+/// caller needs to decide whether to free cache, lower a batch size or give up.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct vramswap_oom_info {
+    /// Bytes asked for (after rounding).
+    pub requested: u64,
+    /// Bytes in live blocks.
+    pub allocated: u64,
+    /// Bytes the allocator holds from the device (live blocks and its cache).
+    pub reserved: u64,
+    /// Bytes free on the device when the allocation failed.
+    pub device_free: u64,
+    /// The allocator's memory limit; `UINT64_MAX` when it has none.
+    pub limit: u64,
+    /// Reserved bytes that are free but in pieces too small for the request.
+    pub fragmented: u64,
+}
+
+impl vramswap_oom_info {
+    /// The numbers of `e` when it is the allocator's out-of-memory error.
+    pub(crate) fn of(e: &Error) -> Option<vramswap_oom_info> {
+        match *e {
+            Error::AllocatorOutOfMemory {
+                requested,
+                allocated,
+                reserved,
+                device_free,
+                limit,
+                fragmented,
+            } => Some(vramswap_oom_info {
+                requested,
+                allocated,
+                reserved,
+                device_free,
+                limit: limit.unwrap_or(u64::MAX),
+                fragmented,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A failed call: its status, the message for `vramswap_last_error_message`, and the numbers
+/// for `vramswap_last_error_oom` when it ran out of memory in the allocator.
 #[derive(Debug)]
 pub(crate) struct Failure {
     pub(crate) status: vramswap_status,
     pub(crate) message: String,
+    pub(crate) oom: Option<vramswap_oom_info>,
 }
 
 impl Failure {
@@ -160,6 +205,7 @@ impl Failure {
         Failure {
             status,
             message: message.into(),
+            oom: None,
         }
     }
 
@@ -170,7 +216,10 @@ impl Failure {
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
-        Failure::new(vramswap_status::from_kind(e.kind()), e.to_string())
+        Failure {
+            oom: vramswap_oom_info::of(&e),
+            ..Failure::new(vramswap_status::from_kind(e.kind()), e.to_string())
+        }
     }
 }
 
@@ -179,6 +228,7 @@ pub(crate) type CResult<T = ()> = Result<T, Failure>;
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    static LAST_OOM: std::cell::Cell<Option<vramswap_oom_info>> = const { std::cell::Cell::new(None) };
 }
 
 pub(crate) fn set_last_error(message: &str) {
@@ -189,6 +239,7 @@ pub(crate) fn set_last_error(message: &str) {
 }
 
 fn clear_last_error() {
+    let _ = LAST_OOM.try_with(|slot| slot.set(None));
     let _ = LAST_ERROR.try_with(|slot| {
         let mut s = slot.borrow_mut();
         if !s.as_bytes().is_empty() {
@@ -219,6 +270,7 @@ pub(crate) fn guarded(call: &str, body: impl FnOnce() -> CResult) -> vramswap_st
         Ok(Ok(())) => vramswap_status::VRAMSWAP_OK,
         Ok(Err(f)) => {
             set_last_error(&format!("{call}: {}", f.message));
+            let _ = LAST_OOM.try_with(|slot| slot.set(f.oom));
             f.status
         }
         Err(payload) => {
@@ -339,6 +391,33 @@ pub extern "C" fn vramswap_last_error_message() -> *const c_char {
             .unwrap_or(c"".as_ptr())
     })
     .unwrap_or(c"".as_ptr())
+}
+
+/// When the last call on this thread that failed ran out of memory in the caching allocator
+/// (`VRAMSWAP_OUT_OF_MEMORY` from `vramswap_malloc`, `vramswap_torch_malloc`, ...), writes its
+/// numbers to `*out` and returns `VRAMSWAP_OK`; otherwise (the last call succeeded, or failed
+/// another way) returns `VRAMSWAP_NOT_FOUND` and leaves `*out` alone. `VRAMSWAP_NULL_POINTER`
+/// for a NULL `out`. Like `vramswap_last_error_message`, it does not itself reset the last
+/// error.
+///
+/// # Safety
+/// `out` is NULL or valid for writing one `vramswap_oom_info`.
+#[no_mangle]
+pub unsafe extern "C" fn vramswap_last_error_oom(out: *mut vramswap_oom_info) -> vramswap_status {
+    catch_unwind(|| {
+        if out.is_null() {
+            return vramswap_status::VRAMSWAP_NULL_POINTER;
+        }
+        match LAST_OOM.try_with(|slot| slot.get()).ok().flatten() {
+            Some(info) => {
+                // SAFETY: `out` is non-NULL and valid for one write (caller's contract).
+                unsafe { out.write(info) };
+                vramswap_status::VRAMSWAP_OK
+            }
+            None => vramswap_status::VRAMSWAP_NOT_FOUND,
+        }
+    })
+    .unwrap_or(vramswap_status::VRAMSWAP_PANIC)
 }
 
 /// The name of a status as a static NUL-terminated string, e.g. `"VRAMSWAP_NOT_FOUND"`;

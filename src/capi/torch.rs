@@ -13,12 +13,10 @@
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, Mutex};
 
-use super::context::{
-    allocate, device_ptr_arg, device_ptr_out, stream_arg, vramswap_backend_kind, Context,
-    VRAMSWAP_BACKEND_AUTO, VRAMSWAP_BACKEND_CUDA, VRAMSWAP_BACKEND_SIM,
-};
+use super::context::{allocate, device_ptr_arg, device_ptr_out, stream_arg, Context};
 use super::vramswap_status;
 use super::{guarded, guarded_value, write_json, CResult, Failure};
+use crate::backend::BackendChoice;
 
 /// POSIX `ssize_t` (from `<sys/types.h>` in the header), the size type of PyTorch's pluggable
 /// allocator functions.
@@ -28,19 +26,14 @@ pub type ssize_t = isize;
 /// use and kept for the life of the process (PyTorch may free blocks until exit).
 static CONTEXTS: Mutex<Vec<(c_int, Arc<Context>)>> = Mutex::new(Vec::new());
 
-/// The backend of the process-wide contexts: `VRAMSWAP_BACKEND` (`auto`, `cuda`, `sim`), CUDA
-/// when it is unset.
-fn torch_backend() -> CResult<vramswap_backend_kind> {
+/// The backend of the process-wide contexts: `VRAMSWAP_BACKEND` (`auto`, `cuda`, `sim`, parsed
+/// as [`BackendChoice`] parses every backend name), CUDA when it is unset or empty.
+fn torch_backend() -> CResult<BackendChoice> {
     match std::env::var("VRAMSWAP_BACKEND") {
-        Err(_) => Ok(VRAMSWAP_BACKEND_CUDA),
-        Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
-            "" | "cuda" => Ok(VRAMSWAP_BACKEND_CUDA),
-            "auto" => Ok(VRAMSWAP_BACKEND_AUTO),
-            "sim" => Ok(VRAMSWAP_BACKEND_SIM),
-            other => Err(Failure::invalid(format!(
-                "VRAMSWAP_BACKEND=`{other}` is not one of auto, cuda, sim"
-            ))),
-        },
+        Ok(v) if !v.trim().is_empty() => v
+            .parse()
+            .map_err(|e| Failure::invalid(format!("VRAMSWAP_BACKEND=`{}`: {e}", v.trim()))),
+        _ => Ok(BackendChoice::Cuda),
     }
 }
 

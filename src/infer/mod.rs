@@ -54,10 +54,71 @@ pub use candle_core::Device;
 
 use crate::error::Error;
 
-/// A candle error as ours: a computation failed (shapes the checks let through, a device
-/// error from candle's own CUDA context).
+/// A candle error as ours, keeping its kind: shapes, dimensions and indices are
+/// [`Error::InvalidArgument`], an operation or dtype this build lacks is [`Error::Unsupported`],
+/// an I/O error is [`Error::Io`] (with the path candle attached, if any), a CUDA error is
+/// [`Error::Driver`] (`CUDA_ERROR_OUT_OF_MEMORY` when candle's device ran out, so its kind is
+/// out of memory); what candle does not classify stays [`Error::InvalidState`]. The message is
+/// candle's whole text, context included.
 pub(crate) fn candle_err(e: candle_core::Error) -> Error {
-    Error::InvalidState(format!("candle: {e}"))
+    let text = format!("candle: {e}");
+    candle_kind(e, None, text)
+}
+
+fn candle_kind(e: candle_core::Error, path: Option<std::path::PathBuf>, text: String) -> Error {
+    use candle_core::Error as C;
+    match e {
+        C::WithBacktrace { inner, .. } | C::Context { inner, .. } => {
+            candle_kind(*inner, path, text)
+        }
+        C::WithPath { inner, path } => candle_kind(*inner, Some(path), text),
+        C::Io(source) => Error::Io {
+            path: path.unwrap_or_default(),
+            source,
+        },
+        C::Cuda(cause) => {
+            // candle's CUDA errors are cudarc's, whose text names the `CUresult`; only running
+            // out of memory changes what a caller does, so only it is told apart.
+            let oom = cause.to_string().contains("CUDA_ERROR_OUT_OF_MEMORY");
+            let (code, name) = if oom {
+                (2, "CUDA_ERROR_OUT_OF_MEMORY")
+            } else {
+                (999, "CUDA_ERROR_UNKNOWN")
+            };
+            Error::Driver {
+                call: "candle",
+                code,
+                name: name.into(),
+                detail: text,
+            }
+        }
+        C::UnexpectedDType { .. }
+        | C::DTypeMismatchBinaryOp { .. }
+        | C::DimOutOfRange { .. }
+        | C::DuplicateDimIndex { .. }
+        | C::UnexpectedNumberOfDims { .. }
+        | C::UnexpectedShape { .. }
+        | C::ShapeMismatch { .. }
+        | C::ShapeMismatchBinaryOp { .. }
+        | C::ShapeMismatchCat { .. }
+        | C::ShapeMismatchSplit { .. }
+        | C::OnlySingleDimension { .. }
+        | C::EmptyTensor { .. }
+        | C::DeviceMismatchBinaryOp { .. }
+        | C::NarrowInvalidArgs { .. }
+        | C::InvalidIndex { .. }
+        | C::BroadcastIncompatibleShapes { .. }
+        | C::RequiresContiguous { .. }
+        | C::OpRequiresAtLeastOneTensor { .. }
+        | C::OpRequiresAtLeastTwoTensors { .. }
+        | C::CannotFindTensor { .. } => Error::InvalidArgument(text),
+        C::UnsupportedDTypeForOp(..)
+        | C::BackwardNotSupported { .. }
+        | C::NotCompiledWithCudaSupport
+        | C::NotCompiledWithMetalSupport
+        | C::UnsupportedSafeTensorDtype(_) => Error::Unsupported(text),
+        _ => Error::InvalidState(text),
+    }
 }
 
 /// The candle device that matches the engine's backend: CUDA device `ordinal` for the `cuda`
@@ -76,5 +137,38 @@ pub fn device_for(backend: &crate::backend::SharedBackend) -> crate::error::Resu
             })
         }
         _ => Ok(Device::Cpu),
+    }
+}
+
+#[cfg(test)]
+mod candle_error_tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn candle_errors_keep_their_kind() {
+        let shape = candle_core::Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu)
+            .unwrap()
+            .matmul(
+                &candle_core::Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            )
+            .unwrap_err();
+        assert_eq!(candle_err(shape).kind(), ErrorKind::InvalidArgument);
+        let missing = candle_core::Error::NotCompiledWithCudaSupport;
+        assert_eq!(candle_err(missing).kind(), ErrorKind::Unsupported);
+        let io =
+            candle_core::Error::Io(std::io::Error::other("gone")).with_path("/m/w.safetensors");
+        match candle_err(io) {
+            Error::Io { path, .. } => assert_eq!(path, std::path::Path::new("/m/w.safetensors")),
+            other => panic!("{other:?}"),
+        }
+        let oom = candle_core::Error::Cuda(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        );
+        let e = candle_err(oom.context("allocating the KV cache"));
+        assert_eq!(e.kind(), ErrorKind::OutOfMemory, "{e}");
+        assert!(e.to_string().contains("KV cache"), "{e}");
+        let other = candle_core::Error::Msg("something else".into());
+        assert_eq!(candle_err(other).kind(), ErrorKind::InvalidState);
     }
 }

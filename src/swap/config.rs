@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::config as kv;
 use crate::error::{Error, Result};
 use crate::transfer::TransferConfig;
 
@@ -36,40 +37,14 @@ fn conf_err(key: &str, problem: impl Into<String>) -> Error {
 
 /// [`parse_bytes`] for the setting `key`: its errors name that setting instead of `size`.
 pub fn parse_bytes_for(key: &str, s: &str) -> Result<u64> {
-    parse_bytes(s).map_err(|e| match e {
-        Error::Config { problem, .. } => conf_err(key, problem),
-        other => other,
-    })
+    Ok(kv::parse_bytes(key, s)?)
 }
 
 /// Parses a byte size: a plain number of bytes, or a number with a unit (`B`, `KB`, `MB`, `GB`,
-/// `TB` in powers of 1000; `KiB`, `MiB`, `GiB`, `TiB` in powers of 1024), e.g. `24GiB`.
+/// `TB` in powers of 1000; `KiB`, `MiB`, `GiB`, `TiB` in powers of 1024), e.g. `24GiB`. The
+/// one size vocabulary of [`crate::config`].
 pub fn parse_bytes(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| conf_err("size", format!("`{s}` does not start with a number")))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "tb" => 1e12,
-        "kib" | "k" => 1024.0,
-        "mib" | "m" => 1024.0 * 1024.0,
-        "gib" | "g" => 1024.0 * 1024.0 * 1024.0,
-        "tib" | "t" => 1024.0f64.powi(4),
-        u => return Err(conf_err("size", format!("`{s}`: unknown unit `{u}`"))),
-    };
-    let v = n * mult;
-    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
-        return Err(conf_err("size", format!("`{s}` is out of range")));
-    }
-    Ok(v.round() as u64)
+    parse_bytes_for("size", s)
 }
 
 impl SwapConfig {
@@ -90,35 +65,23 @@ impl SwapConfig {
 
     /// Applies a `key:value,...` string (the syntax of `VRAMSWAP_SWAP_CONF`).
     pub fn apply(&mut self, spec: &str) -> Result<()> {
-        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part.split_once(':').ok_or_else(|| {
-                conf_err("VRAMSWAP_SWAP_CONF", format!("`{part}` is not key:value"))
-            })?;
-            let (k, v) = (k.trim(), v.trim());
-            let flag = |v: &str| match v {
-                "true" | "1" | "yes" => Ok(true),
-                "false" | "0" | "no" => Ok(false),
-                _ => Err(conf_err(k, format!("`{v}` is not true or false"))),
-            };
+        for pair in kv::pairs("VRAMSWAP_SWAP_CONF", spec) {
+            let (k, v) = pair?;
             match k {
                 "device_budget" => self.device_budget = Some(parse_bytes_for(k, v)?),
                 "host_budget" => self.host_budget = Some(parse_bytes_for(k, v)?),
                 "idle_timeout_s" => self.idle_timeout = Some(parse_secs(k, v)?),
                 "chunk_mb" => {
-                    let mb: u64 = v
-                        .parse()
-                        .map_err(|_| conf_err(k, format!("`{v}` is not a whole number")))?;
-                    self.transfer.chunk_bytes = mb
-                        .checked_mul(1 << 20)
-                        .ok_or_else(|| conf_err(k, format!("`{v}` MiB is out of range")))?;
+                    let mb: u64 = kv::parse_int_in(k, v, 0..=u64::MAX >> 20)?;
+                    self.transfer.chunk_bytes = mb << 20;
                 }
                 "streams" => {
                     self.transfer.streams_per_direction = v
                         .parse()
                         .map_err(|_| conf_err(k, format!("`{v}` is not a whole number")))?
                 }
-                "verify" => self.transfer.verify = flag(v)?,
-                "vmm" => self.use_vmm = Some(flag(v)?),
+                "verify" => self.transfer.verify = kv::parse_bool(k, v)?,
+                "vmm" => self.use_vmm = Some(kv::parse_bool(k, v)?),
                 _ => {
                     return Err(conf_err(
                         "VRAMSWAP_SWAP_CONF",

@@ -21,6 +21,23 @@ pub fn test_backend() -> SharedBackend {
     }
 }
 
+/// Asserts that a simulated device ends clean: its queued work finishes, the stream-ordering
+/// checker saw no violation, and nothing is left allocated (the one leak assertion of the
+/// suites; `what` prefixes the failure, which prints what was found).
+pub fn assert_device_clean(dev: &vramswap_sim::SimDevice, what: &str) {
+    dev.synchronize().unwrap();
+    let v = dev.violations();
+    assert!(v.is_empty(), "{what}: stream-ordering violations: {v:?}");
+    assert_no_leaks(dev, what);
+}
+
+/// Asserts that a simulated device holds nothing any more (device or pinned memory,
+/// reservations, mappings, handles, registrations, streams, events), printing what it holds.
+pub fn assert_no_leaks(dev: &vramswap_sim::SimDevice, what: &str) {
+    let l = dev.leaks();
+    assert!(l.is_clean(), "{what} leaked: {l:?}");
+}
+
 /// Runs a `vramswap` command that prints JSON: asserts it succeeded (showing its stderr when
 /// not) and returns its stdout parsed.
 pub fn json_output(cmd: &mut std::process::Command) -> serde_json::Value {

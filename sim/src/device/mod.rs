@@ -22,8 +22,10 @@ use copies::{gather, scatter};
 
 pub use launch::Kernel;
 
-/// Live resources of a device, for leak reports.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Live resources of a device, for leak reports: the one definition of a leak report's fields,
+/// serialised as they are named here by the emulator's `VRAMSWAP_EMU_REPORT` and by Python's
+/// `Engine.leaks()` (each adding `clean`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LeakReport {
     /// Bytes of physical device memory still allocated.
     pub device_bytes: u64,

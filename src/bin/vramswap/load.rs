@@ -39,8 +39,9 @@ pub struct Args {
     /// How the arena pins its slabs (default: host-alloc, or as `VRAMSWAP_ARENA` says).
     #[arg(long, value_enum)]
     source: Option<Source>,
-    /// Host budget of the arena in bytes (default: none, or as `VRAMSWAP_ARENA` says).
-    #[arg(long)]
+    /// Host budget of the arena: bytes, or a size such as `24GiB` or `1.5GB` (default: none, or
+    /// as `VRAMSWAP_ARENA` says).
+    #[arg(long, value_parser = crate::size_bytes)]
     budget: Option<u64>,
     /// Print one JSON object.
     #[arg(long)]

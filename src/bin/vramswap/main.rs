@@ -121,6 +121,12 @@ fn print(text: &str) -> vramswap::Result<ExitCode> {
 
 /// Parses a `--size-mb` value: a whole number of MiB, at least 1, whose bytes fit in a `u64`
 /// (so `n << 20` cannot wrap).
+/// A size flag in bytes with the library's one size vocabulary ([`vramswap::config::parse_bytes`]):
+/// plain bytes, `1.5GB` (decimal) or `24GiB` (binary).
+fn size_bytes(s: &str) -> std::result::Result<u64, String> {
+    vramswap::config::parse_bytes("size", s).map_err(|e| e.problem)
+}
+
 fn size_mib(s: &str) -> std::result::Result<u64, String> {
     let n: u64 = s
         .trim()
