@@ -190,8 +190,25 @@ impl<'de> Deserialize<'de> for Entries {
 /// mapped): lengths, JSON, dtypes, shapes against offsets, offsets against the data section,
 /// overlaps and duplicate names. Never panics, whatever the bytes.
 pub fn parse_header(file: &[u8]) -> Result<Header, HeaderError> {
-    let file_len = file.len() as u64;
-    if file.is_empty() {
+    parse_header_prefix(file, file.len() as u64)
+}
+
+/// Reads the header length from the first 8 bytes of a file of `file_len` bytes: how many
+/// bytes from the start [`parse_header_prefix`] needs (the whole file when it is shorter than
+/// that or its header length is over the limit, which the parse then reports).
+pub(crate) fn prefix_len(first8: &[u8], file_len: u64) -> u64 {
+    match first8.first_chunk::<8>() {
+        Some(b) if u64::from_le_bytes(*b) <= MAX_HEADER_BYTES => {
+            (8 + u64::from_le_bytes(*b)).min(file_len)
+        }
+        _ => file_len.min(8),
+    }
+}
+
+/// As [`parse_header`], from the first [`prefix_len`] bytes of a file of `file_len` bytes, so a
+/// file can be checked without reading (or mapping) its data section.
+pub(crate) fn parse_header_prefix(file: &[u8], file_len: u64) -> Result<Header, HeaderError> {
+    if file_len == 0 {
         return Err(HeaderError::Empty);
     }
     let Some(len_bytes) = file.first_chunk::<8>() else {
@@ -209,7 +226,12 @@ pub fn parse_header(file: &[u8]) -> Result<Header, HeaderError> {
     }
     let data_start = 8 + header_len;
     let data_len = file_len - data_start;
-    let json = &file[8..data_start as usize];
+    let Some(json) = file.get(8..data_start as usize) else {
+        return Err(HeaderError::HeaderPastEnd {
+            header_len,
+            file_len: file.len() as u64,
+        });
+    };
     let mut de = serde_json::Deserializer::from_slice(json);
     let entries = match Entries::deserialize(&mut de).and_then(|e| de.end().map(|_| e)) {
         Ok(e) => e.0,

@@ -1,0 +1,163 @@
+//! Reliability: a checkpoint changed while it loads, and files that are not checkpoints, give
+//! an error naming the file (and the offset) and leave nothing behind; the process survives.
+//! See the README, "Reliability".
+
+mod common;
+
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use vramswap::arena::{ArenaConfig, PinnedArena};
+use vramswap::backend::sim::SimBackend;
+use vramswap::load::{load, save, LoadOptions, LoadProgress, MAX_INDEX_BYTES};
+use vramswap::weights::DType;
+
+fn arena() -> Arc<PinnedArena> {
+    PinnedArena::new(
+        Arc::new(SimBackend::with_capacity(1 << 30)),
+        ArenaConfig {
+            slab_size: 2 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// A checkpoint of two `mib`-MiB F32 tensors.
+fn big_file(dir: &Path, mib: usize) -> PathBuf {
+    let f = dir.join("big.safetensors");
+    let bytes: Vec<u8> = (0..mib << 20).map(|i| (i % 251) as u8).collect();
+    let n = (mib << 20) as u64 / 4;
+    save(
+        &f,
+        &[
+            ("model.layers.0.w", DType::F32, &[n], &bytes),
+            ("model.layers.1.w", DType::F32, &[n], &bytes),
+        ],
+    )
+    .unwrap();
+    f
+}
+
+fn truncate(path: &Path, len: u64) {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+/// The file is truncated after its header was checked and before a byte of data was read
+/// (the progress callback runs on the loading thread before copying starts): the load fails
+/// with the file and offset named, the arena holds nothing afterwards, and once the file is
+/// whole again the same arena loads it. Through a mapping this was SIGBUS.
+#[test]
+fn a_file_truncated_after_its_header_is_read_is_an_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = big_file(dir.path(), 4);
+    let full = std::fs::read(&f).unwrap();
+    let a = arena();
+    for (cast, threads) in [(None, 1), (None, 4), (Some(DType::BF16), 3)] {
+        let path = f.clone();
+        let opts = LoadOptions {
+            cast,
+            threads,
+            progress: Some(Arc::new(move |p: LoadProgress| {
+                if p.bytes_done == 0 {
+                    truncate(&path, 4096);
+                }
+            })),
+            ..Default::default()
+        };
+        let err = load(&f, &a, &opts).unwrap_err().to_string();
+        assert!(err.contains(&f.display().to_string()), "{err}");
+        assert!(err.contains("ended at byte 4096"), "{err}");
+        assert!(err.contains("offset"), "{err}");
+        assert_eq!(a.stats().used_bytes, 0, "the set stays unloaded");
+        std::fs::write(&f, &full).unwrap();
+        let w = load(&f, &a, &LoadOptions::default()).unwrap();
+        assert_eq!(w.desc().tensors.len(), 2);
+    }
+}
+
+/// A FIFO and a character device are refused with a message that says what they are (a FIFO
+/// is never opened, so the load cannot block on it).
+#[test]
+fn a_fifo_or_a_device_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("model.safetensors");
+    let c = CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let a = arena();
+    for (path, what) in [
+        (fifo.as_path(), "a FIFO"),
+        (Path::new("/dev/zero"), "a character device"),
+    ] {
+        let err = load(path, &a, &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(what), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        let err = vramswap::load::inspect(path).unwrap_err().to_string();
+        assert!(err.contains(what), "{err}");
+    }
+}
+
+/// An index file over the limit is refused from its length, before it is read (a sparse
+/// file: no disk or memory is spent).
+#[test]
+fn an_oversized_index_is_refused_before_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = dir.path().join(vramswap::load::INDEX_FILE);
+    std::fs::write(&idx, b"{\"weight_map\": {").unwrap();
+    truncate(&idx, MAX_INDEX_BYTES + 1);
+    let err = vramswap::load::inspect(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("{} bytes", MAX_INDEX_BYTES + 1)),
+        "{err}"
+    );
+    assert!(err.contains("over the limit"), "{err}");
+}
+
+/// `vramswap load` of a file another process truncates while it loads exits with an error or
+/// succeeds (if it finished first), never by a signal. Through a mapping it died of SIGBUS.
+#[test]
+fn cli_load_survives_a_file_truncated_by_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = big_file(dir.path(), 32);
+    let full = std::fs::read(&f).unwrap();
+    for _ in 0..3 {
+        std::fs::write(&f, &full).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vramswap"))
+            .env_remove("VRAMSWAP_BACKEND")
+            .env_remove("VRAMSWAP_CUDA_DRIVER")
+            .args(["load", "--threads", "1"])
+            .arg(&f)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Truncate from a separate process, as a user replacing the checkpoint would.
+        let st = Command::new("truncate")
+            .args(["-s", "8192"])
+            .arg(&f)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code().is_some(),
+            "killed by a signal: {:?}\n{stderr}",
+            out.status
+        );
+        if !out.status.success() {
+            assert!(stderr.contains(&f.display().to_string()), "{stderr}");
+        }
+    }
+}
