@@ -75,8 +75,8 @@ fn a_file_truncated_after_its_header_is_read_is_an_error_not_a_crash() {
         };
         let err = load(&f, &a, &opts).unwrap_err().to_string();
         assert!(err.contains(&f.display().to_string()), "{err}");
-        assert!(err.contains("ended at byte 4096"), "{err}");
-        assert!(err.contains("offset"), "{err}");
+        assert!(err.contains("it is now 4096 bytes long"), "{err}");
+        assert!(err.contains("at offset"), "{err}");
         assert_eq!(a.stats().used_bytes, 0, "the set stays unloaded");
         std::fs::write(&f, &full).unwrap();
         let w = load(&f, &a, &LoadOptions::default()).unwrap();
@@ -160,4 +160,62 @@ fn cli_load_survives_a_file_truncated_by_another_process() {
             assert!(stderr.contains(&f.display().to_string()), "{stderr}");
         }
     }
+}
+
+/// A file from a JSON header (padded to 8 bytes) and a data section.
+fn raw_file(json: &str, data: &[u8]) -> Vec<u8> {
+    let mut j = json.as_bytes().to_vec();
+    while !j.len().is_multiple_of(8) {
+        j.push(b' ');
+    }
+    let mut f = (j.len() as u64).to_le_bytes().to_vec();
+    f.extend_from_slice(&j);
+    f.extend_from_slice(data);
+    f
+}
+
+/// The reference `safetensors` reader is the judge: what it refuses (a gap between tensors,
+/// data after the last one, a key twice inside an entry) is refused here too, with a message
+/// that says which; what it accepts is accepted.
+#[test]
+fn files_the_reference_reader_refuses_are_refused() {
+    let cases = [
+        (
+            r#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[4],"data_offsets":[8,12]}}"#,
+            12,
+            "gap",
+        ),
+        (
+            r#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}"#,
+            9,
+            "trailing data",
+        ),
+        (
+            r#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}}"#,
+            8,
+            "gap",
+        ),
+        (
+            r#"{"a":{"dtype":"U8","dtype":"I64","shape":[4],"data_offsets":[0,4]}}"#,
+            4,
+            "duplicate key `dtype`",
+        ),
+    ];
+    for (json, data_len, what) in cases {
+        let bytes = raw_file(json, &vec![0u8; data_len]);
+        assert!(
+            safetensors::SafeTensors::deserialize(&bytes).is_err(),
+            "the reference accepts {json}"
+        );
+        let err = vramswap::load::parse_header(&bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(what), "{json}: {err}");
+    }
+    let ok = raw_file(
+        r#"{"__metadata__":{"k":"v"},"e":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[2],"data_offsets":[4,6]}}"#,
+        &[0u8; 6],
+    );
+    assert!(safetensors::SafeTensors::deserialize(&ok).is_ok());
+    assert_eq!(vramswap::load::parse_header(&ok).unwrap().tensors.len(), 3);
 }

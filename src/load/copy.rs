@@ -66,9 +66,8 @@ pub(crate) fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], offset: u6
                 return Err(Error::Malformed {
                     path: path.to_path_buf(),
                     problem: format!(
-                        "file ended at byte {} while reading {} bytes at offset {offset}{now} \
+                        "file ended while reading {} bytes at offset {offset} (got {done}){now} \
                          (was it truncated or replaced while loading?)",
-                        offset + done as u64,
                         buf.len()
                     ),
                 });
@@ -400,8 +399,8 @@ mod tests {
             .unwrap_err()
             .to_string();
             assert!(err.contains(&f.path().display().to_string()), "{err}");
-            assert!(err.contains("ended at byte 100"), "{err}");
-            assert!(err.contains("offset 40"), "{err}");
+            assert!(err.contains("it is now 100 bytes long"), "{err}");
+            assert!(err.contains("at offset 40"), "{err}");
         }
     }
 }
