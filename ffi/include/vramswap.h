@@ -259,7 +259,7 @@ vramswap_status vramswap_device_json(vramswap_context *ctx,
 
 /*
  Copies `bytes` bytes from host memory `src` to device memory `dst` on `stream` and waits
- for the copy. The way to fill device memory on the simulated device, whose pointers the
+ for the copy; 0 bytes is a successful no-op, as with `cuMemcpy`. The way to fill device memory on the simulated device, whose pointers the
  host cannot dereference. `stream` is as for `vramswap_malloc`.
 
  # Safety
@@ -274,7 +274,7 @@ vramswap_status vramswap_copy_to_device(vramswap_context *ctx,
 
 /*
  Copies `bytes` bytes from device memory `src` to host memory `dst` on `stream` and waits
- for the copy. `stream` is as for `vramswap_copy_to_device`.
+ for the copy; 0 bytes is a successful no-op, as with `cuMemcpy`. `stream` is as for `vramswap_copy_to_device`.
 
  # Safety
  `ctx` is NULL or live; `dst` is NULL or valid for writing `bytes` bytes; `src` is a device

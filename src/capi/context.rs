@@ -394,7 +394,7 @@ pub unsafe extern "C" fn vramswap_device_json(
 }
 
 /// Copies `bytes` bytes from host memory `src` to device memory `dst` on `stream` and waits
-/// for the copy. The way to fill device memory on the simulated device, whose pointers the
+/// for the copy; 0 bytes is a successful no-op, as with `cuMemcpy`. The way to fill device memory on the simulated device, whose pointers the
 /// host cannot dereference. `stream` is as for `vramswap_malloc`.
 ///
 /// # Safety
@@ -415,6 +415,10 @@ pub unsafe extern "C" fn vramswap_copy_to_device(
         check_non_null(src, "src")?;
         check_len(bytes)?;
         let s = c.stream(stream)?;
+        if bytes == 0 {
+            // As cuMemcpy: a copy of nothing succeeds.
+            return Ok(());
+        }
         // SAFETY: not NULL, valid for `bytes` bytes (caller's contract), bytes <= isize::MAX.
         let data = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), bytes) };
         Ok(backend::upload(&*c.backend, device_ptr_arg(dst), data, s)?)
@@ -422,7 +426,7 @@ pub unsafe extern "C" fn vramswap_copy_to_device(
 }
 
 /// Copies `bytes` bytes from device memory `src` to host memory `dst` on `stream` and waits
-/// for the copy. `stream` is as for `vramswap_copy_to_device`.
+/// for the copy; 0 bytes is a successful no-op, as with `cuMemcpy`. `stream` is as for `vramswap_copy_to_device`.
 ///
 /// # Safety
 /// `ctx` is NULL or live; `dst` is NULL or valid for writing `bytes` bytes; `src` is a device
@@ -442,6 +446,10 @@ pub unsafe extern "C" fn vramswap_copy_to_host(
         check_non_null(src, "src")?;
         check_len(bytes)?;
         let s = c.stream(stream)?;
+        if bytes == 0 {
+            // As cuMemcpy: a copy of nothing succeeds.
+            return Ok(());
+        }
         // SAFETY: not NULL, valid for writing `bytes` bytes (caller's contract), no Rust
         // reference aliases it, bytes <= isize::MAX.
         let out = unsafe { std::slice::from_raw_parts_mut(dst.cast::<u8>(), bytes) };
@@ -451,9 +459,10 @@ pub unsafe extern "C" fn vramswap_copy_to_host(
 }
 
 fn check_len(bytes: usize) -> CResult {
-    if bytes == 0 || bytes > isize::MAX as usize {
+    if bytes > isize::MAX as usize {
         return Err(Failure::invalid(format!(
-            "byte count {bytes} is 0 or overflows"
+            "byte count {bytes} is over isize::MAX ({})",
+            isize::MAX
         )));
     }
     Ok(())
