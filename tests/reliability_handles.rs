@@ -1,0 +1,48 @@
+//! Reliability: handles from one context are never valid in another. Two contexts on the
+//! simulated device hand out distinct device addresses and stream handles, so a pointer or
+//! stream from context A given to context B is `VRAMSWAP_NOT_FOUND`, never B's own block
+//! freed by accident (as the driver's unified addressing guarantees on CUDA). See the README,
+//! "Reliability".
+
+mod common;
+
+use std::ffi::c_void;
+use std::ptr::null_mut;
+
+use common::capi::*;
+use vramswap::capi::vramswap_status::*;
+use vramswap::capi::*;
+
+#[test]
+fn a_pointer_or_stream_from_another_context_is_not_found() {
+    let a = context();
+    let b = context();
+    let pa = malloc(&a, 4096);
+    let pb = malloc(&b, 4096);
+    assert_ne!(pa, pb, "two contexts handed out the same device address");
+    let (mut sa, mut sb): (*mut c_void, *mut c_void) = (null_mut(), null_mut());
+    // SAFETY: live contexts, valid out-pointers; pointers are only looked up.
+    unsafe {
+        assert_eq!(vramswap_stream_create(a.0, &mut sa), VRAMSWAP_OK);
+        assert_eq!(vramswap_stream_create(b.0, &mut sb), VRAMSWAP_OK);
+        assert_ne!(sa, sb, "two contexts handed out the same stream handle");
+        assert_eq!(
+            vramswap_free(b.0, pa),
+            VRAMSWAP_NOT_FOUND,
+            "{}",
+            last_error()
+        );
+        let mut p = null_mut();
+        assert_eq!(
+            vramswap_malloc(b.0, 256, sa, &mut p),
+            VRAMSWAP_NOT_FOUND,
+            "{}",
+            last_error()
+        );
+        // Each context's own handles still work after the refusals.
+        assert_eq!(vramswap_free(a.0, pa), VRAMSWAP_OK);
+        assert_eq!(vramswap_free(b.0, pb), VRAMSWAP_OK);
+        assert_eq!(vramswap_stream_destroy(a.0, sa), VRAMSWAP_OK);
+        assert_eq!(vramswap_stream_destroy(b.0, sb), VRAMSWAP_OK);
+    }
+}
