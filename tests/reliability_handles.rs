@@ -32,17 +32,40 @@ fn a_pointer_or_stream_from_another_context_is_not_found() {
             "{}",
             last_error()
         );
-        let mut p = null_mut();
-        assert_eq!(
-            vramswap_malloc(b.0, 256, sa, &mut p),
-            VRAMSWAP_NOT_FOUND,
-            "{}",
-            last_error()
-        );
+        if backend_kind() == VRAMSWAP_BACKEND_SIM {
+            // On CUDA a caller's own `CUstream` is accepted (as PyTorch's allocator passes
+            // them); on sim every stream comes from a context, so another's is unknown.
+            let mut p = null_mut();
+            assert_eq!(
+                vramswap_malloc(b.0, 256, sa, &mut p),
+                VRAMSWAP_NOT_FOUND,
+                "{}",
+                last_error()
+            );
+        }
         // Each context's own handles still work after the refusals.
         assert_eq!(vramswap_free(a.0, pa), VRAMSWAP_OK);
         assert_eq!(vramswap_free(b.0, pb), VRAMSWAP_OK);
         assert_eq!(vramswap_stream_destroy(a.0, sa), VRAMSWAP_OK);
         assert_eq!(vramswap_stream_destroy(b.0, sb), VRAMSWAP_OK);
+    }
+}
+
+/// Destroying a context destroys the streams made on it that the caller left alive, with
+/// blocks allocated on them freed first. Under the emulated driver (`scripts/test.sh` runs
+/// this suite there) the exit report counts live streams: 3 cycles used to leave 3.
+#[test]
+fn context_destroy_destroys_the_streams_made_on_it() {
+    for _ in 0..3 {
+        let c = context();
+        let mut s: *mut c_void = null_mut();
+        // SAFETY: live context, valid out-pointers; `p` is freed before the context goes.
+        unsafe {
+            assert_eq!(vramswap_stream_create(c.0, &mut s), VRAMSWAP_OK);
+            let mut p = null_mut();
+            assert_eq!(vramswap_malloc(c.0, 4096, s, &mut p), VRAMSWAP_OK);
+            assert_eq!(vramswap_free(c.0, p), VRAMSWAP_OK);
+        }
+        drop(c);
     }
 }

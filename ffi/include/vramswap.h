@@ -173,7 +173,8 @@ vramswap_status vramswap_context_create_with_config(vramswap_backend_kind backen
                                                     vramswap_context **out);
 
 /*
- Destroys a context: frees the engine's device memory and the allocator's cache. Blocks the
+ Destroys a context: frees the engine's device memory and the allocator's cache, and
+ destroys the streams `vramswap_stream_create` made on it that are still alive. Blocks the
  allocator handed out and not freed are released with the device memory. NULL is ignored.
  Release every guard first: a live guard keeps its weight set on the device until it is
  released.

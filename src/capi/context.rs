@@ -127,6 +127,25 @@ impl Context {
     }
 }
 
+impl Drop for Context {
+    /// Destroys the streams `vramswap_stream_create` made that the caller never destroyed:
+    /// they belong to the context, and would otherwise outlive it on the device. Each is
+    /// synchronized first; a failure is logged (a drop has no caller to tell) and the rest
+    /// are still destroyed.
+    fn drop(&mut self) {
+        let streams: Vec<u64> = self.known_streams_mut().drain().collect();
+        for s in streams.into_iter().map(Stream) {
+            let done = self.backend.stream_synchronize(s).and_then(|()| {
+                self.alloc.forget_stream(s);
+                self.backend.stream_destroy(s)
+            });
+            if let Err(e) = done {
+                tracing::error!(stream = s.0, "context destroy: stream not destroyed: {e}");
+            }
+        }
+    }
+}
+
 fn unknown_stream(s: Stream) -> Failure {
     Failure::new(
         vramswap_status::VRAMSWAP_NOT_FOUND,
@@ -231,7 +250,8 @@ pub unsafe extern "C" fn vramswap_context_create_with_config(
     })
 }
 
-/// Destroys a context: frees the engine's device memory and the allocator's cache. Blocks the
+/// Destroys a context: frees the engine's device memory and the allocator's cache, and
+/// destroys the streams `vramswap_stream_create` made on it that are still alive. Blocks the
 /// allocator handed out and not freed are released with the device memory. NULL is ignored.
 /// Release every guard first: a live guard keeps its weight set on the device until it is
 /// released.
