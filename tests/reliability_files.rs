@@ -219,3 +219,59 @@ fn files_the_reference_reader_refuses_are_refused() {
     assert!(safetensors::SafeTensors::deserialize(&ok).is_ok());
     assert_eq!(vramswap::load::parse_header(&ok).unwrap().tensors.len(), 3);
 }
+
+/// Through the C ABI: a set registered and prefetched (loading on the engine's thread) whose
+/// file is truncated at once. The acquire that follows is OK (the load won the race) or an
+/// error status naming the file, the process lives, and a context stays usable. Through a
+/// mapping the host process died of SIGBUS.
+#[test]
+fn capi_prefetch_survives_a_file_truncated_under_it() {
+    use common::capi::*;
+    use vramswap::capi::vramswap_status::*;
+    use vramswap::capi::*;
+    let dir = tempfile::tempdir().unwrap();
+    let f = big_file(dir.path(), 16);
+    let full = std::fs::read(&f).unwrap();
+    let path = cstr(f.to_str().unwrap());
+    // The truncation comes from another thread after 0, 1, 4, 16, 64, 256 ms (acquire and
+    // prefetch + acquire alternate), so across rounds it
+    // lands before the header is read, during the copy, or after the load.
+    for round in 0..6u32 {
+        std::fs::write(&f, &full).unwrap();
+        let c = context();
+        let name = cstr(&format!("big{round}"));
+        let mut g = std::ptr::null_mut();
+        // SAFETY: live context, NUL-terminated strings, valid out-pointer; the guard is
+        // released once.
+        unsafe {
+            assert_eq!(
+                vramswap_engine_register(c.0, name.as_ptr(), path.as_ptr()),
+                VRAMSWAP_OK
+            );
+            let fc = f.clone();
+            let cutter = std::thread::spawn(move || {
+                if round > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(1 << (2 * (round - 1))));
+                }
+                truncate(&fc, 8192);
+            });
+            let st = if round % 2 == 0 {
+                vramswap_engine_acquire(c.0, name.as_ptr(), &mut g)
+            } else {
+                match vramswap_engine_prefetch(c.0, name.as_ptr()) {
+                    VRAMSWAP_OK => vramswap_engine_acquire(c.0, name.as_ptr(), &mut g),
+                    st => st,
+                }
+            };
+            cutter.join().unwrap();
+            eprintln!("round {round}: {st:?} {}", last_error());
+            if st == VRAMSWAP_OK {
+                vramswap_guard_release(g);
+            } else {
+                let e = last_error();
+                assert!(e.contains(&f.display().to_string()), "{st:?}: {e}");
+            }
+        }
+        malloc_and_free(&c, 4096);
+    }
+}
