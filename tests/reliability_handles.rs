@@ -69,3 +69,54 @@ fn context_destroy_destroys_the_streams_made_on_it() {
         drop(c);
     }
 }
+
+/// Handles are generation-tagged: destroying a context twice, releasing a guard twice, or
+/// using either afterwards is `VRAMSWAP_INVALID_STATE` (it was a SIGSEGV), also once a new
+/// object took the released one's slot, and the new object is untouched.
+#[test]
+fn double_release_and_destroy_are_statuses() {
+    let (_dir, path, _w) = weights_file();
+    let name = cstr("tiny");
+    // SAFETY: every handle below is passed as the C contract allows: live, NULL, or one
+    // released before (which is what is tested); handles are never dereferenced by C.
+    unsafe {
+        let mut ctx = null_mut();
+        assert_eq!(
+            vramswap_context_create(backend_kind(), 0, 0, &mut ctx),
+            VRAMSWAP_OK
+        );
+        let c = Ctx(ctx);
+        assert_eq!(
+            vramswap_engine_register(c.0, name.as_ptr(), path.as_ptr()),
+            VRAMSWAP_OK
+        );
+        let g = acquire(&c, &name);
+        assert_eq!(vramswap_guard_release(g), VRAMSWAP_OK);
+        assert_eq!(vramswap_guard_release(g), VRAMSWAP_INVALID_STATE);
+        assert!(last_error().contains("not live"), "{}", last_error());
+        let mut base = null_mut();
+        assert_eq!(vramswap_guard_base(g, &mut base), VRAMSWAP_INVALID_STATE);
+        // A new guard may reuse the slot; the stale handle still does not reach it.
+        let g2 = acquire(&c, &name);
+        assert_ne!(g, g2);
+        assert_eq!(vramswap_guard_release(g), VRAMSWAP_INVALID_STATE);
+        assert_eq!(vramswap_guard_base(g2, &mut base), VRAMSWAP_OK);
+        assert_eq!(vramswap_guard_release(g2), VRAMSWAP_OK);
+        assert_eq!(vramswap_guard_release(null_mut()), VRAMSWAP_OK);
+
+        let dead = c.0;
+        std::mem::forget(c);
+        assert_eq!(vramswap_context_destroy(dead), VRAMSWAP_OK);
+        assert_eq!(vramswap_context_destroy(dead), VRAMSWAP_INVALID_STATE);
+        let mut p = null_mut();
+        assert_eq!(
+            vramswap_malloc(dead, 256, null_mut(), &mut p),
+            VRAMSWAP_INVALID_STATE
+        );
+        let fresh = context();
+        assert_ne!(fresh.0, dead);
+        assert_eq!(vramswap_context_destroy(dead), VRAMSWAP_INVALID_STATE);
+        malloc_and_free(&fresh, 4096);
+        assert_eq!(vramswap_context_destroy(null_mut()), VRAMSWAP_OK);
+    }
+}

@@ -175,14 +175,16 @@ vramswap_status vramswap_context_create_with_config(vramswap_backend_kind backen
 /*
  Destroys a context: frees the engine's device memory and the allocator's cache, and
  destroys the streams `vramswap_stream_create` made on it that are still alive. Blocks the
- allocator handed out and not freed are released with the device memory. NULL is ignored.
- Release every guard first: a live guard keeps its weight set on the device until it is
- released.
+ allocator handed out and not freed are released with the device memory. NULL is ignored
+ (`VRAMSWAP_OK`). Release every guard first: a live guard keeps its weight set on the device
+ until it is released. Handles are checked: destroying a context twice, or using it after,
+ is `VRAMSWAP_INVALID_STATE`, never undefined behaviour; a call running on another thread
+ finishes first, and the context goes when it returns.
 
  # Safety
- `ctx` is NULL or a live context; it must not be used again.
+ None beyond the C contract (the handle is checked).
  */
-void vramswap_context_destroy(vramswap_context *ctx);
+vramswap_status vramswap_context_destroy(vramswap_context *ctx);
 
 /*
  Allocates `size` bytes of device memory for use on `stream` from the caching allocator.
@@ -335,12 +337,13 @@ vramswap_status vramswap_engine_acquire(vramswap_context *ctx,
 
 /*
  Releases a guard: the set stays resident but may now be offloaded or evicted. NULL is
- ignored.
+ ignored (`VRAMSWAP_OK`). Handles are checked: releasing a guard twice, or using it after,
+ is `VRAMSWAP_INVALID_STATE`, never undefined behaviour.
 
  # Safety
- `guard` is NULL or a live guard; it must not be used again.
+ None beyond the C contract (the handle is checked).
  */
-void vramswap_guard_release(vramswap_guard *guard);
+vramswap_status vramswap_guard_release(vramswap_guard *guard);
 
 /*
  The device address of the set's first byte, into `*out`.

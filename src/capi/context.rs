@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, RwLock};
 
+use super::handles::HandleTable;
 use super::{check_non_null, guarded, str_arg, vramswap_status, write_json, CResult, Failure};
 use crate::alloc::{AllocatorConfig, CachingAllocator};
 use crate::backend::{self, cuda::CudaBackend, sim::SimBackend, BackendChoice, BackendKind};
@@ -28,8 +29,11 @@ pub const VRAMSWAP_BACKEND_SIM: vramswap_backend_kind = 2;
 /// offloaded, and swap-ins release the allocator's unused cache. Thread-safe: one context may
 /// be used from several threads at once.
 pub struct vramswap_context {
-    pub(crate) inner: Arc<Context>,
+    _opaque: [u8; 0],
 }
+
+/// The live contexts; a `*mut vramswap_context` is a handle into this table, never an address.
+static CONTEXTS: HandleTable<Context> = HandleTable::new();
 
 /// What a context holds; shared with the process-wide contexts of the PyTorch entry points.
 pub(crate) struct Context {
@@ -157,15 +161,24 @@ fn unknown_stream(s: Stream) -> Failure {
     )
 }
 
-/// The context behind a handle.
+/// The context behind a handle: a destroyed (or never created) context is
+/// `VRAMSWAP_INVALID_STATE`, not undefined behaviour.
 ///
 /// # Safety
-/// `ctx`, when not NULL, was returned by `vramswap_context_create*` and not destroyed.
-pub(crate) unsafe fn context<'a>(ctx: *const vramswap_context) -> CResult<&'a Context> {
+/// None beyond the C contract: kept `unsafe` so every entry point reads alike.
+pub(crate) unsafe fn context(ctx: *const vramswap_context) -> CResult<Arc<Context>> {
     check_non_null(ctx, "ctx")?;
-    // SAFETY: not NULL, and the caller promises a live context from Box::into_raw; shared
-    // references are enough because Context is Sync.
-    Ok(unsafe { &*(*ctx).inner })
+    CONTEXTS
+        .get(ctx as usize)
+        .ok_or_else(|| stale("context", ctx as usize))
+}
+
+/// The failure for a handle that is not live.
+pub(crate) fn stale(what: &str, handle: usize) -> Failure {
+    Failure::new(
+        vramswap_status::VRAMSWAP_INVALID_STATE,
+        format!("{what} handle {handle:#x} is not live: already released, or never created"),
+    )
 }
 
 /// A C `stream` argument, unchecked: a `CUstream` on CUDA, a stream handle on sim; NULL is the
@@ -241,32 +254,35 @@ pub unsafe extern "C" fn vramswap_context_create_with_config(
         };
         let (aconf, sconf) = (opt(alloc_conf, "alloc_conf")?, opt(swap_conf, "swap_conf")?);
         let inner = Context::open(backend, device, sim_capacity_bytes, aconf, sconf)?;
-        let handle = Box::new(vramswap_context {
-            inner: Arc::new(inner),
-        });
+        let handle = CONTEXTS.insert(inner);
         // SAFETY: as above.
-        unsafe { out.write(Box::into_raw(handle)) };
+        unsafe { out.write(std::ptr::without_provenance_mut(handle)) };
         Ok(())
     })
 }
 
 /// Destroys a context: frees the engine's device memory and the allocator's cache, and
 /// destroys the streams `vramswap_stream_create` made on it that are still alive. Blocks the
-/// allocator handed out and not freed are released with the device memory. NULL is ignored.
-/// Release every guard first: a live guard keeps its weight set on the device until it is
-/// released.
+/// allocator handed out and not freed are released with the device memory. NULL is ignored
+/// (`VRAMSWAP_OK`). Release every guard first: a live guard keeps its weight set on the device
+/// until it is released. Handles are checked: destroying a context twice, or using it after,
+/// is `VRAMSWAP_INVALID_STATE`, never undefined behaviour; a call running on another thread
+/// finishes first, and the context goes when it returns.
 ///
 /// # Safety
-/// `ctx` is NULL or a live context; it must not be used again.
+/// None beyond the C contract (the handle is checked).
 #[no_mangle]
-pub unsafe extern "C" fn vramswap_context_destroy(ctx: *mut vramswap_context) {
+pub unsafe extern "C" fn vramswap_context_destroy(ctx: *mut vramswap_context) -> vramswap_status {
     guarded("vramswap_context_destroy", || {
-        if !ctx.is_null() {
-            // SAFETY: a live context from Box::into_raw, given up by the caller.
-            drop(unsafe { Box::from_raw(ctx) });
+        if ctx.is_null() {
+            return Ok(());
         }
-        Ok(())
-    });
+        // The context goes when the last call using it (on another thread) returns.
+        CONTEXTS
+            .remove(ctx as usize)
+            .map(drop)
+            .ok_or_else(|| stale("context", ctx as usize))
+    })
 }
 
 /// Allocates `size` bytes of device memory for use on `stream` from the caching allocator.
@@ -293,7 +309,7 @@ pub unsafe extern "C" fn vramswap_malloc(
         unsafe { out_ptr.write(std::ptr::null_mut()) };
         // SAFETY: NULL-checked inside; live otherwise (caller's contract).
         let c = unsafe { context(ctx) }?;
-        let p = allocate(c, size as u64, c.stream(stream)?)?;
+        let p = allocate(&c, size as u64, c.stream(stream)?)?;
         // SAFETY: as above.
         unsafe { out_ptr.write(device_ptr_out(p)) };
         Ok(())
