@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use vramswap::arena::{ArenaConfig, PinnedArena};
 use vramswap::backend::sim::SimBackend;
-use vramswap::load::{load, save, LoadOptions, LoadProgress, MAX_INDEX_BYTES};
+use vramswap::load::{load, save, LoadOptions, LoadProgress, MAX_INDEX_BYTES, MAX_LOAD_THREADS};
 use vramswap::weights::DType;
 
 fn arena() -> Arc<PinnedArena> {
@@ -274,4 +274,26 @@ fn capi_prefetch_survives_a_file_truncated_under_it() {
         }
         malloc_and_free(&c, 4096);
     }
+}
+
+/// A thread count over the documented maximum is refused with both numbers before anything is
+/// read or spawned (it spawned them all: 100000 threads for `--threads 100000`).
+#[test]
+fn load_threads_over_the_maximum_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = big_file(dir.path(), 1);
+    let a = arena();
+    let opts = LoadOptions {
+        threads: MAX_LOAD_THREADS + 1,
+        ..Default::default()
+    };
+    let err = load(&f, &a, &opts).unwrap_err().to_string();
+    assert!(err.contains(&format!("{}", MAX_LOAD_THREADS + 1)), "{err}");
+    assert!(err.contains(&format!("{MAX_LOAD_THREADS}")), "{err}");
+    assert_eq!(a.stats().used_bytes, 0);
+    let opts = LoadOptions {
+        threads: MAX_LOAD_THREADS,
+        ..Default::default()
+    };
+    assert!(load(&f, &a, &opts).is_ok());
 }

@@ -63,6 +63,10 @@ pub struct LoadProgress {
     pub elapsed: Duration,
 }
 
+/// Most copy threads a load takes ([`LoadOptions::threads`]): far past what saturates memory
+/// bandwidth, and a bound on the threads a mistyped count can spawn.
+pub const MAX_LOAD_THREADS: usize = 256;
+
 /// A progress callback; called on the thread that called [`load`], once with 0 bytes done before
 /// copying begins, now and then while it runs, and once at the end.
 pub type ProgressFn = Arc<dyn Fn(LoadProgress) + Send + Sync>;
@@ -77,7 +81,7 @@ pub struct LoadOptions {
     /// aligned offset after file `k - 1`'s), so layer groups need not be contiguous: copy it by
     /// [`HostWeights::segments`]. The files stay mapped and registered until the set is dropped.
     pub direct: bool,
-    /// Copy threads.
+    /// Copy threads, at most [`MAX_LOAD_THREADS`] (0 is taken as 1).
     pub threads: usize,
     /// Called with progress now and then, and once at the end.
     pub progress: Option<ProgressFn>,
@@ -299,6 +303,12 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
 
 /// Loads a checkpoint into `arena` as one weight set (see the module docs).
 pub fn load(path: &Path, arena: &Arc<PinnedArena>, opts: &LoadOptions) -> Result<HostWeights> {
+    if opts.threads > MAX_LOAD_THREADS {
+        return Err(Error::InvalidArgument(format!(
+            "{} copy threads: the most a load takes is {MAX_LOAD_THREADS}",
+            opts.threads
+        )));
+    }
     if let Some(c) = opts.cast {
         if !c.is_castable_float() {
             return Err(Error::InvalidArgument(format!(
