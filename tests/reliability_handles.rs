@@ -120,3 +120,35 @@ fn double_release_and_destroy_are_statuses() {
         assert_eq!(vramswap_context_destroy(null_mut()), VRAMSWAP_OK);
     }
 }
+
+/// A simulated context exists only for the ordinals of simulated devices (1 unless
+/// `VRAMSWAP_SIM_DEVICES` says more), as on CUDA: `context_create(SIM, 99999)` succeeded, and
+/// the PyTorch entry points made a context (and threads) for every ordinal asked.
+#[test]
+fn simulated_device_ordinals_are_checked() {
+    if backend_kind() != VRAMSWAP_BACKEND_SIM {
+        return;
+    }
+    // SAFETY: valid out-pointers; a context made is destroyed.
+    unsafe {
+        for device in [1, 2, 99999] {
+            let mut ctx = null_mut();
+            assert_eq!(
+                vramswap_context_create(VRAMSWAP_BACKEND_SIM, device, 0, &mut ctx),
+                VRAMSWAP_INVALID_ARGUMENT
+            );
+            assert!(ctx.is_null());
+            let e = last_error();
+            assert!(
+                e.contains(&format!("device {device}")) && e.contains("1 device"),
+                "{e}"
+            );
+        }
+        let mut ctx = null_mut();
+        assert_eq!(
+            vramswap_context_create(VRAMSWAP_BACKEND_SIM, 0, 0, &mut ctx),
+            VRAMSWAP_OK
+        );
+        assert_eq!(vramswap_context_destroy(ctx), VRAMSWAP_OK);
+    }
+}

@@ -145,7 +145,9 @@ const char *vramswap_version(void);
  Creates a context on `backend` (a `vramswap_backend_kind`) and device `device`, with the
  allocator configured by `VRAMSWAP_ALLOC_CONF` and the engine by `VRAMSWAP_SWAP_CONF`.
  `sim_capacity_bytes` is the simulated device's memory (0: `VRAMSWAP_SIM_CONF` or 8 GiB);
- other backends ignore it. On success `*out` holds the context, to be released with
+ other backends ignore it. On the simulated device `device` must be below
+ `VRAMSWAP_SIM_DEVICES` (default 1), as a CUDA ordinal must name a device; another is
+ `VRAMSWAP_INVALID_ARGUMENT`. On success `*out` holds the context, to be released with
  `vramswap_context_destroy`; on failure `*out` is NULL.
 
  # Safety

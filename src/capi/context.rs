@@ -82,6 +82,9 @@ impl Context {
                 )))
             }
         };
+        if backend.kind() == BackendKind::Sim {
+            check_sim_ordinal(device)?;
+        }
         let aconf = match alloc_conf {
             Some(s) => AllocatorConfig::parse(s)?,
             None => AllocatorConfig::from_env()?,
@@ -150,6 +153,37 @@ impl Drop for Context {
     }
 }
 
+/// How many simulated devices there are: `VRAMSWAP_SIM_DEVICES` (default 1).
+fn sim_device_count() -> CResult<u32> {
+    match std::env::var("VRAMSWAP_SIM_DEVICES") {
+        Err(_) => Ok(1),
+        Ok(v) => v
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| {
+                Failure::invalid(format!(
+                    "VRAMSWAP_SIM_DEVICES=`{v}` is not a device count (1 to {})",
+                    u32::MAX
+                ))
+            }),
+    }
+}
+
+/// A simulated context, like a CUDA one, exists only for the ordinals of existing devices.
+fn check_sim_ordinal(device: c_int) -> CResult {
+    let n = sim_device_count()?;
+    if device as u64 >= u64::from(n) {
+        return Err(Failure::invalid(format!(
+            "device {device}: the simulated backend has {n} device(s), ordinals 0 to {} \
+             (VRAMSWAP_SIM_DEVICES sets the count)",
+            n - 1
+        )));
+    }
+    Ok(())
+}
+
 fn unknown_stream(s: Stream) -> Failure {
     Failure::new(
         vramswap_status::VRAMSWAP_NOT_FOUND,
@@ -201,7 +235,9 @@ pub(crate) fn device_ptr_arg(p: *mut c_void) -> DevicePtr {
 /// Creates a context on `backend` (a `vramswap_backend_kind`) and device `device`, with the
 /// allocator configured by `VRAMSWAP_ALLOC_CONF` and the engine by `VRAMSWAP_SWAP_CONF`.
 /// `sim_capacity_bytes` is the simulated device's memory (0: `VRAMSWAP_SIM_CONF` or 8 GiB);
-/// other backends ignore it. On success `*out` holds the context, to be released with
+/// other backends ignore it. On the simulated device `device` must be below
+/// `VRAMSWAP_SIM_DEVICES` (default 1), as a CUDA ordinal must name a device; another is
+/// `VRAMSWAP_INVALID_ARGUMENT`. On success `*out` holds the context, to be released with
 /// `vramswap_context_destroy`; on failure `*out` is NULL.
 ///
 /// # Safety
