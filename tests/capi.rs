@@ -222,8 +222,19 @@ fn malloc_and_free_reject_null_pointers() {
             vramswap_copy_to_host(c.0, null_mut(), b, 1, null_mut()),
             VRAMSWAP_NULL_POINTER
         );
+        // As cuMemcpy: a copy of 0 bytes succeeds and touches nothing.
         assert_eq!(
             vramswap_copy_to_host(c.0, b, b, 0, null_mut()),
+            VRAMSWAP_OK,
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            vramswap_copy_to_device(c.0, b, b, 0, null_mut()),
+            VRAMSWAP_OK
+        );
+        assert_eq!(
+            vramswap_copy_to_host(c.0, b, b, usize::MAX, null_mut()),
             VRAMSWAP_INVALID_ARGUMENT
         );
         assert_eq!(

@@ -54,7 +54,7 @@ fn header_declares_the_stable_core() {
         "typedef struct vramswap_context vramswap_context;",
         "typedef struct vramswap_guard vramswap_guard;",
         "vramswap_status vramswap_context_create(vramswap_backend_kind backend,",
-        "void vramswap_context_destroy(vramswap_context *ctx);",
+        "vramswap_status vramswap_context_destroy(vramswap_context *ctx);",
         "vramswap_status vramswap_malloc(vramswap_context *ctx,",
         "vramswap_status vramswap_free(vramswap_context *ctx, void *ptr);",
         "const char *vramswap_last_error_message(void);",

@@ -119,37 +119,6 @@ typedef struct vramswap_context vramswap_context;
  */
 typedef struct vramswap_guard vramswap_guard;
 
-/*
- The numbers of the allocator's out-of-memory error, for `vramswap_last_error_oom`: what a
- caller needs to decide whether to free cache, lower a batch size or give up.
- */
-typedef struct {
-  /*
-   Bytes asked for (after rounding).
-   */
-  uint64_t requested;
-  /*
-   Bytes in live blocks.
-   */
-  uint64_t allocated;
-  /*
-   Bytes the allocator holds from the device (live blocks and its cache).
-   */
-  uint64_t reserved;
-  /*
-   Bytes free on the device when the allocation failed.
-   */
-  uint64_t device_free;
-  /*
-   The allocator's memory limit; `UINT64_MAX` when it has none.
-   */
-  uint64_t limit;
-  /*
-   Reserved bytes that are free but in pieces too small for the request.
-   */
-  uint64_t fragmented;
-} vramswap_oom_info;
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -160,19 +129,6 @@ extern "C" {
  the same thread; copy it to keep it.
  */
 const char *vramswap_last_error_message(void);
-
-/*
- When the last call on this thread that failed ran out of memory in the caching allocator
- (`VRAMSWAP_OUT_OF_MEMORY` from `vramswap_malloc`, `vramswap_torch_malloc`, ...), writes its
- numbers to `*out` and returns `VRAMSWAP_OK`; otherwise (the last call succeeded, or failed
- another way) returns `VRAMSWAP_NOT_FOUND` and leaves `*out` alone. `VRAMSWAP_NULL_POINTER`
- for a NULL `out`. Like `vramswap_last_error_message`, it does not itself reset the last
- error.
-
- # Safety
- `out` is NULL or valid for writing one `vramswap_oom_info`.
- */
-vramswap_status vramswap_last_error_oom(vramswap_oom_info *out);
 
 /*
  The name of a status as a static NUL-terminated string, e.g. `"VRAMSWAP_NOT_FOUND"`;
@@ -189,8 +145,9 @@ const char *vramswap_version(void);
  Creates a context on `backend` (a `vramswap_backend_kind`) and device `device`, with the
  allocator configured by `VRAMSWAP_ALLOC_CONF` and the engine by `VRAMSWAP_SWAP_CONF`.
  `sim_capacity_bytes` is the simulated device's memory (0: `VRAMSWAP_SIM_CONF` or 8 GiB);
- the argument comes before the environment, and the rest of `VRAMSWAP_SIM_CONF` and the
- fault plan of `VRAMSWAP_SIM_FAULTS` apply either way. Other backends ignore it. On success `*out` holds the context, to be released with
+ other backends ignore it. On the simulated device `device` must be below
+ `VRAMSWAP_SIM_DEVICES` (default 1), as a CUDA ordinal must name a device; another is
+ `VRAMSWAP_INVALID_ARGUMENT`. On success `*out` holds the context, to be released with
  `vramswap_context_destroy`; on failure `*out` is NULL.
 
  # Safety
@@ -218,15 +175,18 @@ vramswap_status vramswap_context_create_with_config(vramswap_backend_kind backen
                                                     vramswap_context **out);
 
 /*
- Destroys a context: frees the engine's device memory and the allocator's cache. Blocks the
- allocator handed out and not freed are released with the device memory. NULL is ignored.
- Release every guard first: a live guard keeps its weight set on the device until it is
- released.
+ Destroys a context: frees the engine's device memory and the allocator's cache, and
+ destroys the streams `vramswap_stream_create` made on it that are still alive. Blocks the
+ allocator handed out and not freed are released with the device memory. NULL is ignored
+ (`VRAMSWAP_OK`). Release every guard first: a live guard keeps its weight set on the device
+ until it is released. Handles are checked: destroying a context twice, or using it after,
+ is `VRAMSWAP_INVALID_STATE`, never undefined behaviour; a call running on another thread
+ finishes first, and the context goes when it returns.
 
  # Safety
- `ctx` is NULL or a live context; it must not be used again.
+ None beyond the C contract (the handle is checked).
  */
-void vramswap_context_destroy(vramswap_context *ctx);
+vramswap_status vramswap_context_destroy(vramswap_context *ctx);
 
 /*
  Allocates `size` bytes of device memory for use on `stream` from the caching allocator.
@@ -304,7 +264,7 @@ vramswap_status vramswap_device_json(vramswap_context *ctx,
 
 /*
  Copies `bytes` bytes from host memory `src` to device memory `dst` on `stream` and waits
- for the copy. The way to fill device memory on the simulated device, whose pointers the
+ for the copy; 0 bytes is a successful no-op, as with `cuMemcpy`. The way to fill device memory on the simulated device, whose pointers the
  host cannot dereference. `stream` is as for `vramswap_malloc`.
 
  # Safety
@@ -319,7 +279,7 @@ vramswap_status vramswap_copy_to_device(vramswap_context *ctx,
 
 /*
  Copies `bytes` bytes from device memory `src` to host memory `dst` on `stream` and waits
- for the copy. `stream` is as for `vramswap_copy_to_device`.
+ for the copy; 0 bytes is a successful no-op, as with `cuMemcpy`. `stream` is as for `vramswap_copy_to_device`.
 
  # Safety
  `ctx` is NULL or live; `dst` is NULL or valid for writing `bytes` bytes; `src` is a device
@@ -379,12 +339,13 @@ vramswap_status vramswap_engine_acquire(vramswap_context *ctx,
 
 /*
  Releases a guard: the set stays resident but may now be offloaded or evicted. NULL is
- ignored.
+ ignored (`VRAMSWAP_OK`). Handles are checked: releasing a guard twice, or using it after,
+ is `VRAMSWAP_INVALID_STATE`, never undefined behaviour.
 
  # Safety
- `guard` is NULL or a live guard; it must not be used again.
+ None beyond the C contract (the handle is checked).
  */
-void vramswap_guard_release(vramswap_guard *guard);
+vramswap_status vramswap_guard_release(vramswap_guard *guard);
 
 /*
  The device address of the set's first byte, into `*out`.

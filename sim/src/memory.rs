@@ -17,6 +17,9 @@ use crate::error::{SimError, SimResult};
 /// model, never dereferenced by the host.
 pub const VA_BASE: u64 = 0x0000_7e00_0000_0000;
 
+/// The next free virtual address, shared by every simulated device in the process.
+static NEXT_VA: AtomicU64 = AtomicU64::new(VA_BASE);
+
 /// Alignment of plain allocations (`cuMemAlloc` guarantees at least 256 bytes).
 pub(crate) const PLAIN_ALIGN: u64 = 512;
 
@@ -187,7 +190,6 @@ pub(crate) struct Segment {
 pub(crate) struct Memory {
     pub(crate) regions: BTreeMap<u64, Region>,
     pub(crate) handles: HashMap<u64, Arc<Phys>>,
-    next_va: u64,
     next_handle: u64,
     pub(crate) used: Arc<AtomicU64>,
     pub(crate) cache: Arc<PhysCache>,
@@ -200,17 +202,21 @@ impl Memory {
             cache: PhysCache::new(cache_limit),
             regions: BTreeMap::new(),
             handles: HashMap::new(),
-            next_va: VA_BASE,
             next_handle: 1,
             used: Arc::new(AtomicU64::new(0)),
         }
     }
 
     /// A fresh, never used address range of `len` bytes aligned to `align`, with a guard gap
-    /// after it so an overrun never lands in a neighbour.
+    /// after it so an overrun never lands in a neighbour. Addresses are unique in the process
+    /// across every simulated device (as device addresses are under CUDA's unified addressing),
+    /// so a pointer from one device is never a valid pointer on another.
     pub(crate) fn take_va(&mut self, len: u64, align: u64) -> u64 {
-        let start = self.next_va.div_ceil(align) * align;
-        self.next_va = start + len + align.max(PLAIN_ALIGN);
+        let mut start = 0;
+        let _ = NEXT_VA.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |next| {
+            start = next.div_ceil(align) * align;
+            Some(start + len + align.max(PLAIN_ALIGN))
+        });
         start
     }
 

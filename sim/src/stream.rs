@@ -85,8 +85,24 @@ impl Stream {
             .name(format!("sim-stream-{id}"))
             .spawn(move || {
                 for (seq, job) in rx {
-                    let result = job();
-                    let mut p = worker_shared.progress.lock().expect("stream progress lock");
+                    // A job that panics (a modelled time no `Duration` holds, a bug) fails its
+                    // operation with a sticky error and the stream goes on: the operation is
+                    // still counted complete, so no waiter is left blocked on it.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+                        .unwrap_or_else(|panic| {
+                            let why = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "a panic".into());
+                            Err(SimError::InvalidValue(format!(
+                                "stream {id}: operation #{seq} failed in the simulator: {why}"
+                            )))
+                        });
+                    let mut p = worker_shared
+                        .progress
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
                     if let Err(e) = result {
                         if p.error.is_none() {
                             p.error = Some(e);
@@ -162,4 +178,33 @@ pub(crate) struct EventState {
     /// When the marker operation of the latest record ran (for elapsed time).
     pub(crate) time: Arc<Mutex<Option<Instant>>>,
     pub(crate) timing: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Bandwidth, SimConfig, SimDevice};
+
+    /// A stream operation that panics in the simulator (here: a modelled transfer time of
+    /// 6.4e31 seconds, which no `Duration` holds) fails with an error the next synchronize
+    /// reports, instead of killing the worker and leaving the caller blocked forever.
+    #[test]
+    fn an_operation_that_panics_fails_instead_of_blocking_its_waiters() {
+        let dev = SimDevice::new(SimConfig {
+            bandwidth: Some(Bandwidth {
+                h2d: 1e-30,
+                ..Bandwidth::default()
+            }),
+            ..SimConfig::default()
+        });
+        let p = dev.alloc(64).unwrap();
+        let s = dev.stream_create(true).unwrap();
+        let buf = [7u8; 64];
+        // SAFETY: `buf` outlives the synchronize below, which waits for the copy.
+        let queued = unsafe { dev.copy_htod(p, buf.as_ptr(), 64, s) };
+        assert!(queued.is_ok());
+        let err = dev.stream_synchronize(s).unwrap_err().to_string();
+        assert!(err.contains("failed in the simulator"), "{err}");
+        dev.stream_destroy(s).unwrap();
+        dev.free(p).unwrap();
+    }
 }

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, RwLock};
 
+use super::handles::HandleTable;
 use super::{check_non_null, guarded, str_arg, vramswap_status, write_json, CResult, Failure};
 use crate::alloc::CachingAllocator;
 use crate::backend::{self, BackendChoice, BackendKind};
@@ -29,8 +30,11 @@ pub const VRAMSWAP_BACKEND_SIM: vramswap_backend_kind = 2;
 /// offloaded, and swap-ins release the allocator's unused cache. Thread-safe: one context may
 /// be used from several threads at once.
 pub struct vramswap_context {
-    pub(crate) inner: Arc<Context>,
+    _opaque: [u8; 0],
 }
+
+/// The live contexts; a `*mut vramswap_context` is a handle into this table, never an address.
+static CONTEXTS: HandleTable<Context> = HandleTable::new();
 
 /// What a context holds; shared with the process-wide contexts of the PyTorch entry points.
 pub(crate) struct Context {
@@ -64,6 +68,9 @@ impl Context {
         }
         .build()?;
         let (engine, alloc, backend) = (built.engine, built.alloc, built.backend);
+        if backend.kind() == BackendKind::Sim {
+            check_sim_ordinal(device)?;
+        }
         Ok(Context {
             engine,
             alloc,
@@ -98,6 +105,56 @@ impl Context {
     }
 }
 
+impl Drop for Context {
+    /// Destroys the streams `vramswap_stream_create` made that the caller never destroyed:
+    /// they belong to the context, and would otherwise outlive it on the device. Each is
+    /// synchronized first; a failure is logged (a drop has no caller to tell) and the rest
+    /// are still destroyed.
+    fn drop(&mut self) {
+        let streams: Vec<u64> = self.known_streams_mut().drain().collect();
+        for s in streams.into_iter().map(Stream) {
+            let done = self.backend.stream_synchronize(s).and_then(|()| {
+                self.alloc.forget_stream(s);
+                self.backend.stream_destroy(s)
+            });
+            if let Err(e) = done {
+                tracing::error!(stream = s.0, "context destroy: stream not destroyed: {e}");
+            }
+        }
+    }
+}
+
+/// How many simulated devices there are: `VRAMSWAP_SIM_DEVICES` (default 1).
+fn sim_device_count() -> CResult<u32> {
+    match std::env::var("VRAMSWAP_SIM_DEVICES") {
+        Err(_) => Ok(1),
+        Ok(v) => v
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| {
+                Failure::invalid(format!(
+                    "VRAMSWAP_SIM_DEVICES=`{v}` is not a device count (1 to {})",
+                    u32::MAX
+                ))
+            }),
+    }
+}
+
+/// A simulated context, like a CUDA one, exists only for the ordinals of existing devices.
+fn check_sim_ordinal(device: c_int) -> CResult {
+    let n = sim_device_count()?;
+    if device as u64 >= u64::from(n) {
+        return Err(Failure::invalid(format!(
+            "device {device}: the simulated backend has {n} device(s), ordinals 0 to {} \
+             (VRAMSWAP_SIM_DEVICES sets the count)",
+            n - 1
+        )));
+    }
+    Ok(())
+}
+
 fn unknown_stream(s: Stream) -> Failure {
     Failure::new(
         vramswap_status::VRAMSWAP_NOT_FOUND,
@@ -109,15 +166,24 @@ fn unknown_stream(s: Stream) -> Failure {
     )
 }
 
-/// The context behind a handle.
+/// The context behind a handle: a destroyed (or never created) context is
+/// `VRAMSWAP_INVALID_STATE`, not undefined behaviour.
 ///
 /// # Safety
-/// `ctx`, when not NULL, was returned by `vramswap_context_create*` and not destroyed.
-pub(crate) unsafe fn context<'a>(ctx: *const vramswap_context) -> CResult<&'a Context> {
+/// None beyond the C contract: kept `unsafe` so every entry point reads alike.
+pub(crate) unsafe fn context(ctx: *const vramswap_context) -> CResult<Arc<Context>> {
     check_non_null(ctx, "ctx")?;
-    // SAFETY: not NULL, and the caller promises a live context from Box::into_raw; shared
-    // references are enough because Context is Sync.
-    Ok(unsafe { &*(*ctx).inner })
+    CONTEXTS
+        .get(ctx as usize)
+        .ok_or_else(|| stale("context", ctx as usize))
+}
+
+/// The failure for a handle that is not live.
+pub(crate) fn stale(what: &str, handle: usize) -> Failure {
+    Failure::new(
+        vramswap_status::VRAMSWAP_INVALID_STATE,
+        format!("{what} handle {handle:#x} is not live: already released, or never created"),
+    )
 }
 
 /// A C `stream` argument, unchecked: a `CUstream` on CUDA, a stream handle on sim; NULL is the
@@ -153,7 +219,10 @@ pub(crate) fn device_ptr_arg(p: *mut c_void) -> DevicePtr {
 /// allocator configured by `VRAMSWAP_ALLOC_CONF` and the engine by `VRAMSWAP_SWAP_CONF`.
 /// `sim_capacity_bytes` is the simulated device's memory (0: `VRAMSWAP_SIM_CONF` or 8 GiB);
 /// the argument comes before the environment, and the rest of `VRAMSWAP_SIM_CONF` and the
-/// fault plan of `VRAMSWAP_SIM_FAULTS` apply either way. Other backends ignore it. On success `*out` holds the context, to be released with
+/// fault plan of `VRAMSWAP_SIM_FAULTS` apply either way; other backends ignore it. On the
+/// simulated device `device` must be below `VRAMSWAP_SIM_DEVICES` (default 1), as a CUDA
+/// ordinal must name a device; another is `VRAMSWAP_INVALID_ARGUMENT`. On success `*out` holds
+/// the context, to be released with
 /// `vramswap_context_destroy`; on failure `*out` is NULL.
 ///
 /// # Safety
@@ -212,31 +281,35 @@ pub unsafe extern "C" fn vramswap_context_create_with_config(
             aconf,
             sconf,
         )?;
-        let handle = Box::new(vramswap_context {
-            inner: Arc::new(inner),
-        });
+        let handle = CONTEXTS.insert(inner);
         // SAFETY: as above.
-        unsafe { out.write(Box::into_raw(handle)) };
+        unsafe { out.write(std::ptr::without_provenance_mut(handle)) };
         Ok(())
     })
 }
 
-/// Destroys a context: frees the engine's device memory and the allocator's cache. Blocks the
-/// allocator handed out and not freed are released with the device memory. NULL is ignored.
-/// Release every guard first: a live guard keeps its weight set on the device until it is
-/// released.
+/// Destroys a context: frees the engine's device memory and the allocator's cache, and
+/// destroys the streams `vramswap_stream_create` made on it that are still alive. Blocks the
+/// allocator handed out and not freed are released with the device memory. NULL is ignored
+/// (`VRAMSWAP_OK`). Release every guard first: a live guard keeps its weight set on the device
+/// until it is released. Handles are checked: destroying a context twice, or using it after,
+/// is `VRAMSWAP_INVALID_STATE`, never undefined behaviour; a call running on another thread
+/// finishes first, and the context goes when it returns.
 ///
 /// # Safety
-/// `ctx` is NULL or a live context; it must not be used again.
+/// None beyond the C contract (the handle is checked).
 #[no_mangle]
-pub unsafe extern "C" fn vramswap_context_destroy(ctx: *mut vramswap_context) {
+pub unsafe extern "C" fn vramswap_context_destroy(ctx: *mut vramswap_context) -> vramswap_status {
     guarded("vramswap_context_destroy", || {
-        if !ctx.is_null() {
-            // SAFETY: a live context from Box::into_raw, given up by the caller.
-            drop(unsafe { Box::from_raw(ctx) });
+        if ctx.is_null() {
+            return Ok(());
         }
-        Ok(())
-    });
+        // The context goes when the last call using it (on another thread) returns.
+        CONTEXTS
+            .remove(ctx as usize)
+            .map(drop)
+            .ok_or_else(|| stale("context", ctx as usize))
+    })
 }
 
 /// Allocates `size` bytes of device memory for use on `stream` from the caching allocator.
@@ -263,7 +336,7 @@ pub unsafe extern "C" fn vramswap_malloc(
         unsafe { out_ptr.write(std::ptr::null_mut()) };
         // SAFETY: NULL-checked inside; live otherwise (caller's contract).
         let c = unsafe { context(ctx) }?;
-        let p = allocate(c, size as u64, c.stream(stream)?)?;
+        let p = allocate(&c, size as u64, c.stream(stream)?)?;
         // SAFETY: as above.
         unsafe { out_ptr.write(device_ptr_out(p)) };
         Ok(())
@@ -384,7 +457,7 @@ pub unsafe extern "C" fn vramswap_device_json(
 }
 
 /// Copies `bytes` bytes from host memory `src` to device memory `dst` on `stream` and waits
-/// for the copy. The way to fill device memory on the simulated device, whose pointers the
+/// for the copy; 0 bytes is a successful no-op, as with `cuMemcpy`. The way to fill device memory on the simulated device, whose pointers the
 /// host cannot dereference. `stream` is as for `vramswap_malloc`.
 ///
 /// # Safety
@@ -405,6 +478,10 @@ pub unsafe extern "C" fn vramswap_copy_to_device(
         check_non_null(src, "src")?;
         check_len(bytes)?;
         let s = c.stream(stream)?;
+        if bytes == 0 {
+            // As cuMemcpy: a copy of nothing succeeds.
+            return Ok(());
+        }
         // SAFETY: not NULL, valid for `bytes` bytes (caller's contract), bytes <= isize::MAX.
         let data = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), bytes) };
         Ok(backend::upload(&*c.backend, device_ptr_arg(dst), data, s)?)
@@ -412,7 +489,7 @@ pub unsafe extern "C" fn vramswap_copy_to_device(
 }
 
 /// Copies `bytes` bytes from device memory `src` to host memory `dst` on `stream` and waits
-/// for the copy. `stream` is as for `vramswap_copy_to_device`.
+/// for the copy; 0 bytes is a successful no-op, as with `cuMemcpy`. `stream` is as for `vramswap_copy_to_device`.
 ///
 /// # Safety
 /// `ctx` is NULL or live; `dst` is NULL or valid for writing `bytes` bytes; `src` is a device
@@ -432,6 +509,10 @@ pub unsafe extern "C" fn vramswap_copy_to_host(
         check_non_null(src, "src")?;
         check_len(bytes)?;
         let s = c.stream(stream)?;
+        if bytes == 0 {
+            // As cuMemcpy: a copy of nothing succeeds.
+            return Ok(());
+        }
         // SAFETY: not NULL, valid for writing `bytes` bytes (caller's contract), no Rust
         // reference aliases it, bytes <= isize::MAX.
         let out = unsafe { std::slice::from_raw_parts_mut(dst.cast::<u8>(), bytes) };
@@ -441,9 +522,10 @@ pub unsafe extern "C" fn vramswap_copy_to_host(
 }
 
 fn check_len(bytes: usize) -> CResult {
-    if bytes == 0 || bytes > isize::MAX as usize {
+    if bytes > isize::MAX as usize {
         return Err(Failure::invalid(format!(
-            "byte count {bytes} is 0 or overflows"
+            "byte count {bytes} is over isize::MAX ({})",
+            isize::MAX
         )));
     }
     Ok(())

@@ -2,7 +2,8 @@
 
 use std::ffi::{c_char, c_void};
 
-use super::context::{context, device_ptr_out, vramswap_context};
+use super::context::{context, device_ptr_out, stale, vramswap_context};
+use super::handles::HandleTable;
 use super::{check_non_null, guarded, str_arg, vramswap_status, write_json, CResult, Failure};
 use crate::load::LoadOptions;
 use crate::swap::{SwapEngine, WeightGuard};
@@ -10,17 +11,22 @@ use crate::swap::{SwapEngine, WeightGuard};
 /// A weight set held on the device (opaque): while it lives the set is not offloaded or
 /// evicted, and its device addresses are valid. Release it with `vramswap_guard_release`.
 pub struct vramswap_guard {
-    guard: WeightGuard,
+    _opaque: [u8; 0],
 }
 
-/// The guard behind a handle.
+/// The live guards; a `*mut vramswap_guard` is a handle into this table, never an address.
+static GUARDS: HandleTable<WeightGuard> = HandleTable::new();
+
+/// The guard behind a handle: a released (or never issued) guard is
+/// `VRAMSWAP_INVALID_STATE`, not undefined behaviour.
 ///
 /// # Safety
-/// `guard`, when not NULL, was returned by `vramswap_engine_acquire` and not released.
-unsafe fn guard_ref<'a>(guard: *const vramswap_guard) -> CResult<&'a WeightGuard> {
+/// None beyond the C contract: kept `unsafe` so every entry point reads alike.
+unsafe fn guard_ref(guard: *const vramswap_guard) -> CResult<std::sync::Arc<WeightGuard>> {
     check_non_null(guard, "guard")?;
-    // SAFETY: not NULL, and the caller promises a live guard from Box::into_raw.
-    Ok(unsafe { &(*guard).guard })
+    GUARDS
+        .get(guard as usize)
+        .ok_or_else(|| stale("guard", guard as usize))
 }
 
 /// Registers the weight set `name` to load lazily from `path` (a `.safetensors` file or a model
@@ -69,25 +75,28 @@ pub unsafe extern "C" fn vramswap_engine_acquire(
         let (c, name) = unsafe { (context(ctx)?, str_arg(name, "name")?) };
         let guard = c.engine.acquire(name)?;
         // SAFETY: as above.
-        unsafe { out.write(Box::into_raw(Box::new(vramswap_guard { guard }))) };
+        unsafe { out.write(std::ptr::without_provenance_mut(GUARDS.insert(guard))) };
         Ok(())
     })
 }
 
 /// Releases a guard: the set stays resident but may now be offloaded or evicted. NULL is
-/// ignored.
+/// ignored (`VRAMSWAP_OK`). Handles are checked: releasing a guard twice, or using it after,
+/// is `VRAMSWAP_INVALID_STATE`, never undefined behaviour.
 ///
 /// # Safety
-/// `guard` is NULL or a live guard; it must not be used again.
+/// None beyond the C contract (the handle is checked).
 #[no_mangle]
-pub unsafe extern "C" fn vramswap_guard_release(guard: *mut vramswap_guard) {
+pub unsafe extern "C" fn vramswap_guard_release(guard: *mut vramswap_guard) -> vramswap_status {
     guarded("vramswap_guard_release", || {
-        if !guard.is_null() {
-            // SAFETY: a live guard from Box::into_raw, given up by the caller.
-            drop(unsafe { Box::from_raw(guard) });
+        if guard.is_null() {
+            return Ok(());
         }
-        Ok(())
-    });
+        GUARDS
+            .remove(guard as usize)
+            .map(drop)
+            .ok_or_else(|| stale("guard", guard as usize))
+    })
 }
 
 /// The device address of the set's first byte, into `*out`.
@@ -373,8 +382,8 @@ mod tests {
             assert_eq!(st, vramswap_status::VRAMSWAP_OK);
             let st = vramswap_engine_acquire(ctx, set.as_ptr(), &mut g);
             assert_eq!(st, vramswap_status::VRAMSWAP_OK);
-            let c: &vramswap_context = &*ctx;
-            let dev = c.inner.backend.sim_device().unwrap();
+            let c = context(ctx).unwrap();
+            let dev = c.backend.sim_device().unwrap();
             let copies = dev.calls(FaultOp::Copy);
             let mut needed = 0;
             let st = vramswap_guard_read_tensor(g, tensor.as_ptr(), null_mut(), 0, &mut needed);

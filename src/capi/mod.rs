@@ -5,7 +5,9 @@
 //! - **Opaque handles.** [`vramswap_context`] (a backend, a [`CachingAllocator`] and a
 //!   [`SwapEngine`] with the allocator attached) is created by `vramswap_context_create` and
 //!   released by `vramswap_context_destroy`; [`vramswap_guard`] (a [`WeightGuard`]) by
-//!   `vramswap_engine_acquire` and `vramswap_guard_release`.
+//!   `vramswap_engine_acquire` and `vramswap_guard_release`. Both are generation-tagged
+//!   slots of a handle table (`handles.rs`), not addresses: a destroyed context or released
+//!   guard, used or released again, is `VRAMSWAP_INVALID_STATE`.
 //! - **A status from every fallible call** ([`vramswap_status`]), results through
 //!   out-parameters. Out-parameters are written only on success, except that `*_json` calls
 //!   and `vramswap_guard_read_tensor` write `*needed` on `VRAMSWAP_BUFFER_TOO_SMALL` too, and
@@ -17,9 +19,8 @@
 //! - **Every pointer is checked for NULL**; a double free or a pointer the allocator never
 //!   handed out is a status, not undefined behaviour; sizes are checked for overflow.
 //!
-//! What cannot be checked: a dangling handle (a context used after
-//! `vramswap_context_destroy`), a pointer to fewer bytes than its length says, a string that is
-//! not NUL-terminated.
+//! What cannot be checked: a pointer to fewer bytes than its length says, a string that is not
+//! NUL-terminated.
 //!
 //! [`CachingAllocator`]: crate::alloc::CachingAllocator
 //! [`SwapEngine`]: crate::swap::SwapEngine
@@ -30,6 +31,7 @@
 
 mod context;
 mod engine;
+mod handles;
 mod torch;
 
 use std::cell::RefCell;

@@ -1,13 +1,21 @@
 //! Parallel copy of tensor bytes into one destination buffer, with optional float casts
 //! (f32, f16, bf16; round to nearest even through `half`).
+//!
+//! Sources in files are read with positioned reads (`pread`), never through a mapping: a file
+//! truncated by another process while it is copied is a short read, reported as an error naming
+//! the file and the offset, where a mapping would kill the process with `SIGBUS`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
+use crate::error::{Error, Result};
 use crate::weights::DType;
 
 /// Bytes of destination per work item: big enough that scheduling costs nothing, small enough
@@ -17,9 +25,69 @@ const PIECE_BYTES: u64 = 8 << 20;
 /// How often progress is reported while copying.
 const REPORT_EVERY: Duration = Duration::from_millis(50);
 
+/// Where a job's source bytes are: `len` bytes of `file` (named `path` in errors) from byte
+/// `offset`.
+#[derive(Clone, Copy)]
+pub(crate) struct Src<'a> {
+    pub(crate) file: &'a File,
+    pub(crate) path: &'a Path,
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+}
+
+impl<'a> Src<'a> {
+    /// The first `n` bytes and the rest.
+    fn split_at(self, n: u64) -> (Src<'a>, Src<'a>) {
+        (
+            Src { len: n, ..self },
+            Src {
+                offset: self.offset + n,
+                len: self.len - n,
+                ..self
+            },
+        )
+    }
+
+    /// Reads the first `buf.len()` bytes into `buf`.
+    fn read_into(&self, buf: &mut [u8]) -> Result<()> {
+        read_exact_at(self.file, self.path, buf, self.offset)
+    }
+}
+
+/// Reads `buf.len()` bytes of `file` at `offset`; a short read is [`Error::Malformed`] saying
+/// where the file ended, other failures are [`Error::Io`].
+pub(crate) fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => {
+                let now = file.metadata().map(|m| m.len()).ok();
+                let now = now.map_or(String::new(), |n| format!("; it is now {n} bytes long"));
+                return Err(Error::Malformed {
+                    path: path.to_path_buf(),
+                    problem: format!(
+                        "file ended while reading {} bytes at offset {offset} (got {done}){now} \
+                         (was it truncated or replaced while loading?)",
+                        buf.len()
+                    ),
+                });
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One tensor to copy: its source bytes and types, and where it goes in the destination.
 pub(crate) struct CopyJob<'a> {
-    pub(crate) src: &'a [u8],
+    pub(crate) src: Src<'a>,
     pub(crate) from: DType,
     pub(crate) to: DType,
     pub(crate) dst_offset: u64,
@@ -27,27 +95,43 @@ pub(crate) struct CopyJob<'a> {
 
 impl CopyJob<'_> {
     fn elements(&self) -> u64 {
-        self.src.len() as u64 / self.from.size_bytes()
+        self.src.len / self.from.size_bytes()
     }
 }
 
 struct Piece<'a> {
-    src: &'a [u8],
+    src: Src<'a>,
     dst: &'a mut [u8],
     from: DType,
     to: DType,
+}
+
+impl Piece<'_> {
+    /// Copies (and casts) this piece; `scratch` holds file bytes that need a cast.
+    fn run(self, scratch: &mut Vec<u8>) -> Result<()> {
+        if self.from == self.to {
+            return self.src.read_into(self.dst);
+        }
+        scratch.resize(self.src.len as usize, 0);
+        self.src.read_into(scratch)?;
+        convert(scratch, self.from, self.dst, self.to);
+        Ok(())
+    }
 }
 
 /// Copies (and casts) every job into `dst` with `threads` threads; bytes of `dst` no job
 /// covers are zeroed. `jobs` must lie inside `dst` without overlapping (a laid-out set
 /// guarantees it); a job that does not is skipped. `progress(done)` is called on this thread
 /// with destination bytes done, now and then and once at the end.
+///
+/// The first failed read (a file that ended early) stops every thread and is returned; `dst`
+/// is then partly written and must be discarded.
 pub(crate) fn copy_all(
     mut jobs: Vec<CopyJob<'_>>,
     dst: &mut [u8],
     threads: usize,
     progress: &mut dyn FnMut(u64),
-) {
+) -> Result<()> {
     jobs.sort_by_key(|j| j.dst_offset);
     // Carve `dst` into disjoint pieces in offset order: safe `&mut` splitting, no aliasing.
     let mut pieces: Vec<Piece> = Vec::new();
@@ -69,7 +153,7 @@ pub(crate) fn copy_all(
         while !out.is_empty() {
             let n = per.min(out.len() as u64 / job.to.size_bytes());
             let (o, ot) = out.split_at_mut((n * job.to.size_bytes()) as usize);
-            let (s, st) = src.split_at((n * job.from.size_bytes()) as usize);
+            let (s, st) = src.split_at(n * job.from.size_bytes());
             pieces.push(Piece {
                 src: s,
                 dst: o,
@@ -85,18 +169,29 @@ pub(crate) fn copy_all(
     pieces.reverse();
     let queue = Mutex::new(pieces);
     let done = AtomicU64::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
     let (tx, rx) = mpsc::channel::<()>();
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             let tx = tx.clone();
-            let (queue, done) = (&queue, &done);
+            let (queue, done, failed, first_error) = (&queue, &done, &failed, &first_error);
             s.spawn(move || {
                 let _alive = tx;
-                loop {
+                let mut scratch = Vec::new();
+                while !failed.load(Ordering::Relaxed) {
                     let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
                     let Some(p) = next else { break };
-                    convert(p.src, p.from, p.dst, p.to);
-                    done.fetch_add(p.dst.len() as u64, Ordering::Relaxed);
+                    let n = p.dst.len() as u64;
+                    if let Err(e) = p.run(&mut scratch) {
+                        failed.store(true, Ordering::Relaxed);
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
+                        break;
+                    }
+                    done.fetch_add(n, Ordering::Relaxed);
                 }
             });
         }
@@ -106,7 +201,11 @@ pub(crate) fn copy_all(
             progress(done.load(Ordering::Relaxed));
         }
     });
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
     progress(done.load(Ordering::Relaxed));
+    Ok(())
 }
 
 /// Elements converted per block through an `f32` buffer on the stack.
@@ -226,31 +325,82 @@ mod tests {
         assert_eq!(back, vals);
     }
 
+    fn file_of(bytes: &[u8]) -> tempfile::NamedTempFile {
+        use std::io::Write;
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(bytes).unwrap();
+        f
+    }
+
     #[test]
     fn copy_all_fills_gaps_with_zeros_and_reports_every_byte() {
         let a = [1u8; 10];
         let b = [2u8; 4];
+        let fa = file_of(&[[9u8; 3].as_slice(), &a].concat());
+        let fb = file_of(&b);
         let mut dst = vec![0xffu8; 300];
         let jobs = vec![
             CopyJob {
-                src: &b,
+                src: Src {
+                    file: fb.as_file(),
+                    path: fb.path(),
+                    offset: 0,
+                    len: 4,
+                },
                 from: DType::U8,
                 to: DType::U8,
                 dst_offset: 256,
             },
             CopyJob {
-                src: &a,
+                src: Src {
+                    file: fa.as_file(),
+                    path: fa.path(),
+                    offset: 3,
+                    len: 10,
+                },
                 from: DType::U8,
                 to: DType::U8,
                 dst_offset: 0,
             },
         ];
         let mut last = 0;
-        copy_all(jobs, &mut dst, 3, &mut |d| last = d);
+        copy_all(jobs, &mut dst, 3, &mut |d| last = d).unwrap();
         assert_eq!(last, 14);
         assert_eq!(&dst[..10], &a);
         assert!(dst[10..256].iter().all(|&x| x == 0));
         assert_eq!(&dst[256..260], &b);
         assert!(dst[260..].iter().all(|&x| x == 0));
+    }
+
+    /// A source that ends before its job does (a file truncated under a load) is an error
+    /// naming the file and where it ended, for plain copies and for casts, on any thread count.
+    #[test]
+    fn a_short_file_is_an_error_naming_file_and_offset() {
+        let f = file_of(&[7u8; 100]);
+        for (to, threads) in [(DType::F32, 1), (DType::F16, 4)] {
+            let mut dst = vec![0u8; 256];
+            let jobs = vec![CopyJob {
+                src: Src {
+                    file: f.as_file(),
+                    path: f.path(),
+                    offset: 40,
+                    len: 128,
+                },
+                from: DType::F32,
+                to,
+                dst_offset: 0,
+            }];
+            let err = copy_all(
+                jobs,
+                &mut dst[..(128 / 4 * to.size_bytes()) as usize],
+                threads,
+                &mut |_| {},
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(&f.path().display().to_string()), "{err}");
+            assert!(err.contains("it is now 100 bytes long"), "{err}");
+            assert!(err.contains("at offset 40"), "{err}");
+        }
     }
 }

@@ -148,6 +148,26 @@ pub enum HeaderError {
         /// Its range.
         second_end: u64,
     },
+    /// Bytes of the data section that no tensor covers before a tensor; the reference
+    /// `safetensors` reader refuses them (`InvalidOffset`).
+    #[error("tensor `{tensor}` starts at byte {begin} of the data section, but the tensors before it end at byte {expected}: a gap (the reference safetensors reader refuses it)")]
+    Gap {
+        /// The tensor after the gap.
+        tensor: String,
+        /// Where it starts.
+        begin: u64,
+        /// Where the tensors before it end.
+        expected: u64,
+    },
+    /// Bytes after the last tensor; the reference `safetensors` reader refuses them
+    /// (`MetadataIncompleteBuffer`).
+    #[error("the tensors end at byte {end} of the data section, which is {data_len} bytes long: trailing data (the reference safetensors reader refuses it)")]
+    TrailingData {
+        /// Where the last tensor ends.
+        end: u64,
+        /// Data section length.
+        data_len: u64,
+    },
 }
 
 /// A byte count that may have overflowed `u64`.
@@ -160,6 +180,66 @@ impl fmt::Display for Bytes {
             Some(n) => write!(f, "{n}"),
             None => f.write_str("more than 2^64"),
         }
+    }
+}
+
+/// A JSON value whose objects hold no key twice: `{"dtype": "F32", "dtype": "I64"}` inside an
+/// entry is an error, as in the reference reader (serde's `duplicate field`), not the last one
+/// silently winning.
+struct Unique(Value);
+
+impl<'de> Deserialize<'de> for Unique {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Unique;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Unique, A::Error> {
+                let mut out = serde_json::Map::new();
+                while let Some((k, Unique(v))) = m.next_entry::<String, Unique>()? {
+                    if out.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "duplicate key `{k}` inside an entry"
+                        )));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(Unique(Value::Object(out)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Unique, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Unique(v)) = a.next_element::<Unique>()? {
+                    out.push(v);
+                }
+                Ok(Unique(Value::Array(out)))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Unique, E> {
+                Ok(Unique(Value::Bool(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Unique, E> {
+                Ok(Unique(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Unique, E> {
+                Ok(Unique(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Unique, E> {
+                Ok(Unique(
+                    serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),
+                ))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Unique, E> {
+                Ok(Unique(Value::String(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Unique, E> {
+                Ok(Unique(Value::String(v)))
+            }
+            fn visit_unit<E>(self) -> Result<Unique, E> {
+                Ok(Unique(Value::Null))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -176,8 +256,8 @@ impl<'de> Deserialize<'de> for Entries {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Entries, A::Error> {
                 let mut v = Vec::new();
-                while let Some(e) = m.next_entry::<String, Value>()? {
-                    v.push(e);
+                while let Some((k, Unique(e))) = m.next_entry::<String, Unique>()? {
+                    v.push((k, e));
                 }
                 Ok(Entries(v))
             }
@@ -190,8 +270,25 @@ impl<'de> Deserialize<'de> for Entries {
 /// mapped): lengths, JSON, dtypes, shapes against offsets, offsets against the data section,
 /// overlaps and duplicate names. Never panics, whatever the bytes.
 pub fn parse_header(file: &[u8]) -> Result<Header, HeaderError> {
-    let file_len = file.len() as u64;
-    if file.is_empty() {
+    parse_header_prefix(file, file.len() as u64)
+}
+
+/// Reads the header length from the first 8 bytes of a file of `file_len` bytes: how many
+/// bytes from the start [`parse_header_prefix`] needs (the whole file when it is shorter than
+/// that or its header length is over the limit, which the parse then reports).
+pub(crate) fn prefix_len(first8: &[u8], file_len: u64) -> u64 {
+    match first8.first_chunk::<8>() {
+        Some(b) if u64::from_le_bytes(*b) <= MAX_HEADER_BYTES => {
+            (8 + u64::from_le_bytes(*b)).min(file_len)
+        }
+        _ => file_len.min(8),
+    }
+}
+
+/// As [`parse_header`], from the first [`prefix_len`] bytes of a file of `file_len` bytes, so a
+/// file can be checked without reading (or mapping) its data section.
+pub(crate) fn parse_header_prefix(file: &[u8], file_len: u64) -> Result<Header, HeaderError> {
+    if file_len == 0 {
         return Err(HeaderError::Empty);
     }
     let Some(len_bytes) = file.first_chunk::<8>() else {
@@ -209,7 +306,12 @@ pub fn parse_header(file: &[u8]) -> Result<Header, HeaderError> {
     }
     let data_start = 8 + header_len;
     let data_len = file_len - data_start;
-    let json = &file[8..data_start as usize];
+    let Some(json) = file.get(8..data_start as usize) else {
+        return Err(HeaderError::HeaderPastEnd {
+            header_len,
+            file_len: file.len() as u64,
+        });
+    };
     let mut de = serde_json::Deserializer::from_slice(json);
     let entries = match Entries::deserialize(&mut de).and_then(|e| de.end().map(|_| e)) {
         Ok(e) => e.0,
@@ -249,6 +351,23 @@ pub fn parse_header(file: &[u8]) -> Result<Header, HeaderError> {
                 second_end: w[1].end,
             });
         }
+    }
+    // As the reference reader: the tensors, in offset order, tile the data section exactly.
+    let mut all: Vec<&HeaderTensor> = header.tensors.iter().collect();
+    all.sort_by_key(|t| (t.begin, t.end));
+    let mut at = 0u64;
+    for t in all {
+        if t.begin != at {
+            return Err(HeaderError::Gap {
+                tensor: t.name.clone(),
+                begin: t.begin,
+                expected: at,
+            });
+        }
+        at = t.end;
+    }
+    if at != data_len {
+        return Err(HeaderError::TrailingData { end: at, data_len });
     }
     Ok(header)
 }

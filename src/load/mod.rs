@@ -1,10 +1,13 @@
 //! Loading safetensors checkpoints into the pinned arena.
 //!
-//! [`inspect`] reads only headers; [`load`] maps every file (memmap2), checks every header
+//! [`inspect`] reads only headers; [`load`] opens every file, checks every header
 //! ([`parse_header`]), lays the tensors out as one weight set (layer groups contiguous, see
 //! [`WeightSetDesc::layout`]), takes one arena range for it and copies the bytes with several
-//! threads, casting floats when asked. With [`LoadOptions::direct`] nothing is copied: the
-//! mapped files are registered read-only and the set's bytes are the page cache.
+//! threads using positioned reads (`pread`), casting floats when asked: a file truncated or
+//! replaced while it loads is an error naming the file and the offset, and the set stays
+//! unloaded. With [`LoadOptions::direct`] nothing is copied: the files are mapped (memmap2),
+//! registered read-only, and the set's bytes are the page cache; a file truncated while mapped
+//! faults (`SIGBUS`) on access, as with every mmap-based reader.
 //!
 //! A path is a `.safetensors` file, a `model.safetensors.index.json`, or a directory holding
 //! either the index, `model.safetensors`, or shards; a sharded checkpoint is one weight set.
@@ -47,7 +50,7 @@ pub use header::{
     encode_header, parse_header, Bytes, Header, HeaderError, HeaderTensor, MAX_HEADER_BYTES,
 };
 pub use save::save;
-pub use source::INDEX_FILE;
+pub use source::{INDEX_FILE, MAX_INDEX_BYTES};
 
 /// Progress of a load: destination bytes done of the total, and time since the copy began.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -60,7 +63,12 @@ pub struct LoadProgress {
     pub elapsed: Duration,
 }
 
-/// A progress callback; called on the thread that called [`load`].
+/// Most copy threads a load takes ([`LoadOptions::threads`]): far past what saturates memory
+/// bandwidth, and a bound on the threads a mistyped count can spawn.
+pub const MAX_LOAD_THREADS: usize = 256;
+
+/// A progress callback; called on the thread that called [`load`], once with 0 bytes done before
+/// copying begins, now and then while it runs, and once at the end.
 pub type ProgressFn = Arc<dyn Fn(LoadProgress) + Send + Sync>;
 
 /// How to load.
@@ -73,7 +81,7 @@ pub struct LoadOptions {
     /// aligned offset after file `k - 1`'s), so layer groups need not be contiguous: copy it by
     /// [`HostWeights::segments`]. The files stay mapped and registered until the set is dropped.
     pub direct: bool,
-    /// Copy threads.
+    /// Copy threads, at most [`MAX_LOAD_THREADS`] (0 is taken as 1).
     pub threads: usize,
     /// Called with progress now and then, and once at the end.
     pub progress: Option<ProgressFn>,
@@ -149,41 +157,81 @@ fn malformed(path: &Path, problem: impl Into<String>) -> Error {
     }
 }
 
-/// Maps a file read-only; an empty file is reported as such instead of mapped.
-fn map_file(path: &Path) -> Result<Mmap> {
+/// One checkpoint file, open for positioned reads, with the length its header was checked
+/// against.
+struct SourceFile {
+    file: File,
+    len: u64,
+}
+
+/// Opens a regular file and reads and checks its header with positioned reads (nothing is
+/// mapped). A FIFO, socket or device is refused before it is opened: opening a FIFO would block
+/// and a device has no length.
+fn open_file(path: &Path) -> Result<(SourceFile, Header)> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
     };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(malformed(path, source::not_regular(&meta)));
+    }
     let file = File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
-    if len == 0 {
-        return Err(malformed(path, HeaderError::Empty.to_string()));
+    let mut prefix = vec![0u8; len.min(8) as usize];
+    copy::read_exact_at(&file, path, &mut prefix, 0)?;
+    let need = header::prefix_len(&prefix, len);
+    if need > prefix.len() as u64 {
+        prefix.resize(need as usize, 0);
+        copy::read_exact_at(&file, path, &mut prefix[8..], 8)?;
     }
-    // SAFETY: the mapping is read-only and private to this process. Another process truncating
-    // the file while it is mapped would fault on access; that is the documented limit of
-    // loading through mmap, as with every mmap-based safetensors reader.
-    unsafe { Mmap::map(&file) }.map_err(io)
+    let h =
+        header::parse_header_prefix(&prefix, len).map_err(|e| malformed(path, e.to_string()))?;
+    Ok((SourceFile { file, len }, h))
 }
 
-/// A checkpoint's headers with its mapped files.
+/// Maps a checked file read-only for direct mode, refusing it if its length changed since its
+/// header was read.
+fn map_file(path: &Path, src: &SourceFile) -> Result<Mmap> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    // SAFETY: the mapping is read-only and private to this process. Another process truncating
+    // the file while it is mapped would fault on access (SIGBUS); that is the documented limit
+    // of direct mode (README, "Reliability"). Copying loads never map.
+    let map = unsafe { Mmap::map(&src.file) }.map_err(io)?;
+    if map.len() as u64 != src.len {
+        return Err(malformed(
+            path,
+            format!(
+                "file is now {} bytes long, not the {} its header was read from \
+                 (was it changed while loading?)",
+                map.len(),
+                src.len
+            ),
+        ));
+    }
+    Ok(map)
+}
+
+/// A checkpoint's headers with its open files.
 struct Opened {
     inspection: Inspection,
-    maps: Vec<Mmap>,
+    handles: Vec<SourceFile>,
     headers: Vec<Header>,
 }
 
 fn open(path: &Path) -> Result<Opened> {
     let ck = source::resolve(path)?;
     let mut files = Vec::new();
-    let mut maps = Vec::new();
+    let mut handles = Vec::new();
     let mut headers = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut specs = Vec::new();
     let mut where_: HashMap<String, TensorSource> = HashMap::new();
     for (k, f) in ck.files.iter().enumerate() {
-        let map = map_file(f)?;
-        let h = parse_header(&map).map_err(|e| malformed(f, e.to_string()))?;
+        let (src, h) = open_file(f)?;
         for t in &h.tensors {
             if let Some(&other) = seen.get(&t.name) {
                 return Err(malformed(
@@ -211,13 +259,13 @@ fn open(path: &Path) -> Result<Opened> {
         }
         files.push(FileHeader {
             path: f.clone(),
-            file_len: map.len() as u64,
+            file_len: src.len,
             header_len: h.header_len,
             data_len: h.data_len,
             tensors: h.tensors.len(),
             metadata: h.metadata.clone(),
         });
-        maps.push(map);
+        handles.push(src);
         headers.push(h);
     }
     if let Some((index, weight_map)) = &ck.index {
@@ -243,7 +291,7 @@ fn open(path: &Path) -> Result<Opened> {
             desc,
             sources,
         },
-        maps,
+        handles,
         headers,
     })
 }
@@ -255,6 +303,12 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
 
 /// Loads a checkpoint into `arena` as one weight set (see the module docs).
 pub fn load(path: &Path, arena: &Arc<PinnedArena>, opts: &LoadOptions) -> Result<HostWeights> {
+    if opts.threads > MAX_LOAD_THREADS {
+        return Err(Error::InvalidArgument(format!(
+            "{} copy threads: the most a load takes is {MAX_LOAD_THREADS}",
+            opts.threads
+        )));
+    }
     if let Some(c) = opts.cast {
         if !c.is_castable_float() {
             return Err(Error::InvalidArgument(format!(
@@ -272,7 +326,9 @@ pub fn load(path: &Path, arena: &Arc<PinnedArena>, opts: &LoadOptions) -> Result
         return load_direct(opened, arena, opts);
     }
     let Opened {
-        inspection, maps, ..
+        inspection,
+        handles,
+        ..
     } = opened;
     let cast = |d: DType| match opts.cast {
         Some(c) if d.is_castable_float() => c,
@@ -296,14 +352,16 @@ pub fn load(path: &Path, arena: &Arc<PinnedArena>, opts: &LoadOptions) -> Result
         .iter()
         .zip(&inspection.sources)
         .zip(&desc.tensors)
-        .map(|((src, at), dst)| {
-            let from = at.file_offset as usize;
-            copy::CopyJob {
-                src: &maps[at.file][from..from + src.len as usize],
-                from: src.dtype,
-                to: dst.dtype,
-                dst_offset: dst.offset,
-            }
+        .map(|((src, at), dst)| copy::CopyJob {
+            src: copy::Src {
+                file: &handles[at.file].file,
+                path: &inspection.files[at.file].path,
+                offset: at.file_offset,
+                len: src.len,
+            },
+            from: src.dtype,
+            to: dst.dtype,
+            dst_offset: dst.offset,
         })
         .collect();
     let total = desc.total_bytes;
@@ -317,7 +375,9 @@ pub fn load(path: &Path, arena: &Arc<PinnedArena>, opts: &LoadOptions) -> Result
             })
         }
     };
-    copy::copy_all(jobs, range.as_mut_slice(), opts.threads, &mut report);
+    report(0);
+    // On a failed read the range is dropped (returned to the arena): the set stays unloaded.
+    copy::copy_all(jobs, range.as_mut_slice(), opts.threads, &mut report)?;
     tracing::debug!(bytes = total, took = ?started.elapsed(), "loaded {}", path.display());
     HostWeights::from_range(desc, range)
 }
@@ -329,7 +389,7 @@ fn load_direct(
 ) -> Result<HostWeights> {
     let Opened {
         inspection,
-        maps,
+        handles,
         headers,
     } = opened;
     let (mut bases, mut starts, mut lens) = (Vec::new(), Vec::new(), Vec::new());
@@ -354,8 +414,9 @@ fn load_direct(
     tensors.sort_by_key(|t| t.offset);
     let desc = WeightSetDesc::new(tensors, base)
         .map_err(|e| malformed(&inspection.path, e.to_string()))?;
-    let mut files = Vec::with_capacity(maps.len());
-    for (map, fh) in maps.into_iter().zip(&inspection.files) {
+    let mut files = Vec::with_capacity(handles.len());
+    for (src, fh) in handles.iter().zip(&inspection.files) {
+        let map = map_file(&fh.path, src)?;
         // On failure the files registered so far are dropped, and so unregistered.
         files.push(MappedFile::register(
             &fh.path,

@@ -11,6 +11,28 @@ use crate::error::{Error, Result};
 /// Name of the index of a sharded Hugging Face checkpoint.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
+/// Largest `model.safetensors.index.json` read, as a header is capped at
+/// [`MAX_HEADER_BYTES`](super::MAX_HEADER_BYTES): real indexes are a few megabytes.
+pub const MAX_INDEX_BYTES: u64 = 100_000_000;
+
+/// Why a path that is neither a regular file nor a directory cannot be read as a checkpoint.
+pub(crate) fn not_regular(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let what = if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    format!("is {what}; a checkpoint is a regular .safetensors file, an index file or a directory")
+}
+
 /// The files of one weight set.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Checkpoint {
@@ -37,6 +59,9 @@ fn io(path: &Path, source: std::io::Error) -> Error {
 /// Resolves `path` (a file, an index file or a directory) to the files of one weight set.
 pub(crate) fn resolve(path: &Path) -> Result<Checkpoint> {
     let meta = std::fs::metadata(path).map_err(|e| io(path, e))?;
+    if !meta.is_file() && !meta.is_dir() {
+        return Err(malformed(path, not_regular(&meta)));
+    }
     if meta.is_file() {
         if path.file_name().is_some_and(|n| n == INDEX_FILE) {
             return read_index(path);
@@ -73,7 +98,26 @@ pub(crate) fn resolve(path: &Path) -> Result<Checkpoint> {
 }
 
 fn read_index(index: &Path) -> Result<Checkpoint> {
-    let text = std::fs::read(index).map_err(|e| io(index, e))?;
+    use std::io::Read;
+    let file = std::fs::File::open(index).map_err(|e| io(index, e))?;
+    let len = file.metadata().map_err(|e| io(index, e))?.len();
+    if len > MAX_INDEX_BYTES {
+        return Err(malformed(
+            index,
+            format!("index is {len} bytes, over the limit of {MAX_INDEX_BYTES} bytes"),
+        ));
+    }
+    // Read at most one byte past the limit, in case the file grows after the check.
+    let mut text = Vec::with_capacity(len as usize);
+    file.take(MAX_INDEX_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| io(index, e))?;
+    if text.len() as u64 > MAX_INDEX_BYTES {
+        return Err(malformed(
+            index,
+            format!("index grew past the limit of {MAX_INDEX_BYTES} bytes while read"),
+        ));
+    }
     let v: Value = serde_json::from_slice(&text)
         .map_err(|e| malformed(index, format!("index is not valid JSON: {e}")))?;
     let Some(Value::Object(map)) = v.get("weight_map") else {

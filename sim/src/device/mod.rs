@@ -6,6 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+/// Stream and event handles, unique in the process across every simulated device (as a
+/// `CUstream` is): a handle from one device is never a valid handle on another.
+pub(crate) static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 use crate::error::{SimError, SimResult};
 use crate::host::HostMemory;
 use crate::memory::{Memory, RegionKind};
@@ -218,7 +222,6 @@ struct Inner {
     /// last operation: `cuCtxSynchronize` waits for it too.
     retired: Mutex<Vec<(u64, Arc<Stream>, u64)>>,
     events: Mutex<HashMap<u64, EventState>>,
-    next_id: AtomicU64,
     checker: Mutex<Checker>,
     faults: Mutex<HashMap<FaultOp, (u64, Vec<u64>)>>,
     links: Option<[Link; 3]>,
@@ -283,7 +286,6 @@ impl SimDevice {
                 streams: RwLock::new(streams),
                 retired: Mutex::new(Vec::new()),
                 events: Mutex::new(HashMap::new()),
-                next_id: AtomicU64::new(1),
                 checker: Mutex::new(Checker::new(enabled)),
                 faults: Mutex::new(HashMap::new()),
                 links,

@@ -29,7 +29,7 @@ impl SimDevice {
     /// `CU_STREAM_NON_BLOCKING`.
     pub fn stream_create(&self, blocking: bool) -> SimResult<u64> {
         self.fault(FaultOp::StreamCreate)?;
-        let id = self.inner.next_id.fetch_add(1, Ordering::SeqCst);
+        let id = super::NEXT_ID.fetch_add(1, Ordering::SeqCst);
         let s = Stream::new(id, blocking);
         self.inner
             .streams
@@ -158,7 +158,7 @@ impl SimDevice {
     /// Creates an event (`cuEventCreate`); `timing` enables [`SimDevice::event_elapsed_ms`].
     pub fn event_create(&self, timing: bool) -> SimResult<u64> {
         self.fault(FaultOp::EventCreate)?;
-        let id = self.inner.next_id.fetch_add(1, Ordering::SeqCst);
+        let id = super::NEXT_ID.fetch_add(1, Ordering::SeqCst);
         self.inner.events.lock().expect("events lock").insert(
             id,
             EventState {

@@ -33,7 +33,7 @@ pub struct Args {
     /// Register the mapped files read-only instead of copying them into the arena.
     #[arg(long)]
     direct: bool,
-    /// Copy threads (default: up to 8, one per core).
+    /// Copy threads, 1 to 256 (`load::MAX_LOAD_THREADS`; default: up to 8, one per core).
     #[arg(long)]
     threads: Option<usize>,
     /// How the arena pins its slabs (default: host-alloc, or as `VRAMSWAP_ARENA` says).
