@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: every face of vramswap, on a machine with no GPU.
-#   1. the Rust tests on the `sim` backend (cargo test --workspace);
+#   1. the Rust tests on the `sim` backend (cargo test --workspace), and the backend suites
+#      again on the host-visible sim (VRAMSWAP_SIM_CONF=host_visible:true);
 #   2. the same backend-generic suites on the `cuda` backend over the emulated driver (emu/),
 #      mandatory: a missing emulator, a failing check, a leak or a race fails the run;
 #   3. the CUDA kernels: compiled to PTX by nvcc 13.0 (installed from PyPI by
@@ -66,6 +67,11 @@ fi
 
 echo "== tests on the sim backend"
 cargo test --workspace
+echo "== the backend suites again on the host-visible sim (device addresses are host addresses)"
+# What vramswap.torch.adopt runs on without a GPU: the same device model with memfd-backed,
+# PROT_NONE-when-unmapped memory. Already built above, so this costs the suites' run time only.
+VRAMSWAP_SIM_CONF=host_visible:true cargo test -p vramswap \
+  --test conformance --test backend_parity --test swap_engine --test alloc_backends
 
 EMU="$PWD/target/debug/libvramswap_cuda_emu.so"
 if [ ! -f "$EMU" ] || ! nm -D --defined-only "$EMU" | grep -q ' cuInit$'; then

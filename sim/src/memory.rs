@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{SimError, SimResult};
+use crate::host_visible::{HostRange, Memfd};
 
 /// First device address handed out. Device addresses are only compared and offset by the
 /// model, never dereferenced by the host.
@@ -83,6 +84,8 @@ pub(crate) struct Phys {
     len: usize,
     used: Arc<AtomicU64>,
     cache: Arc<PhysCache>,
+    /// The shared memory behind `ptr` on a host-visible device; `None`: a heap allocation.
+    memfd: Option<Memfd>,
 }
 
 // SAFETY: `Phys` owns a heap allocation that nothing else aliases; the raw pointer is only
@@ -97,7 +100,19 @@ impl Phys {
         len: usize,
         used: Arc<AtomicU64>,
         cache: Arc<PhysCache>,
+        host_visible: bool,
     ) -> SimResult<Arc<Phys>> {
+        if host_visible {
+            let memfd = Memfd::new(len)?;
+            used.fetch_add(len as u64, Ordering::SeqCst);
+            return Ok(Arc::new(Phys {
+                ptr: memfd.view(),
+                len,
+                used,
+                cache,
+                memfd: Some(memfd),
+            }));
+        }
         let ptr = match cache.take(len) {
             Some(p) => p,
             None => {
@@ -123,11 +138,17 @@ impl Phys {
             len,
             used,
             cache,
+            memfd: None,
         }))
     }
 
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// The shared memory behind this allocation on a host-visible device.
+    pub(crate) fn memfd(&self) -> Option<&Memfd> {
+        self.memfd.as_ref()
     }
 
     /// Pointer to byte `off`; `off + len` must lie within the allocation.
@@ -141,6 +162,10 @@ impl Phys {
 impl Drop for Phys {
     fn drop(&mut self) {
         self.used.fetch_sub(self.len as u64, Ordering::SeqCst);
+        if self.memfd.is_some() {
+            // The memfd and its view go with the field.
+            return;
+        }
         if let Some(p) = self.cache.put(self.ptr, self.len) {
             let layout = Layout::from_size_align(self.len.max(1), 4096).expect("layout was valid");
             // SAFETY: `p` came from `alloc_zeroed` with this layout and is freed once.
@@ -174,6 +199,9 @@ pub(crate) struct Region {
     pub(crate) kind: RegionKind,
     /// Mappings by start address.
     pub(crate) maps: BTreeMap<u64, Mapping>,
+    /// The host address range behind the region on a host-visible device, given back when the
+    /// region is dropped.
+    pub(crate) host: Option<HostRange>,
 }
 
 /// One resolved piece of a device range: bytes in a physical allocation.
@@ -191,12 +219,15 @@ pub(crate) struct Memory {
     next_handle: u64,
     pub(crate) used: Arc<AtomicU64>,
     pub(crate) cache: Arc<PhysCache>,
+    /// Device addresses are host addresses (see [`crate::SimConfig::host_visible`]).
+    pub(crate) host_visible: bool,
 }
 
 impl Memory {
     /// A new address space whose freed physical memory is cached up to `cache_limit` bytes.
-    pub(crate) fn new(cache_limit: u64) -> Self {
+    pub(crate) fn new(cache_limit: u64, host_visible: bool) -> Self {
         Memory {
+            host_visible,
             cache: PhysCache::new(cache_limit),
             regions: BTreeMap::new(),
             handles: HashMap::new(),
@@ -212,6 +243,27 @@ impl Memory {
         let start = self.next_va.div_ceil(align) * align;
         self.next_va = start + len + align.max(PLAIN_ALIGN);
         start
+    }
+
+    /// A fresh address range as [`Memory::take_va`] gives, backed by an inaccessible host range
+    /// on a host-visible device (whose start is then the address).
+    pub(crate) fn new_va(&mut self, len: u64, align: u64) -> SimResult<(u64, Option<HostRange>)> {
+        if !self.host_visible {
+            return Ok((self.take_va(len, align), None));
+        }
+        let align = align.max(crate::host_visible::page_size() as u64);
+        let r = HostRange::reserve(len, align, align.max(PLAIN_ALIGN))?;
+        Ok((r.addr(), Some(r)))
+    }
+
+    /// Allocates physical memory of `len` bytes in this address space's mode.
+    pub(crate) fn new_phys(&self, len: usize) -> SimResult<Arc<Phys>> {
+        Phys::new(
+            len,
+            self.used.clone(),
+            self.cache.clone(),
+            self.host_visible,
+        )
     }
 
     pub(crate) fn new_handle(&mut self, phys: Arc<Phys>) -> u64 {
