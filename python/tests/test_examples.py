@@ -56,6 +56,8 @@ def test_the_service_loads_lazily_offloads_after_tasks_and_releases(service):
 
         st = client.post("/api/gpu/release").json()
         assert st["model_location"] == "Unloaded" and st["statistics"]["full_releases"] == 1
+        st = client.post("/api/gpu/release").json()  # already released: not counted again
+        assert st["model_location"] == "Unloaded" and st["statistics"]["full_releases"] == 1
         client.post("/api/task", json={})
         assert client.get("/api/gpu/status").json()["statistics"]["total_loads"] == 2
 
