@@ -9,6 +9,8 @@
 //!   access is granted (`cuMemSetAccess`); unmapping puts `PROT_NONE` back, so a read of an
 //!   unmapped or offloaded range faults and never sees stale bytes or another set's.
 //! - A plain allocation is a reservation with its own memfd mapped read-write at once.
+//! - Freed memfds are kept for reuse (up to the device's physical-memory cache limit), populated,
+//!   as freed heap buffers are on the default device: not zeroed, as CUDA's are not.
 //!
 //! `rustix` rather than raw `libc`: the calls return `io::Result` and take typed flags, and
 //! `memfd_create` hands back an `OwnedFd` closed on drop. Address ranges are given back to the

@@ -28,6 +28,9 @@ pub(crate) const PLAIN_ALIGN: u64 = 512;
 /// neither is CUDA's.
 pub(crate) struct PhysCache {
     free: std::sync::Mutex<HashMap<usize, Vec<usize>>>,
+    /// The same for a host-visible device's memfds (already populated, so a swap-in into one
+    /// costs a copy, not a page fault per 4 KiB).
+    memfds: std::sync::Mutex<HashMap<usize, Vec<Memfd>>>,
     cached: AtomicU64,
     limit: u64,
 }
@@ -36,6 +39,7 @@ impl PhysCache {
     pub(crate) fn new(limit: u64) -> Arc<PhysCache> {
         Arc::new(PhysCache {
             free: std::sync::Mutex::new(HashMap::new()),
+            memfds: std::sync::Mutex::new(HashMap::new()),
             cached: AtomicU64::new(0),
             limit,
         })
@@ -46,6 +50,27 @@ impl PhysCache {
         let p = f.get_mut(&len)?.pop()?;
         self.cached.fetch_sub(len as u64, Ordering::SeqCst);
         Some(p as *mut u8)
+    }
+
+    fn take_memfd(&self, len: usize) -> Option<Memfd> {
+        let mut f = self.memfds.lock().expect("phys cache lock");
+        let m = f.get_mut(&len)?.pop()?;
+        self.cached.fetch_sub(len as u64, Ordering::SeqCst);
+        Some(m)
+    }
+
+    /// Keeps `m` (of `len` bytes) for reuse if there is room; otherwise it is dropped (closed).
+    fn put_memfd(&self, m: Memfd, len: usize) {
+        if self.cached.load(Ordering::SeqCst) + len as u64 > self.limit {
+            return;
+        }
+        self.cached.fetch_add(len as u64, Ordering::SeqCst);
+        self.memfds
+            .lock()
+            .expect("phys cache lock")
+            .entry(len)
+            .or_default()
+            .push(m);
     }
 
     /// Keeps `ptr` for reuse if there is room; otherwise hands it back to the caller to free.
@@ -103,7 +128,10 @@ impl Phys {
         host_visible: bool,
     ) -> SimResult<Arc<Phys>> {
         if host_visible {
-            let memfd = Memfd::new(len)?;
+            let memfd = match cache.take_memfd(len) {
+                Some(m) => m,
+                None => Memfd::new(len)?,
+            };
             used.fetch_add(len as u64, Ordering::SeqCst);
             return Ok(Arc::new(Phys {
                 ptr: memfd.view(),
@@ -162,8 +190,8 @@ impl Phys {
 impl Drop for Phys {
     fn drop(&mut self) {
         self.used.fetch_sub(self.len as u64, Ordering::SeqCst);
-        if self.memfd.is_some() {
-            // The memfd and its view go with the field.
+        if let Some(m) = self.memfd.take() {
+            self.cache.put_memfd(m, self.len);
             return;
         }
         if let Some(p) = self.cache.put(self.ptr, self.len) {
