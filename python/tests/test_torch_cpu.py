@@ -300,3 +300,19 @@ def test_reading_an_offloaded_models_weights_outside_any_hook_faults():
     assert "offloaded" in r.stdout, r.stdout + r.stderr
     assert "read after offload" not in r.stdout
     assert r.returncode == -11, (r.returncode, r.stdout, r.stderr)
+
+
+def test_8bit_float_buffers_keep_their_bits_through_offload(hv):
+    e = hv()
+    m = torch.nn.Module()
+    src = torch.linspace(-4, 4, 64)
+    m.register_buffer("a", src.to(torch.float8_e4m3fn))
+    m.register_buffer("b", src.to(torch.float8_e5m2))
+    bits = {k: v.view(torch.uint8).clone() for k, v in m.named_buffers()}
+    vt.adopt(e, "f8", m)
+    assert m.a.dtype == torch.float8_e4m3fn and m.b.dtype == torch.float8_e5m2
+    e.offload("f8")
+    with e.acquire("f8") as h:
+        assert m.a.data_ptr() == h.device_ptr("a")
+        for k, v in m.named_buffers():
+            assert torch.equal(v.view(torch.uint8), bits[k]), k
