@@ -9,7 +9,8 @@
 #
 # run.sh runs: the backend conformance suite and the backend-generic test suites on `cuda`,
 # `vramswap selftest`, `vramswap bench`, `vramswap swap-bench`, the demo on `cuda` where it was
-# built, and scripts/torch_baseline.py (PyTorch on the same GPU), then writes one Markdown report
+# built, scripts/torch_baseline.py (PyTorch on the same GPU) and scripts/gpu_torch_adopt.py
+# (vramswap.torch.adopt on the machine's torch, from the bundled wheel), then writes one Markdown report
 # with every figure side by side. Commit it as docs/gpu-results.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +45,11 @@ for t in "${TESTS[@]}"; do
 done
 strip "$BUNDLE/vramswap" "$BUNDLE"/tests/* 2>/dev/null || true
 [ -f "$BUNDLE/libvramswap.so" ] && strip --strip-debug "$BUNDLE/libvramswap.so" 2>/dev/null || true
-cp scripts/torch_baseline.py scripts/gpu_report.py "$BUNDLE/scripts/"
+cp scripts/torch_baseline.py scripts/gpu_report.py scripts/gpu_torch_adopt.py "$BUNDLE/scripts/"
+# The Python package as a wheel (abi3: installs on the GPU machine's Python 3.12 with no index).
+echo "== building the vramswap wheel (release)" >&2
+mkdir -p "$BUNDLE/wheels"
+CARGO_TARGET_DIR="$PWD/target/python" python3 -m pip wheel --quiet --no-deps -w "$BUNDLE/wheels" ./python
 [ -f examples/torch_pluggable.py ] && cp examples/torch_pluggable.py "$BUNDLE/examples/"
 cp scripts/gpu-run.sh "$BUNDLE/run.sh"
 git rev-parse --short HEAD > "$BUNDLE/COMMIT" 2>/dev/null || true

@@ -44,6 +44,15 @@ step torch-baseline python3 "$HERE/scripts/torch_baseline.py" --size-mb "$SWAP_M
 if [ -f "$HERE/examples/torch_pluggable.py" ] && [ -f "$HERE/libvramswap.so" ]; then
   step torch-pluggable python3 "$HERE/examples/torch_pluggable.py" --lib "$HERE/libvramswap.so"
 fi
+# vramswap.torch.adopt on the machine's own torch and transformers: the wheel (stable ABI, any
+# Python >= 3.9) into a folder of the output, no index needed; skipped (77) without torch or CUDA.
+if ls "$HERE"/wheels/vramswap-*.whl > /dev/null 2>&1; then
+  python3 -m pip install --quiet --no-deps --no-index --target "$OUT/pylib" "$HERE"/wheels/vramswap-*.whl \
+    > "$OUT/wheel-install.log" 2>&1 || echo "wheel-install FAIL" >> "$STATUS"
+fi
+step torch-adopt env PYTHONPATH="$OUT/pylib" VRAMSWAP_LIB="$HERE/libvramswap.so" \
+  python3 "$HERE/scripts/gpu_torch_adopt.py" --sizes-gb "${VRAMSWAP_GPU_ADOPT_GB:-1,4,16}" \
+  --json "$OUT/torch-adopt.json"
 python3 "$HERE/scripts/gpu_report.py" "$OUT" "$HERE" > "$OUT/gpu-results.md"
 echo "report: $OUT/gpu-results.md" >&2
 ! grep -q FAIL "$STATUS"

@@ -83,6 +83,18 @@ def main():
         p(f"- cuMemAllocAsync+cuMemFreeAsync pair: {f'{v:.0f} ns' if v else th.get('cuMemAllocAsync_error', 'n/a')} (ctypes call overhead included)")
     elif th:
         p(f"\nPyTorch baseline skipped: {th['skipped']}")
+    ad = load(d, "torch-adopt.json") or {}
+    if ad.get("models"):
+        p("\n## `vramswap.torch.adopt` on this machine's torch (scripts/gpu_torch_adopt.py)\n")
+        p("| GB | swap-in GB/s | .to(cuda) GB/s | swap-out GB/s | .to(cpu) GB/s | reinstantiate s | outputs equal |")
+        p("| --- | --- | --- | --- | --- | --- | --- |")
+        for m in ad["models"]:
+            g = lambda k: m["size_gb"] * 1e9 / m[k] / 1e9 if m.get(k) else 0  # noqa: E731
+            p(f"| {m['size_gb']} | {g('swap_in_s'):.2f} | {g('to_cuda_s'):.2f} | {g('swap_out_s'):.2f} | "
+              f"{g('to_cpu_s'):.2f} | {m['reinstantiate_s']:.2f} | "
+              f"{m['outputs_equal_before_swaps'] and m['outputs_equal_after_swaps']} |")
+    elif ad:
+        p(f"\nvramswap.torch.adopt step skipped: {ad.get('skipped')}")
     return 0
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: every face of vramswap, on a machine with no GPU.
-#   1. the Rust tests on the `sim` backend (cargo test --workspace);
+#   1. the Rust tests on the `sim` backend (cargo test --workspace), and the backend suites
+#      again on the host-visible sim (VRAMSWAP_SIM_CONF=host_visible:true);
 #   2. the same backend-generic suites on the `cuda` backend over the emulated driver (emu/),
 #      mandatory: a missing emulator, a failing check, a leak or a race fails the run;
 #   3. the CUDA kernels: compiled to PTX by nvcc 13.0 (installed from PyPI by
@@ -66,6 +67,11 @@ fi
 
 echo "== tests on the sim backend"
 cargo test --workspace
+echo "== the backend suites again on the host-visible sim (device addresses are host addresses)"
+# What vramswap.torch.adopt runs on without a GPU: the same device model with memfd-backed,
+# PROT_NONE-when-unmapped memory. Already built above, so this costs the suites' run time only.
+VRAMSWAP_SIM_CONF=host_visible:true cargo test -p vramswap \
+  --test conformance --test backend_parity --test swap_engine --test alloc_backends
 
 EMU="$PWD/target/debug/libvramswap_cuda_emu.so"
 if [ ! -f "$EMU" ] || ! nm -D --defined-only "$EMU" | grep -q ' cuInit$'; then
@@ -130,8 +136,12 @@ echo "== Python package: fresh venv, pip install ./python, pytest on the sim bac
 # a user's machine. The extension is built with the dev profile (maturin's PEP 517 arguments):
 # the suite checks behaviour, not speed, and a release build of the crate and PyO3 takes
 # minutes on a small CI machine; `maturin build --release` (the wheel users get) is unchanged.
-# The cargo target dir persists under target/ so rebuilds are incremental. PyTorch is not
-# installed (gigabytes): its tests skip, saying so; `python -m vramswap.selftest` runs them on a GPU.
+# The cargo target dir persists under target/ so rebuilds are incremental. PyTorch (the index's
+# default wheel, which runs on the CPU), transformers, diffusers, sentence-transformers and
+# accelerate are installed too: python/tests/test_torch_cpu.py adopts real models on CPU PyTorch
+# over the host-visible sim and fails (never skips) without them. pip's cache keeps later runs
+# quick; the first one downloads PyTorch's wheels (several GB). Only the GPU-only tests of
+# test_torch.py skip here; they run under scripts/gpu-check.sh.
 # The extension crate is outside the workspace, so `cargo fmt --all` does not see it.
 cargo fmt --manifest-path python/Cargo.toml --check
 PY="${PYTHON:-python3}"
@@ -140,8 +150,9 @@ rm -rf "$VENV"
 "$PY" -m venv "$VENV"
 CARGO_TARGET_DIR="$PWD/target/python" MATURIN_PEP517_ARGS="--profile dev" \
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-  ./python pytest numpy fastapi httpx safetensors mypy
+  ./python pytest numpy fastapi httpx safetensors mypy \
+  torch transformers diffusers sentence-transformers accelerate
 # The shipped type stubs match the extension module (names, signatures, classes).
 "$VENV/bin/python" -m mypy.stubtest vramswap._vramswap
-VRAMSWAP_BACKEND=sim "$VENV/bin/python" -m pytest python/tests -q -p no:cacheprovider
+HF_HUB_OFFLINE=1 VRAMSWAP_BACKEND=sim "$VENV/bin/python" -m pytest python/tests -q -p no:cacheprovider
 echo "== all test stages passed"

@@ -328,6 +328,9 @@ fn a_path_set_loads_lazily_and_reloads_after_release() {
     e.release("m").unwrap();
     assert_eq!(state(&e, "m"), Residency::OnDisk);
     assert_eq!(e.status().host_used, 0);
+    // Releasing it again frees nothing and is not counted again.
+    e.release("m").unwrap();
+    assert_eq!(e.status().counters.releases, 1);
     let g = e.acquire("m").unwrap();
     assert_eq!(g.read_tensor(&m[2].0).unwrap(), m[2].3);
     drop(g);

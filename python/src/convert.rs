@@ -102,6 +102,67 @@ pub fn dtype_of_numpy(s: &str) -> Option<DType> {
     })
 }
 
+/// The safetensors dtype named `s` in safetensors' spelling (`BF16`, `F32`) or in PyTorch's
+/// (`bfloat16`, `float16`, `torch.float32`, `float8_e4m3fn`).
+pub fn dtype_from_name(s: &str) -> Option<DType> {
+    use DType::*;
+    if let Some(d) = DType::from_name(s) {
+        return Some(d);
+    }
+    Some(match s.strip_prefix("torch.").unwrap_or(s) {
+        "bool" => BOOL,
+        "uint8" => U8,
+        "int8" => I8,
+        "int16" | "short" => I16,
+        "uint16" => U16,
+        "float16" | "half" => F16,
+        "bfloat16" => BF16,
+        "int32" | "int" => I32,
+        "uint32" => U32,
+        "float32" | "float" => F32,
+        "complex64" => C64,
+        "float64" | "double" => F64,
+        "int64" | "long" => I64,
+        "uint64" => U64,
+        "float8_e4m3fn" => F8_E4M3,
+        "float8_e5m2" => F8_E5M2,
+        "float8_e8m0fnu" => F8_E8M0,
+        _ => return None,
+    })
+}
+
+/// The NumPy-readable form of a PyTorch tensor (detached, on the CPU, contiguous) and, for the
+/// dtypes NumPy lacks (bf16, 8-bit floats), its dtype, the bytes travelling as an integer view.
+/// `None` when `value` is not a PyTorch tensor.
+pub fn torch_host_view<'py>(
+    value: &Bound<'py, PyAny>,
+) -> PyResult<Option<(Bound<'py, PyAny>, Option<DType>)>> {
+    let ty = value.get_type();
+    let module: String = ty.getattr("__module__")?.extract()?;
+    if !(module == "torch" || module.starts_with("torch.")) || !value.hasattr("detach")? {
+        return Ok(None);
+    }
+    let t = value
+        .call_method0("detach")?
+        .call_method1("to", ("cpu",))?
+        .call_method0("contiguous")?;
+    let name: String = t.getattr("dtype")?.str()?.extract()?;
+    let d = dtype_from_name(&name);
+    let view = match d {
+        Some(DType::BF16) => Some("int16"),
+        Some(DType::F8_E4M3 | DType::F8_E5M2 | DType::F8_E8M0) => Some("uint8"),
+        _ => None,
+    };
+    Ok(Some(match view {
+        Some(v) => {
+            let torch = value.py().import("torch")?;
+            let viewed = t.call_method1("view", (torch.getattr(v)?,))?;
+            (viewed.call_method0("numpy")?, d)
+        }
+        None => (t.call_method0("numpy")?, None),
+    }))
+}
+
 /// A byte size from `None`, an `int`, or a string such as `"24GiB"` (the crate's
 /// `parse_bytes`).
 pub fn bytes_arg(v: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<u64>> {

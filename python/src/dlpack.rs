@@ -25,8 +25,30 @@ use vramswap::weights::{DType, TensorInfo};
 use crate::handle::Slot;
 
 const DLPACK_CAPSULE: &CStr = c"dltensor";
+/// `kDLCPU`.
+const DL_CPU: i32 = 1;
 /// `kDLCUDA`.
 const DL_CUDA: i32 = 2;
+
+/// Where an exported tensor lives, as DLPack names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DlDevice {
+    /// CUDA device memory (`kDLCUDA`) of this ordinal.
+    Cuda(i32),
+    /// Host-visible memory (`kDLCPU`, device 0): the `sim` backend with `host_visible:true`,
+    /// whose device addresses are host addresses.
+    Cpu,
+}
+
+impl DlDevice {
+    /// `(device_type, device_id)` as `__dlpack_device__` returns it.
+    pub fn pair(self) -> (i32, i32) {
+        match self {
+            DlDevice::Cuda(ordinal) => (DL_CUDA, ordinal),
+            DlDevice::Cpu => (DL_CPU, 0),
+        }
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -125,7 +147,7 @@ pub struct DeviceTensor {
     ptr: u64,
     shape: Vec<i64>,
     dtype: DType,
-    ordinal: i32,
+    device: DlDevice,
     slot: Arc<Slot>,
     hold: bool,
 }
@@ -134,7 +156,7 @@ impl DeviceTensor {
     pub fn new(
         ptr: u64,
         t: &TensorInfo,
-        ordinal: i32,
+        device: DlDevice,
         slot: Arc<Slot>,
         hold: bool,
     ) -> PyResult<DeviceTensor> {
@@ -150,7 +172,7 @@ impl DeviceTensor {
             ptr,
             shape,
             dtype: t.dtype,
-            ordinal,
+            device,
             slot,
             hold,
         })
@@ -159,9 +181,9 @@ impl DeviceTensor {
 
 #[pymethods]
 impl DeviceTensor {
-    /// `(kDLCUDA, device ordinal)`.
+    /// `(kDLCUDA, device ordinal)`, or `(kDLCPU, 0)` on a host-visible simulated device.
     fn __dlpack_device__(&self) -> (i32, i32) {
-        (DL_CUDA, self.ordinal)
+        self.device.pair()
     }
 
     /// A `dltensor` capsule. The set's copies were waited for when it was acquired, so the data
@@ -178,7 +200,7 @@ impl DeviceTensor {
         copy: Option<bool>,
     ) -> PyResult<PyObject> {
         let _ = max_version;
-        if let Some(s) = stream {
+        if let (Some(s), DlDevice::Cuda(_)) = (stream, self.device) {
             if s.extract::<i64>().is_ok_and(|s| s == 0) {
                 return Err(pyo3::exceptions::PyValueError::new_err(
                     "stream=0 is ambiguous and disallowed for CUDA by the DLPack spec: pass 1 for \
@@ -205,10 +227,11 @@ impl DeviceTensor {
             ));
         }
         if let Some(d) = dl_device {
-            if d != (DL_CUDA, self.ordinal) {
+            if d != self.device.pair() {
                 return Err(pyo3::exceptions::PyBufferError::new_err(format!(
-                    "the tensor is on CUDA device {}, not on DLPack device {d:?}",
-                    self.ordinal
+                    "the tensor is on DLPack device {:?} ({:?}), not on DLPack device {d:?}",
+                    self.device.pair(),
+                    self.device
                 )));
             }
         }
@@ -221,9 +244,12 @@ impl DeviceTensor {
         let managed = Box::new(DLManagedTensor {
             dl_tensor: DLTensor {
                 data: self.ptr as *mut c_void,
-                device: DLDevice {
-                    device_type: DL_CUDA,
-                    device_id: self.ordinal,
+                device: {
+                    let (device_type, device_id) = self.device.pair();
+                    DLDevice {
+                        device_type,
+                        device_id,
+                    }
                 },
                 ndim,
                 dtype: dl_dtype(self.dtype),

@@ -15,7 +15,8 @@ use vramswap::swap::SwapEngine;
 use vramswap::weights::DType;
 use vramswap::{DevicePtr, Error, Stream};
 
-use crate::convert::{bytes_arg, dtype_of_numpy, serde_to_py};
+use crate::convert::{bytes_arg, dtype_from_name, dtype_of_numpy, serde_to_py};
+use crate::dlpack::DlDevice;
 use crate::errors::{to_py, IntoPyResult};
 use crate::handle::{Handle, Slot};
 
@@ -90,6 +91,13 @@ fn array_bytes(
     value: &Bound<'_, PyAny>,
     dtype: Option<String>,
 ) -> PyResult<ArrayBytes> {
+    // PyTorch tensors of any dtype (bf16 and 8-bit floats as integer views of their bytes).
+    let (value, dtype) = match crate::convert::torch_host_view(value)? {
+        Some((v, Some(d))) if dtype.is_none() => (v, Some(d.name().to_string())),
+        Some((v, _)) => (v, dtype),
+        None => (value.clone(), dtype),
+    };
+    let value = &value;
     let kw = pyo3::types::PyDict::new(py);
     kw.set_item("order", "C")?;
     // `asarray(order="C")`, not `ascontiguousarray`, which makes 0-d arrays 1-d.
@@ -98,7 +106,10 @@ fn array_bytes(
     let itemsize: u64 = a.getattr("dtype")?.getattr("itemsize")?.extract()?;
     let dtype = match dtype {
         Some(d) => {
-            let d: DType = d.parse().py()?;
+            let d: DType = match dtype_from_name(&d) {
+                Some(d) => d,
+                None => d.parse().py()?,
+            };
             if d.size_bytes() != itemsize {
                 return Err(to_py(Error::InvalidArgument(format!(
                     "array `{name}`: dtype {d} has {} bytes per element, the array's {npdtype} \
@@ -140,8 +151,12 @@ pub fn collect_arrays(
     let mut held = Vec::with_capacity(arrays.len());
     for (k, v) in arrays.iter() {
         let key: String = k.extract()?;
+        // A name (`"BF16"`, `"bfloat16"`) or a `torch.dtype`, read through its `str()`.
         let dtype: Option<String> = match dtypes {
-            Some(d) => d.get_item(&key)?.map(|x| x.extract()).transpose()?,
+            Some(d) => d
+                .get_item(&key)?
+                .map(|x| x.str().and_then(|s| s.extract()))
+                .transpose()?,
             None => None,
         };
         held.push(array_bytes(py, &np, key, &v, dtype)?);
@@ -257,8 +272,15 @@ impl Engine {
     fn acquire(&self, py: Python<'_>, name: &str) -> PyResult<Handle> {
         let swap = self.swap()?;
         let guard = py.allow_threads(|| swap.acquire(name)).py()?;
-        let cuda = self.backend.kind() == vramswap::BackendKind::Cuda;
-        let handle = Handle::new(guard, cuda, self.backend.properties().ordinal);
+        let props = self.backend.properties();
+        let device = if props.backend == vramswap::BackendKind::Cuda {
+            Some(DlDevice::Cuda(props.ordinal))
+        } else if props.host_visible {
+            Some(DlDevice::Cpu)
+        } else {
+            None
+        };
+        let handle = Handle::new(guard, device);
         let mut hs = self.handles.lock().unwrap_or_else(|p| p.into_inner());
         if hs.len() >= 64 {
             hs.retain(|w| w.strong_count() > 0);
@@ -379,6 +401,14 @@ impl Engine {
     #[getter]
     fn backend(&self) -> String {
         self.backend.kind().to_string()
+    }
+
+    /// Whether device addresses are host addresses (the `sim` backend with
+    /// `VRAMSWAP_SIM_CONF=host_visible:true`): `Handle.tensor` then exports CPU tensors, and
+    /// `vramswap.torch.adopt` runs on CPU PyTorch.
+    #[getter]
+    fn host_visible(&self) -> bool {
+        self.backend.properties().host_visible
     }
 
     /// The device ordinal.

@@ -9,7 +9,7 @@ use vramswap::weights::TensorInfo;
 use vramswap::Error;
 
 use crate::convert::numpy_dtype;
-use crate::dlpack::DeviceTensor;
+use crate::dlpack::{DeviceTensor, DlDevice};
 use crate::errors::{to_py, IntoPyResult};
 
 /// The guard a handle holds; `None` once released. Shared with the handle's `DeviceTensor`s,
@@ -21,17 +21,17 @@ pub type Slot = Mutex<Option<Arc<WeightGuard>>>;
 pub struct Handle {
     slot: Arc<Slot>,
     name: String,
-    cuda: bool,
-    ordinal: i32,
+    /// Where DLPack exports live; `None`: the memory cannot be viewed from the host or a
+    /// framework (the `sim` backend without `host_visible:true`).
+    device: Option<DlDevice>,
 }
 
 impl Handle {
-    pub fn new(guard: WeightGuard, cuda: bool, ordinal: i32) -> Handle {
+    pub fn new(guard: WeightGuard, device: Option<DlDevice>) -> Handle {
         Handle {
             name: guard.name().to_string(),
             slot: Arc::new(Mutex::new(Some(Arc::new(guard)))),
-            cuda,
-            ordinal,
+            device,
         }
     }
 
@@ -130,7 +130,9 @@ impl Handle {
     }
 
     /// The tensor as a DLPack producer (`__dlpack__`, `__dlpack_device__`), zero-copy over the
-    /// device memory: `torch.from_dlpack(handle.tensor(name))`. CUDA only.
+    /// device memory: `torch.from_dlpack(handle.tensor(name))`. On CUDA a `kDLCUDA` tensor; on
+    /// the `sim` backend with `host_visible:true` (`VRAMSWAP_SIM_CONF`) a `kDLCPU` one over the
+    /// same host-visible memory; refused on a plain `sim` device.
     ///
     /// By default each export keeps the set on the device until the consumer lets the tensor
     /// go (even past `release()` or the engine's `close()`). With `hold=False` (stable addresses
@@ -138,13 +140,13 @@ impl Handle {
     /// which the caller guarantees (as `vramswap.torch.adopt`'s hooks do).
     #[pyo3(signature = (tensor, *, hold=true))]
     fn tensor(&self, tensor: &str, hold: bool) -> PyResult<DeviceTensor> {
-        if !self.cuda {
+        let Some(device) = self.device else {
             return Err(to_py(Error::Unsupported(format!(
                 "tensor `{tensor}`: the simulated device's memory lives in the simulator and \
-                 cannot be viewed by a framework through DLPack; use to_numpy() for a copy, or \
-                 the cuda backend"
+                 cannot be viewed by a framework through DLPack; use to_numpy() for a copy, \
+                 VRAMSWAP_SIM_CONF=host_visible:true for CPU views, or the cuda backend"
             ))));
-        }
+        };
         let (g, t) = self.info(tensor)?;
         if !hold && !g.stable_addresses() {
             return Err(to_py(Error::Unsupported(format!(
@@ -154,7 +156,7 @@ impl Handle {
             ))));
         }
         let ptr = g.tensor_ptr(tensor).py()?;
-        DeviceTensor::new(ptr.0, &t, self.ordinal, self.slot.clone(), hold)
+        DeviceTensor::new(ptr.0, &t, device, self.slot.clone(), hold)
     }
 
     /// Records that work queued on `stream` (a `CUstream` handle, e.g. PyTorch's

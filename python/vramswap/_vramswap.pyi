@@ -86,7 +86,8 @@ class Handle:
     def to_numpy(self, tensor: str) -> npt.NDArray[Any]:
         """A copy of the device bytes (bf16 as uint16 bit patterns)."""
     def tensor(self, tensor: str, *, hold: bool = True) -> DeviceTensor:
-        """DLPack export; raises UnsupportedError on the sim backend. Each export keeps the set on
+        """DLPack export (kDLCUDA, or kDLCPU on the host-visible sim); raises UnsupportedError on
+        a plain sim device. Each export keeps the set on
         the device until the consumer lets go, unless ``hold=False`` (stable addresses only: the
         caller keeps the set held whenever the memory is used)."""
     def record_stream(self, stream: int) -> None:
@@ -143,6 +144,8 @@ class Engine:
     def selected_because(self) -> str: ...
     @property
     def device(self) -> int: ...
+    @property
+    def host_visible(self) -> bool: ...
     @property
     def stable_addresses(self) -> bool: ...
     def leaks(self) -> Optional[Dict[str, Any]]: ...

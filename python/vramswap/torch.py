@@ -1,4 +1,11 @@
-"""PyTorch on vramswap, for any model, with no per-model code (CUDA only).
+"""PyTorch on vramswap, for any model, with no per-model code.
+
+Runs on a CUDA engine (the model's tensors become CUDA tensors over the set's device memory) and,
+with the same code, on CPU PyTorch over the simulated device with host-visible memory
+(``VRAMSWAP_SIM_CONF=host_visible:true``, ``Engine(backend="sim")``): the tensors become CPU
+tensors over the set's memory, and a read of an offloaded model's weights outside the hooks
+faults (SIGSEGV), as an illegal address does on a GPU. Recording the current CUDA stream is the
+only CUDA-only step.
 
 ``adopt(engine, name, obj)`` moves every parameter and buffer of a model into one weight set and
 rebinds them, zero-copy through DLPack, to tensors over the set's stable device addresses. Forward
@@ -48,16 +55,50 @@ def _torch():
     return torch
 
 
-def _require_cuda(engine: Optional[Engine] = None):
+def _require_cuda():
     torch = _torch()
     if not torch.cuda.is_available():
         raise UnsupportedError("vramswap.torch needs a CUDA GPU; torch.cuda.is_available() is False")
-    if engine is not None and engine.backend != "cuda":
-        raise UnsupportedError(
-            f"vramswap.torch.adopt needs an engine on the cuda backend, not `{engine.backend}`: "
-            "the simulated device's memory cannot be viewed by PyTorch"
-        )
     return torch
+
+
+def _engine_device(engine: Engine):
+    """PyTorch, and the device adopted tensors live on: the engine's CUDA device, or the CPU on
+    the host-visible simulated device."""
+    torch = _torch()
+    if engine.backend == "cuda":
+        _require_cuda()
+        return torch, torch.device("cuda", engine.device)
+    if engine.host_visible:
+        return torch, torch.device("cpu")
+    raise UnsupportedError(
+        f"vramswap.torch.adopt needs an engine on the cuda backend, or on the sim backend with "
+        f"host-visible memory (VRAMSWAP_SIM_CONF=host_visible:true); this one is `{engine.backend}` "
+        "without it, whose memory PyTorch cannot view"
+    )
+
+
+def _refuse_foreign_placement(modules, device, torch) -> None:
+    """Refuses what adopt cannot take over cleanly: accelerate's offload hooks (they move weights
+    themselves), and tensors on a CUDA device while adopting onto the CPU."""
+    for prefix, m in modules:
+        for sub_name, sub in m.named_modules():
+            if hasattr(sub, "_hf_hook"):
+                where = ".".join(x for x in (prefix, sub_name) if x) or type(m).__name__
+                raise UnsupportedError(
+                    f"`{where}` carries an accelerate hook (enable_model_cpu_offload, "
+                    "enable_sequential_cpu_offload or device_map offload): it moves weights "
+                    "itself and would fight vramswap. Build the pipeline without it (or call "
+                    "pipe.remove_all_hooks()) and adopt it: vramswap does that offloading"
+                )
+        if device.type == "cpu":
+            for key, t in list(m.named_parameters()) + list(m.named_buffers()):
+                if t is not None and t.device.type != "cpu":
+                    raise UnsupportedError(
+                        f"`{prefix + '.' if prefix else ''}{key}` is on {t.device}, but this engine's "
+                        "memory is host-visible (CPU tensors): move the model to the CPU first "
+                        "(model.to('cpu')) or use an engine on the cuda backend"
+                    )
 
 
 def _modules(obj: Any, torch) -> List[Tuple[str, Any]]:
@@ -133,13 +174,14 @@ def adopt(engine: Engine, name: str, obj: Any) -> AdoptedModel:
     """Registers all parameters and buffers of ``obj`` (an ``nn.Module``, a dict with modules, a
     diffusers pipeline, a SentenceTransformer, ...) as the weight set ``name``, rebinds them to
     the set's device memory and hooks every module's forward to acquire the set."""
-    torch = _require_cuda(engine)
+    torch, device = _engine_device(engine)
     if not engine.stable_addresses:
         raise UnsupportedError(
             "adopt needs stable device addresses (the CUDA virtual-memory API), which this "
             "device or configuration does not offer"
         )
     modules = _modules(obj, torch)
+    _refuse_foreign_placement(modules, device, torch)
     tensors: Dict[str, Any] = {}
     seen: Dict[int, str] = {}
     arrays, dtypes = {}, {}
@@ -166,7 +208,7 @@ def adopt(engine: Engine, name: str, obj: Any) -> AdoptedModel:
             t.data = dev  # the same Parameter/buffer object, now over the set's memory
     hooks = []
     local = threading.local()
-    device = torch.device("cuda", engine.device)
+    cuda = device.type == "cuda"
 
     def pre(module, args):
         stack = getattr(local, "stack", None)
@@ -183,9 +225,10 @@ def adopt(engine: Engine, name: str, obj: Any) -> AdoptedModel:
             if h is None:
                 return
             try:
-                # Offloads wait for the kernels this forward queued on the engine's device's
-                # current stream.
-                h.record_stream(torch.cuda.current_stream(device).cuda_stream)
+                if cuda:
+                    # Offloads wait for the kernels this forward queued on the engine's device's
+                    # current stream. (On the CPU the forward has finished when this runs.)
+                    h.record_stream(torch.cuda.current_stream(device).cuda_stream)
             finally:
                 h.release()
 

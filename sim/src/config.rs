@@ -6,14 +6,15 @@ use crate::{Bandwidth, RaceMode, SimConfig};
 
 /// The keys [`parse_config`] accepts.
 pub const CONFIG_KEYS: &str = "capacity_mb, capacity_gb, granularity_mb, copy_engines, \
-                               h2d_gbps, d2h_gbps, d2d_gbps, pageable_factor, race, name";
+                               h2d_gbps, d2h_gbps, d2d_gbps, pageable_factor, race, host_visible, name";
 
 /// Parses a device configuration: `key:value` pairs separated by commas, applied over `base`.
 ///
 /// Keys: `capacity_mb`, `capacity_gb`, `granularity_mb`, `copy_engines`, `h2d_gbps`,
 /// `d2h_gbps`, `d2d_gbps` (any of the three turns the bandwidth model on; the others take
 /// [`Bandwidth::default`] values), `pageable_factor`, `race` (`off`, `record`, `error`),
-/// `name`. Unknown keys and bad values are errors, returned as a message.
+/// `host_visible` (`true`, `false`: device addresses are host addresses, see
+/// [`SimConfig::host_visible`]), `name`. Unknown keys and bad values are errors, returned as a message.
 ///
 /// ```
 /// let c = vramswap_sim::parse_config("capacity_mb:512,race:error", Default::default()).unwrap();
@@ -64,6 +65,13 @@ fn parse_config_kv(spec: &str, base: SimConfig) -> Result<SimConfig, KvError> {
                             format!("`{v}` is not off, record or error"),
                         ))
                     }
+                }
+            }
+            "host_visible" => {
+                c.host_visible = match v {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(format!("host_visible: `{v}` is not true or false")),
                 }
             }
             "name" => c.name = v.to_string(),

@@ -23,6 +23,7 @@ mod config;
 mod device;
 mod error;
 mod host;
+mod host_visible;
 pub mod kernels;
 pub mod kv;
 mod memory;
@@ -94,6 +95,10 @@ pub struct SimConfig {
     pub bandwidth: Option<Bandwidth>,
     /// What the stream-ordering checker does.
     pub race_mode: RaceMode,
+    /// Device addresses are real host virtual addresses (`host_visible:true`): mapped ranges
+    /// are shared memory the host can read and write in place, unmapped ones fault on access.
+    /// Off by default. Linux only.
+    pub host_visible: bool,
 }
 
 impl Default for SimConfig {
@@ -105,6 +110,7 @@ impl Default for SimConfig {
             copy_engines: 2,
             bandwidth: None,
             race_mode: RaceMode::Record,
+            host_visible: false,
         }
     }
 }

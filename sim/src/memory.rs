@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{SimError, SimResult};
+use crate::host_visible::{HostRange, Memfd};
 
 /// First device address handed out. Device addresses are only compared and offset by the
 /// model, never dereferenced by the host.
@@ -30,6 +31,9 @@ pub(crate) const PLAIN_ALIGN: u64 = 512;
 /// neither is CUDA's.
 pub(crate) struct PhysCache {
     free: std::sync::Mutex<HashMap<usize, Vec<usize>>>,
+    /// The same for a host-visible device's memfds (already populated, so a swap-in into one
+    /// costs a copy, not a page fault per 4 KiB).
+    memfds: std::sync::Mutex<HashMap<usize, Vec<Memfd>>>,
     cached: AtomicU64,
     limit: u64,
 }
@@ -38,6 +42,7 @@ impl PhysCache {
     pub(crate) fn new(limit: u64) -> Arc<PhysCache> {
         Arc::new(PhysCache {
             free: std::sync::Mutex::new(HashMap::new()),
+            memfds: std::sync::Mutex::new(HashMap::new()),
             cached: AtomicU64::new(0),
             limit,
         })
@@ -48,6 +53,27 @@ impl PhysCache {
         let p = f.get_mut(&len)?.pop()?;
         self.cached.fetch_sub(len as u64, Ordering::SeqCst);
         Some(p as *mut u8)
+    }
+
+    fn take_memfd(&self, len: usize) -> Option<Memfd> {
+        let mut f = self.memfds.lock().expect("phys cache lock");
+        let m = f.get_mut(&len)?.pop()?;
+        self.cached.fetch_sub(len as u64, Ordering::SeqCst);
+        Some(m)
+    }
+
+    /// Keeps `m` (of `len` bytes) for reuse if there is room; otherwise it is dropped (closed).
+    fn put_memfd(&self, m: Memfd, len: usize) {
+        if self.cached.load(Ordering::SeqCst) + len as u64 > self.limit {
+            return;
+        }
+        self.cached.fetch_add(len as u64, Ordering::SeqCst);
+        self.memfds
+            .lock()
+            .expect("phys cache lock")
+            .entry(len)
+            .or_default()
+            .push(m);
     }
 
     /// Keeps `ptr` for reuse if there is room; otherwise hands it back to the caller to free.
@@ -86,6 +112,8 @@ pub(crate) struct Phys {
     len: usize,
     used: Arc<AtomicU64>,
     cache: Arc<PhysCache>,
+    /// The shared memory behind `ptr` on a host-visible device; `None`: a heap allocation.
+    memfd: Option<Memfd>,
 }
 
 // SAFETY: `Phys` owns a heap allocation that nothing else aliases; the raw pointer is only
@@ -100,7 +128,22 @@ impl Phys {
         len: usize,
         used: Arc<AtomicU64>,
         cache: Arc<PhysCache>,
+        host_visible: bool,
     ) -> SimResult<Arc<Phys>> {
+        if host_visible {
+            let memfd = match cache.take_memfd(len) {
+                Some(m) => m,
+                None => Memfd::new(len)?,
+            };
+            used.fetch_add(len as u64, Ordering::SeqCst);
+            return Ok(Arc::new(Phys {
+                ptr: memfd.view(),
+                len,
+                used,
+                cache,
+                memfd: Some(memfd),
+            }));
+        }
         let ptr = match cache.take(len) {
             Some(p) => p,
             None => {
@@ -126,11 +169,17 @@ impl Phys {
             len,
             used,
             cache,
+            memfd: None,
         }))
     }
 
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// The shared memory behind this allocation on a host-visible device.
+    pub(crate) fn memfd(&self) -> Option<&Memfd> {
+        self.memfd.as_ref()
     }
 
     /// Pointer to byte `off`; `off + len` must lie within the allocation.
@@ -144,6 +193,10 @@ impl Phys {
 impl Drop for Phys {
     fn drop(&mut self) {
         self.used.fetch_sub(self.len as u64, Ordering::SeqCst);
+        if let Some(m) = self.memfd.take() {
+            self.cache.put_memfd(m, self.len);
+            return;
+        }
         if let Some(p) = self.cache.put(self.ptr, self.len) {
             let layout = Layout::from_size_align(self.len.max(1), 4096).expect("layout was valid");
             // SAFETY: `p` came from `alloc_zeroed` with this layout and is freed once.
@@ -177,6 +230,9 @@ pub(crate) struct Region {
     pub(crate) kind: RegionKind,
     /// Mappings by start address.
     pub(crate) maps: BTreeMap<u64, Mapping>,
+    /// The host address range behind the region on a host-visible device, given back when the
+    /// region is dropped.
+    pub(crate) host: Option<HostRange>,
 }
 
 /// One resolved piece of a device range: bytes in a physical allocation.
@@ -193,12 +249,15 @@ pub(crate) struct Memory {
     next_handle: u64,
     pub(crate) used: Arc<AtomicU64>,
     pub(crate) cache: Arc<PhysCache>,
+    /// Device addresses are host addresses (see [`crate::SimConfig::host_visible`]).
+    pub(crate) host_visible: bool,
 }
 
 impl Memory {
     /// A new address space whose freed physical memory is cached up to `cache_limit` bytes.
-    pub(crate) fn new(cache_limit: u64) -> Self {
+    pub(crate) fn new(cache_limit: u64, host_visible: bool) -> Self {
         Memory {
+            host_visible,
             cache: PhysCache::new(cache_limit),
             regions: BTreeMap::new(),
             handles: HashMap::new(),
@@ -218,6 +277,27 @@ impl Memory {
             Some(start + len + align.max(PLAIN_ALIGN))
         });
         start
+    }
+
+    /// A fresh address range as [`Memory::take_va`] gives, backed by an inaccessible host range
+    /// on a host-visible device (whose start is then the address).
+    pub(crate) fn new_va(&mut self, len: u64, align: u64) -> SimResult<(u64, Option<HostRange>)> {
+        if !self.host_visible {
+            return Ok((self.take_va(len, align), None));
+        }
+        let align = align.max(crate::host_visible::page_size() as u64);
+        let r = HostRange::reserve(len, align, align.max(PLAIN_ALIGN))?;
+        Ok((r.addr(), Some(r)))
+    }
+
+    /// Allocates physical memory of `len` bytes in this address space's mode.
+    pub(crate) fn new_phys(&self, len: usize) -> SimResult<Arc<Phys>> {
+        Phys::new(
+            len,
+            self.used.clone(),
+            self.cache.clone(),
+            self.host_visible,
+        )
     }
 
     pub(crate) fn new_handle(&mut self, phys: Arc<Phys>) -> u64 {

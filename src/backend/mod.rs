@@ -136,6 +136,10 @@ pub struct DeviceProperties {
     /// (`CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED`); where it is not, such a
     /// registration is [`Error::Unsupported`].
     pub read_only_host_register: bool,
+    /// Whether device addresses are host addresses that CPU code may read and write while
+    /// mapped (the `sim` backend with `host_visible:true`): frameworks then view weight sets as
+    /// CPU tensors (DLPack `kDLCPU`). False on CUDA.
+    pub host_visible: bool,
 }
 
 /// Free and total device memory.

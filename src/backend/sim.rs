@@ -70,6 +70,7 @@ impl SimBackend {
             driver_version: 0,
             memory_pools: true,
             read_only_host_register: true,
+            host_visible: config.host_visible,
         };
         SimBackend {
             dev: SimDevice::new(config),

@@ -251,11 +251,16 @@ impl Inner {
 
     pub(super) fn release_locked(&self, st: &mut State, name: &str) {
         if let Some(e) = st.sets.get_mut(name) {
+            // A release of a set already released (nothing on the device or in host memory)
+            // changes nothing and is not counted again.
+            let held_memory = e.state != Residency::OnDisk || e.host.is_some();
             e.transfer = None;
             e.host = None;
             e.host_modified = false;
             e.state = Residency::OnDisk;
-            st.counters.releases += 1;
+            if held_memory {
+                st.counters.releases += 1;
+            }
         }
     }
 

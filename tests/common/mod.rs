@@ -16,7 +16,18 @@ pub fn test_backend() -> SharedBackend {
             CudaBackend::new(0)
                 .expect("VRAMSWAP_TEST_BACKEND=cuda but the cuda backend did not open"),
         ),
-        Ok("sim") | Err(_) => Arc::new(SimBackend::with_capacity(1 << 30)),
+        // A 1 GiB simulated device, with `VRAMSWAP_SIM_CONF` applied over it (CI runs the
+        // suites again with `host_visible:true`).
+        Ok("sim") | Err(_) => {
+            let base = vramswap_sim::SimConfig {
+                capacity: 1 << 30,
+                ..Default::default()
+            };
+            let conf = std::env::var("VRAMSWAP_SIM_CONF").unwrap_or_default();
+            let config = vramswap_sim::parse_config(&conf, base)
+                .unwrap_or_else(|e| panic!("VRAMSWAP_SIM_CONF={conf}: {e}"));
+            Arc::new(SimBackend::new(config))
+        }
         Ok(other) => panic!("VRAMSWAP_TEST_BACKEND={other}: expected sim or cuda"),
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use super::SimDevice;
 use crate::error::{SimError, SimResult};
 use crate::host::HostKind;
-use crate::memory::{Mapping, Memory, Phys, Region, RegionKind, PLAIN_ALIGN};
+use crate::memory::{Mapping, Memory, Region, RegionKind, PLAIN_ALIGN};
 use crate::race::{Access, Space};
 use crate::FaultOp;
 
@@ -35,8 +35,11 @@ impl SimDevice {
         })?;
         let mut mem = self.inner.memory.lock().expect("memory lock");
         self.check_capacity(&mem, rounded)?;
-        let phys = Phys::new(rounded as usize, mem.used.clone(), mem.cache.clone())?;
-        let va = mem.take_va(rounded, PLAIN_ALIGN);
+        let phys = mem.new_phys(rounded as usize)?;
+        let (va, host) = mem.new_va(rounded, PLAIN_ALIGN)?;
+        if let Some(fd) = phys.memfd() {
+            fd.map_at(va, rounded, 0, true)?;
+        }
         let mut maps = std::collections::BTreeMap::new();
         maps.insert(
             va,
@@ -53,6 +56,7 @@ impl SimDevice {
                 len: rounded,
                 kind,
                 maps,
+                host,
             },
         );
         self.inner
@@ -205,13 +209,14 @@ impl SimDevice {
             )));
         }
         let mut mem = self.inner.memory.lock().expect("memory lock");
-        let va = mem.take_va(len, align.max(g));
+        let (va, host) = mem.new_va(len, align.max(g))?;
         mem.regions.insert(
             va,
             Region {
                 len,
                 kind: RegionKind::Reservation,
                 maps: Default::default(),
+                host,
             },
         );
         Ok(va)
@@ -253,7 +258,7 @@ impl SimDevice {
         self.check_granular("physical allocation size", len)?;
         let mut mem = self.inner.memory.lock().expect("memory lock");
         self.check_capacity(&mem, len)?;
-        let phys = Phys::new(len as usize, mem.used.clone(), mem.cache.clone())?;
+        let phys = mem.new_phys(len as usize)?;
         self.inner
             .counters
             .lock()
@@ -314,6 +319,9 @@ impl SimDevice {
                 "{va:#x}+{len} overlaps an existing mapping"
             )));
         }
+        if let Some(fd) = phys.memfd() {
+            fd.map_at(va, len, 0, false)?;
+        }
         let region = mem.regions.get_mut(&base).expect("found above");
         region.maps.insert(
             va,
@@ -345,6 +353,9 @@ impl SimDevice {
             }
             if k > cur {
                 break;
+            }
+            if m.phys.memfd().is_some() {
+                crate::host_visible::grant(k, m.len)?;
             }
             m.accessible = true;
             cur = k + m.len;
@@ -389,7 +400,11 @@ impl SimDevice {
             }
             let region = mem.regions.get_mut(&base).expect("found above");
             for k in keys {
-                region.maps.remove(&k);
+                if let Some(m) = region.maps.remove(&k) {
+                    if region.host.is_some() {
+                        crate::host_visible::revoke(k, m.len)?;
+                    }
+                }
             }
         }
         self.release_check(Space::Device, va, va + len, "cuMemUnmap");

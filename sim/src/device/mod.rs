@@ -275,13 +275,14 @@ impl SimDevice {
         let enabled = config.race_mode != RaceMode::Off;
         // Cache freed physical memory up to half the capacity (at most 4 GiB of host memory).
         let cache_limit = (config.capacity / 2).min(4 << 30);
+        let host_visible = config.host_visible;
         let mut streams = HashMap::new();
         // The NULL stream: legacy default stream semantics.
         streams.insert(0, Stream::new(0, true));
         SimDevice {
             inner: Arc::new(Inner {
                 config,
-                memory: Mutex::new(Memory::new(cache_limit)),
+                memory: Mutex::new(Memory::new(cache_limit, host_visible)),
                 host: Mutex::new(HostMemory::default()),
                 streams: RwLock::new(streams),
                 retired: Mutex::new(Vec::new()),

@@ -83,6 +83,7 @@ impl CudaBackend {
                     driver_version: version,
                     memory_pools: false,
                     read_only_host_register: false,
+                    host_visible: false,
                 },
                 elapsed_time: elapsed_time_fn(version),
                 kernels: OnceLock::new(),
@@ -158,6 +159,7 @@ impl CudaBackend {
             read_only_host_register: self
                 .attribute(A::CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED)?
                 != 0,
+            host_visible: false,
         })
     }
 
