@@ -50,6 +50,14 @@ pub fn llama_like_shapes(bytes: u64, layers: usize) -> Vec<(String, Vec<u64>)> {
     v
 }
 
+/// The most repetitions `swap-bench` runs per figure: each repetition moves every set at least
+/// twice, so more could not finish in any reasonable time (and `reps + 1` cannot wrap).
+pub const MAX_REPS: usize = 1000;
+/// The most weight sets `swap-bench` and `soak` create (each is built in host memory).
+pub const MAX_SETS: usize = 64;
+/// The most swap-ins `soak` runs.
+pub const MAX_SOAK_CYCLES: u64 = 1_000_000_000;
+
 /// Registers a synthetic Llama-like set of about `bytes` bytes with pseudo-random contents.
 pub fn register_synthetic(engine: &SwapEngine, name: &str, bytes: u64, seed: u64) -> Result<u64> {
     // The set is built in host memory before it is registered: refuse what could never be on
@@ -203,12 +211,19 @@ pub fn run(
     config: SwapConfig,
     cfg: &SwapBenchConfig,
 ) -> Result<SwapBenchReport> {
-    if cfg.sets < 2 {
-        return Err(Error::InvalidArgument(
-            "swap-bench needs at least 2 sets".into(),
-        ));
+    if !(2..=MAX_SETS).contains(&cfg.sets) {
+        return Err(Error::InvalidArgument(format!(
+            "swap-bench needs 2 to {MAX_SETS} sets, not {}",
+            cfg.sets
+        )));
     }
-    let reps = cfg.reps.max(1);
+    if !(1..=MAX_REPS).contains(&cfg.reps) {
+        return Err(Error::InvalidArgument(format!(
+            "swap-bench runs 1 to {MAX_REPS} repetitions, not {}",
+            cfg.reps
+        )));
+    }
+    let reps = cfg.reps;
     let engine = SwapEngine::new(backend.clone(), config)?;
     let mut bytes = 0;
     for i in 0..cfg.sets {
@@ -363,6 +378,10 @@ impl SwapBenchReport {
 pub struct SoakReport {
     /// Cycles run.
     pub cycles: u64,
+    /// Sets cycled.
+    pub sets: usize,
+    /// Bytes of each set: a Llama-like mix of whole tensors near the size asked for.
+    pub set_bytes: u64,
     /// Bytes swapped in.
     pub bytes: u64,
     /// Mismatches found (0 on success).
@@ -382,11 +401,22 @@ pub fn soak(
     cycles: u64,
     progress: &mut dyn FnMut(u64),
 ) -> Result<SoakReport> {
+    if !(1..=MAX_SETS).contains(&sets) {
+        return Err(Error::InvalidArgument(format!(
+            "soak cycles 1 to {MAX_SETS} sets, not {sets}"
+        )));
+    }
+    if !(1..=MAX_SOAK_CYCLES).contains(&cycles) {
+        return Err(Error::InvalidArgument(format!(
+            "soak runs 1 to {MAX_SOAK_CYCLES} cycles, not {cycles}"
+        )));
+    }
     let engine = SwapEngine::new(backend.clone(), config)?;
     let mut expected = Vec::new();
-    for i in 0..sets.max(1) {
+    let mut made_bytes = 0;
+    for i in 0..sets {
         let name = format!("soak{i}");
-        register_synthetic(&engine, &name, set_bytes, 1000 + i as u64)?;
+        made_bytes = register_synthetic(&engine, &name, set_bytes, 1000 + i as u64)?;
         let g = engine.acquire(&name)?;
         let sum = backend::checksum(backend.as_ref(), g.base(), g.bytes(), Stream::DEFAULT)?;
         expected.push(sum);
@@ -418,6 +448,8 @@ pub fn soak(
     }
     Ok(SoakReport {
         cycles,
+        sets,
+        set_bytes: made_bytes,
         bytes,
         mismatches: 0,
         secs: t.elapsed().as_secs_f64(),

@@ -1,16 +1,20 @@
 //! `vramswap new-model`: a tiny Llama model with seeded random weights, in Hugging Face format.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use vramswap::infer::{new_model, TinyModelSpec};
-use vramswap::Result;
+use vramswap::{Error, Result};
 
 /// Arguments of `new-model`.
 #[derive(clap::Args)]
 pub struct Args {
     /// Directory to write (created if missing): config.json, model.safetensors, tokenizer.json.
+    /// A directory that exists and is not empty is refused unless `--force` is given.
     dir: PathBuf,
+    /// Write into a non-empty directory, replacing the files named above.
+    #[arg(long)]
+    force: bool,
     /// Transformer blocks.
     #[arg(long, default_value_t = 2)]
     layers: usize,
@@ -38,6 +42,9 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
+    if !args.force {
+        refuse_non_empty(&args.dir)?;
+    }
     let spec = TinyModelSpec {
         layers: args.layers,
         hidden: args.hidden,
@@ -59,4 +66,26 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         cfg.kv_heads(),
         cfg.vocab_size
     ))
+}
+
+/// Refuses a directory that exists and holds anything: writing a model there would overwrite
+/// files without a word.
+fn refuse_non_empty(dir: &Path) -> Result<()> {
+    let mut entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::Io {
+                path: dir.into(),
+                source: e,
+            })
+        }
+    };
+    match entries.next() {
+        None => Ok(()),
+        Some(_) => Err(Error::InvalidArgument(format!(
+            "{} exists and is not empty; pass --force to write the model into it anyway",
+            dir.display()
+        ))),
+    }
 }
