@@ -148,3 +148,88 @@ fn human(bytes: u64) -> String {
         format!("{bytes} B")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::{CommandFactory, Parser};
+    use proptest::prelude::*;
+
+    /// Every option of every subcommand that takes a value, with the subcommand's required
+    /// positional arguments filled in: `(["vramswap", sub, positionals...], "--flag")`.
+    fn valued_flags() -> Vec<(Vec<String>, String)> {
+        let mut cli = Cli::command();
+        // Building propagates the global flags into each subcommand and settles value counts.
+        cli.build();
+        let mut out = Vec::new();
+        for sub in cli.get_subcommands() {
+            let mut base = vec!["vramswap".to_string(), sub.get_name().to_string()];
+            base.extend(
+                sub.get_positionals()
+                    .filter(|a| a.is_required_set())
+                    .map(|_| "x".to_string()),
+            );
+            for arg in sub.get_arguments() {
+                let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
+                if let (Some(long), true) = (arg.get_long(), takes_value) {
+                    out.push((base.clone(), format!("--{long}")));
+                }
+            }
+        }
+        out
+    }
+
+    /// The numbers that broke the CLI before (u64::MAX, 0, the edges of each integer type),
+    /// negative, fractional and non-finite values, and arbitrary text.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|x| x.to_string()),
+            prop::sample::select(vec![
+                "0",
+                "-0",
+                "1",
+                "-1",
+                "18446744073709551615",
+                "18446744073709551616",
+                "9223372036854775808",
+                "4294967296",
+                "1e400",
+                "NaN",
+                "inf",
+                "-inf",
+                "24GiB",
+                "0x10",
+                "",
+                " 3 ",
+            ])
+            .prop_map(str::to_string),
+            "\\PC{0,12}",
+        ]
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+        assert!(valued_flags().len() > 20, "{:?}", valued_flags());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// Parsing any value of any flag is a result, never a panic; the values that cannot
+        /// run are refused here, before a device is opened (tests/cli_extreme.rs runs them).
+        #[test]
+        fn any_value_of_any_flag_parses_or_is_a_clean_error(
+            pick in any::<prop::sample::Index>(),
+            v in value(),
+        ) {
+            let flags = valued_flags();
+            let (base, flag) = &flags[pick.index(flags.len())];
+            let mut argv = base.clone();
+            argv.push(format!("{flag}={v}"));
+            let parsed = std::panic::catch_unwind(|| Cli::try_parse_from(&argv).map(|_| ()));
+            prop_assert!(parsed.is_ok(), "parsing {argv:?} panicked");
+        }
+    }
+}
