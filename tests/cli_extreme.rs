@@ -158,3 +158,57 @@ fn new_model_refuses_a_non_empty_directory_unless_forced() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn size_flags_take_bytes_and_units() {
+    // `load --budget` took bytes only; the configuration variables and Python take "24GiB".
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    let data = [0u8; 4096];
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1024], &data).unwrap();
+    safetensors::serialize_to_file([("w", view)], None, &path).unwrap();
+    let p = path.to_str().unwrap();
+    for budget in ["1GiB", "1073741824", "64MB"] {
+        let out = vramswap(&["load", "--backend", "sim", p, "--budget", budget]);
+        assert!(
+            out.status.success(),
+            "--budget {budget}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    refused(
+        &vramswap(&["load", "--backend", "sim", p, "--budget", "24 parsecs"]),
+        &["--budget"],
+    );
+    // --size-mb takes MiB or a size with a unit that is whole MiB.
+    let out = vramswap(&[
+        "soak",
+        "--backend",
+        "sim",
+        "--sets",
+        "1",
+        "--size-mb",
+        "16MiB",
+        "--cycles",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    refused(
+        &vramswap(&["soak", "--backend", "sim", "--size-mb", "1000KB"]),
+        &["--size-mb", "not a whole number of MiB"],
+    );
+}
+
+#[test]
+fn cast_errors_list_the_valid_types() {
+    refused(
+        &vramswap(&["load", "--backend", "sim", "x.safetensors", "--cast", "i8"]),
+        &["--cast", "f32, f16, bf16"],
+    );
+}

@@ -28,7 +28,7 @@ pub struct Args {
     /// A .safetensors file, a model.safetensors.index.json, or a model directory.
     path: PathBuf,
     /// Cast F32/F16/BF16 tensors to this type while loading: f32, f16 or bf16.
-    #[arg(long)]
+    #[arg(long, value_parser = cast_dtype)]
     cast: Option<DType>,
     /// Register the mapped files read-only instead of copying them into the arena.
     #[arg(long)]
@@ -39,8 +39,9 @@ pub struct Args {
     /// How the arena pins its slabs (default: host-alloc, or as `VRAMSWAP_ARENA` says).
     #[arg(long, value_enum)]
     source: Option<Source>,
-    /// Host budget of the arena in bytes (default: none, or as `VRAMSWAP_ARENA` says).
-    #[arg(long)]
+    /// Host budget of the arena: bytes or a size with a unit, e.g. `24GiB` (default: none, or as
+    /// `VRAMSWAP_ARENA` says).
+    #[arg(long, value_parser = crate::size_bytes)]
     budget: Option<u64>,
     /// Print one JSON object.
     #[arg(long)]
@@ -142,4 +143,16 @@ pub fn run(backend: SharedBackend, args: &Args) -> Result<ExitCode> {
         crate::human(bytes),
         took.as_secs_f64(),
     ))
+}
+
+/// Parses `--cast`: the three floating types a load converts between, any case.
+fn cast_dtype(s: &str) -> std::result::Result<DType, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        _ => Err(format!(
+            "`{s}` is not a type --cast converts to; valid types: f32, f16, bf16"
+        )),
+    }
 }

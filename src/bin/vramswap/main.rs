@@ -119,13 +119,23 @@ fn print(text: &str) -> vramswap::Result<ExitCode> {
     }
 }
 
-/// Parses a `--size-mb` value: a whole number of MiB, at least 1, whose bytes fit in a `u64`
-/// (so `n << 20` cannot wrap).
+/// Parses a `--size-mb` value: a whole number of MiB (`256`), or a size with a unit that is a
+/// whole number of MiB (`1GiB`, `512MiB`); at least 1 MiB, whose bytes fit in a `u64` (so
+/// `n << 20` cannot wrap).
 fn size_mib(s: &str) -> std::result::Result<u64, String> {
-    let n: u64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not a whole number of MiB"))?;
+    let t = s.trim();
+    let n: u64 = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        t.parse()
+            .map_err(|_| format!("`{s}` MiB is out of range (1 to {})", u64::MAX >> 20))?
+    } else {
+        let bytes = size_bytes(s)?;
+        if bytes % (1 << 20) != 0 {
+            return Err(format!(
+                "`{s}` is {bytes} bytes, not a whole number of MiB (1 MiB = 1048576 bytes)"
+            ));
+        }
+        bytes >> 20
+    };
     if n == 0 || n > u64::MAX >> 20 {
         return Err(format!(
             "`{s}` MiB is out of range (1 to {})",
@@ -133,6 +143,13 @@ fn size_mib(s: &str) -> std::result::Result<u64, String> {
         ));
     }
     Ok(n)
+}
+
+/// Parses a size in bytes as the configuration variables and Python do: plain bytes
+/// (`25769803776`) or a number with a unit (`24GiB`, `512MB`).
+// The lead re-points this at the shared parser of the bottom crate on merge (issue 18).
+fn size_bytes(s: &str) -> std::result::Result<u64, String> {
+    vramswap::swap::parse_bytes(s).map_err(|e| e.to_string())
 }
 
 /// Bytes in decimal units (GB, MB, kB), as throughput figures use.
