@@ -212,3 +212,34 @@ fn cast_errors_list_the_valid_types() {
         &["--cast", "f32, f16, bf16"],
     );
 }
+
+#[test]
+fn swap_bench_leaves_cells_blank_where_nothing_is_meant() {
+    // It printed `0.00 GB/s 0.00` for the clean swap-out and a ratio of `1.00` for the memcpy.
+    let out = vramswap(&[
+        "swap-bench",
+        "--backend",
+        "sim",
+        "--size-mb",
+        "16",
+        "--reps",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let cells = |label: &str| -> Vec<String> {
+        let line = text.lines().find(|l| l.starts_with(label)).unwrap();
+        line[label.len()..]
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(cells("clean swap-out (unmap, no copy)").len(), 1, "{text}");
+    assert_eq!(cells("host memcpy of the same bytes").len(), 2, "{text}");
+    assert_eq!(cells("swap-in (vs h2d ceiling)").len(), 3, "{text}");
+    assert!(text.contains("MiB per set (a Llama-like mix of whole tensors near the size asked)"));
+}

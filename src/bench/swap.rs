@@ -320,7 +320,7 @@ impl SwapBenchReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "device: {} ({}{}), {:.1} MiB per set, stable addresses: {}",
+            "device: {} ({}{}), {:.1} MiB per set (a Llama-like mix of whole tensors near the size asked), stable addresses: {}",
             self.device,
             self.backend,
             if self.emulated { ", emulated" } else { "" },
@@ -332,32 +332,33 @@ impl SwapBenchReport {
             "\n{:<34} {:>10} {:>9} {:>9}",
             "operation", "ms", "GB/s", "ratio"
         );
-        let row = |s: &mut String, n: &str, f: &SwapFigure| {
+        // A cell with nothing to say is blank, as in the README's table: no bytes move in a
+        // clean swap-out (no GB/s, no ratio), and the memcpy is a reference, not a ratio.
+        let cell = |x: Option<f64>| x.map_or_else(String::new, |x| format!("{x:.2}"));
+        let row = |s: &mut String, n: &str, f: &SwapFigure, gbps: bool, ratio: bool| {
             let _ = writeln!(
                 s,
-                "{:<34} {:>10.3} {:>9.2} {:>9.2}",
-                n, f.ms, f.gbps, f.ratio
+                "{:<34} {:>10.3} {:>9} {:>9}",
+                n,
+                f.ms,
+                cell(gbps.then_some(f.gbps)),
+                cell(ratio.then_some(f.ratio))
             );
         };
-        row(&mut s, "ceiling h2d (one pinned copy)", &self.ceiling_h2d);
-        row(&mut s, "ceiling d2h (one pinned copy)", &self.ceiling_d2h);
-        row(&mut s, "host memcpy of the same bytes", &self.memcpy);
-        row(&mut s, "swap-in (vs h2d ceiling)", &self.swap_in);
-        row(
-            &mut s,
-            "clean swap-out (unmap, no copy)",
-            &self.clean_swap_out,
-        );
-        row(
-            &mut s,
-            "dirty swap-out (vs d2h ceiling)",
-            &self.dirty_swap_out,
-        );
-        row(
-            &mut s,
-            "out(A) + in(B) at once (aggregate)",
-            &self.concurrent_out_in,
-        );
+        let h2d = "ceiling h2d (one pinned copy)";
+        row(&mut s, h2d, &self.ceiling_h2d, true, true);
+        let d2h = "ceiling d2h (one pinned copy)";
+        row(&mut s, d2h, &self.ceiling_d2h, true, true);
+        let memcpy = "host memcpy of the same bytes";
+        row(&mut s, memcpy, &self.memcpy, true, false);
+        let swap_in = "swap-in (vs h2d ceiling)";
+        row(&mut s, swap_in, &self.swap_in, true, true);
+        let clean = "clean swap-out (unmap, no copy)";
+        row(&mut s, clean, &self.clean_swap_out, false, false);
+        let dirty = "dirty swap-out (vs d2h ceiling)";
+        row(&mut s, dirty, &self.dirty_swap_out, true, true);
+        let both = "out(A) + in(B) at once (aggregate)";
+        row(&mut s, both, &self.concurrent_out_in, true, true);
         let _ = writeln!(
             s,
             "prefetch behind {:.1} ms of compute hides {:.0}% of a swap-in",
