@@ -243,3 +243,36 @@ fn swap_bench_leaves_cells_blank_where_nothing_is_meant() {
     assert_eq!(cells("swap-in (vs h2d ceiling)").len(), 3, "{text}");
     assert!(text.contains("MiB per set (a Llama-like mix of whole tensors near the size asked)"));
 }
+
+#[test]
+fn info_states_the_granularity_in_binary_units() {
+    let out = vramswap(&["info", "--backend", "sim"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("granularity 2 MiB"), "{text}");
+}
+
+#[test]
+fn bench_says_it_created_the_chart_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let charts = dir.path().join("a").join("charts");
+    let out = vramswap(&[
+        "bench",
+        "--backend",
+        "sim",
+        "--quick",
+        "--size-mb",
+        "8",
+        "--json",
+        "--svg",
+        charts.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("created {}", charts.display())),
+        "{err}"
+    );
+    // stdout stays one JSON object.
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+    assert!(std::fs::read_dir(&charts).unwrap().count() > 0);
+}

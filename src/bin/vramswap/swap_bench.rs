@@ -1,5 +1,6 @@
 //! `vramswap swap-bench` and `vramswap soak`.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -81,7 +82,8 @@ pub struct SoakArgs {
 pub fn soak(b: SharedBackend, args: &SoakArgs) -> Result<ExitCode> {
     let mut config = SwapConfig::from_env()?;
     config.transfer.verify = true;
-    let quiet = args.json;
+    // Progress goes to stderr; with `--json` only where stderr is a terminal.
+    let quiet = args.json && !std::io::stderr().is_terminal();
     let every = (args.cycles / 20).max(1);
     let r = swap::soak(
         &b,
