@@ -2,6 +2,7 @@
 //! reports the time and throughput.
 
 use std::path::PathBuf;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -64,7 +65,8 @@ pub fn run(backend: SharedBackend, args: &Args) -> Result<ExitCode> {
     let arena = PinnedArena::new(backend, config)?;
     let bar: Arc<OnceLock<ProgressBar>> = Arc::new(OnceLock::new());
     let b2 = bar.clone();
-    let quiet = args.json;
+    // The bar is drawn on stderr, so `--json` keeps stdout clean; it shows on a terminal only.
+    let quiet = args.json && !std::io::stderr().is_terminal();
     let progress = move |p: LoadProgress| {
         if quiet || p.elapsed < BAR_AFTER {
             return;
