@@ -117,12 +117,20 @@ impl LineChart {
                 fmt_num(y)
             );
         }
-        let mut ticks: Vec<f64> = self
-            .series
-            .iter()
-            .flat_map(|s| s.points.iter().map(|p| p.0))
-            .collect();
-        ticks.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+        // A log axis is ticked at the measured x values (chunk sizes), a linear one at round
+        // values across its range.
+        let mut ticks: Vec<f64> = if self.log_x {
+            self.series
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| p.0))
+                .collect()
+        } else {
+            let step = nice_step(x1 - x0, 8.0);
+            let first = (x0 / step).ceil() as i64;
+            let last = (x1 / step).floor() as i64;
+            (first..=last).map(|i| i as f64 * step).collect()
+        };
+        ticks.sort_by(|a, b| a.total_cmp(b));
         ticks.dedup();
         if ticks.len() > 12 {
             let step = ticks.len().div_ceil(12);
@@ -173,7 +181,13 @@ impl LineChart {
                 r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#,
                 path.join(" ")
             );
-            for &(x, y) in &series.points {
+            // Markers only where points are few enough to tell apart.
+            let markers = if series.points.len() <= 64 {
+                &series.points[..]
+            } else {
+                &[]
+            };
+            for &(x, y) in markers {
                 let _ = writeln!(
                     s,
                     r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{c}"/>"#,
@@ -267,5 +281,27 @@ mod tests {
             assert!(svg.contains(t), "no tick {t}: {svg}");
         }
         assert!(!svg.contains(">2.46<"), "a tick at an unround value");
+    }
+
+    #[test]
+    fn a_linear_x_axis_is_ticked_at_round_values_and_long_series_have_no_markers() {
+        let c = LineChart {
+            title: "t".into(),
+            x_label: "operation".into(),
+            y_label: "MiB".into(),
+            log_x: false,
+            series: vec![Series {
+                label: "allocated".into(),
+                points: (0..3000).map(|i| (i as f64, (i % 97) as f64)).collect(),
+            }],
+            reference: None,
+        };
+        let svg = c.render();
+        for t in [">0<", ">500<", ">1.0k<", ">2.5k<"] {
+            assert!(svg.contains(t), "no x tick {t}");
+        }
+        assert!(!svg.contains("<circle"), "3000 markers drawn");
+        // y: 0 to 100 by 20.
+        assert!(svg.contains(">20<") && svg.contains(">100<"));
     }
 }

@@ -1,7 +1,6 @@
 //! Replaying a trace through a [`CachingAllocator`], and drawing what it did as an SVG chart.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -147,53 +146,23 @@ pub fn replay(alloc: &CachingAllocator, ops: &[(usize, TraceOp)]) -> Result<Repl
 /// assert!(svg.starts_with("<svg") && svg.contains("polyline"));
 /// ```
 pub fn render_svg(timeline: &[(u64, u64)], title: &str) -> String {
-    let (w, h, left, top, bottom) = (800.0f64, 400.0f64, 70.0f64, 30.0f64, 40.0f64);
-    let plot_w = w - left - 20.0;
-    let plot_h = h - top - bottom;
-    let max = timeline
-        .iter()
-        .map(|&(a, r)| a.max(r))
-        .max()
-        .unwrap_or(0)
-        .max(1) as f64;
-    let n = timeline.len().max(2) as f64 - 1.0;
-    let points = |pick: &dyn Fn(&(u64, u64)) -> u64| {
-        let mut s = String::new();
-        for (i, p) in timeline.iter().enumerate() {
-            let x = left + plot_w * i as f64 / n;
-            let y = top + plot_h * (1.0 - pick(p) as f64 / max);
-            let _ = write!(s, "{x:.1},{y:.1} ");
-        }
-        s
+    // Drawn by the crate's line chart: axes with round ticks on both, labelled units, a legend.
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let series = |label: &str, pick: fn(&(u64, u64)) -> u64| crate::svg::Series {
+        label: label.into(),
+        points: timeline
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as f64, mib(pick(p))))
+            .collect(),
     };
-    let esc = title
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;");
-    let mib = max / (1u64 << 20) as f64;
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
-         viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{left}\" y=\"18\">{esc}</text>\n\
-         <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{yb}\" stroke=\"black\"/>\n\
-         <line x1=\"{left}\" y1=\"{yb}\" x2=\"{xr}\" y2=\"{yb}\" stroke=\"black\"/>\n\
-         <text x=\"4\" y=\"{ty}\">{mib:.0} MiB</text>\n<text x=\"4\" y=\"{yb}\">0</text>\n\
-         <text x=\"{left}\" y=\"{yl}\">ops →</text>\n\
-         <polyline fill=\"none\" stroke=\"#d62728\" stroke-width=\"1.5\" points=\"{r}\"/>\n\
-         <polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"{a}\"/>\n\
-         <text x=\"{lx}\" y=\"18\" fill=\"#d62728\">reserved</text>\n\
-         <text x=\"{lx2}\" y=\"18\" fill=\"#1f77b4\">allocated</text>\n</svg>\n",
-        yb = top + plot_h,
-        xr = left + plot_w,
-        ty = top + 4.0,
-        yl = h - 12.0,
-        r = points(&|p| p.1),
-        a = points(&|p| p.0),
-        lx = w - 180.0,
-        lx2 = w - 100.0,
-    );
-    s
+    crate::svg::LineChart {
+        title: title.into(),
+        x_label: "operation (allocations and frees, in trace order)".into(),
+        y_label: "MiB".into(),
+        log_x: false,
+        series: vec![series("allocated", |p| p.0), series("reserved", |p| p.1)],
+        reference: None,
+    }
+    .render()
 }

@@ -1,8 +1,8 @@
 //! `vramswap load PATH`: loads a checkpoint into a pinned arena, with a progress bar, and
 //! reports the time and throughput.
 
-use std::path::PathBuf;
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
