@@ -20,7 +20,8 @@ pub struct Args {
     /// Write one SVG chart per direction (GB/s against chunk size) into this folder.
     #[arg(long, value_name = "DIR")]
     svg: Option<PathBuf>,
-    /// Bytes per copy, in MiB (default 1024, or 128 with --quick).
+    /// Bytes per copy, in MiB or with a unit (`1GiB`); at least 1 MiB, and no more than the
+    /// device holds (default 1024, or 128 with --quick).
     #[arg(long, value_parser = crate::size_mib)]
     size_mb: Option<u64>,
 }

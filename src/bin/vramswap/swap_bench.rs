@@ -15,8 +15,8 @@ pub struct Args {
     /// Weight sets to create (2 to 64).
     #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=swap::MAX_SETS as u64))]
     sets: usize,
-    /// Size of each set in MiB (a Llama-like mix of whole tensors near this size; the table
-    /// prints the size used).
+    /// Size of each set in MiB or with a unit (`1GiB`), at least 1 MiB and at most the device's
+    /// memory (a Llama-like mix of whole tensors near this size; the table prints the size used).
     #[arg(long, default_value_t = 256, value_parser = crate::size_mib)]
     size_mb: u64,
     /// Simulated compute for the prefetch figure, ms (default: the measured swap-in time).
@@ -70,8 +70,8 @@ pub struct SoakArgs {
     /// Weight sets cycled (1 to 64).
     #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=swap::MAX_SETS as u64))]
     sets: usize,
-    /// Size of each set in MiB (a Llama-like mix of whole tensors near this size; the output
-    /// prints the size used).
+    /// Size of each set in MiB or with a unit (`1GiB`), at least 1 MiB and at most the device's
+    /// memory (a Llama-like mix of whole tensors near this size; the output prints the size used).
     #[arg(long, default_value_t = 16, value_parser = crate::size_mib)]
     size_mb: u64,
     /// Print one JSON object.
