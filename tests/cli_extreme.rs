@@ -276,3 +276,20 @@ fn bench_says_it_created_the_chart_folder() {
     serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
     assert!(std::fs::read_dir(&charts).unwrap().count() > 0);
 }
+
+#[cfg(feature = "infer")]
+#[test]
+fn new_model_help_lists_no_device_flags() {
+    // `--backend` and `--device` do nothing in new-model, which touches no device.
+    let help = String::from_utf8(vramswap(&["new-model", "--help"]).stdout).unwrap();
+    assert!(help.contains("--force"), "{help}");
+    assert!(
+        !help.contains("--backend") && !help.contains("--device"),
+        "{help}"
+    );
+    let help = String::from_utf8(vramswap(&["info", "--help"]).stdout).unwrap();
+    assert!(
+        help.contains("--backend") && help.contains("--device"),
+        "{help}"
+    );
+}

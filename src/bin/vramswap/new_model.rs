@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use vramswap::backend::BackendChoice;
 use vramswap::infer::{new_model, TinyModelSpec};
 use vramswap::{Error, Result};
 
@@ -39,6 +40,12 @@ pub struct Args {
     /// Seed of the weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    // The global `--backend` and `--device` do nothing here (no device is touched): these take
+    // their ids in this subcommand so that its help does not list them; the values are unused.
+    #[arg(id = "backend", long = "backend", hide = true)]
+    _backend: Option<BackendChoice>,
+    #[arg(id = "device", long = "device", hide = true)]
+    _device: Option<i32>,
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
