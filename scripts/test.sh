@@ -44,9 +44,11 @@ cargo build --workspace --all-targets
 
 if [ -n "${NVCC:-}" ]; then
   echo "== kernels: embedded PTX validated with ptxas for sm_80 and sm_90"
-  OUT_DIR_VS="$(cargo build -p vramswap --lib --message-format=json 2>/dev/null |
-    grep '"reason":"build-script-executed"' | grep '#vramswap@' |
-    sed 's/.*"out_dir":"\([^"]*\)".*/\1/' | head -n1 || true)"
+  # Capture first, then filter: a reader that stops early (head, grep -q) would SIGPIPE the
+  # writer, and under pipefail that fails the pipeline at random.
+  BUILD_JSON="$(cargo build -p vramswap --lib --message-format=json 2>/dev/null)"
+  OUT_DIR_VS="$(grep '"reason":"build-script-executed"' <<<"$BUILD_JSON" | grep '#vramswap@' |
+    sed -n '1s/.*"out_dir":"\([^"]*\)".*/\1/p' || true)"
   PTX="$OUT_DIR_VS/vramswap_kernels.ptx"
   if [ ! -f "$PTX" ]; then
     echo "ERROR: NVCC=$NVCC is set but build.rs embedded no PTX (looked for $PTX)" >&2
@@ -74,7 +76,10 @@ VRAMSWAP_SIM_CONF=host_visible:true cargo test -p vramswap \
   --test conformance --test backend_parity --test swap_engine --test alloc_backends
 
 EMU="$PWD/target/debug/libvramswap_cuda_emu.so"
-if [ ! -f "$EMU" ] || ! nm -D --defined-only "$EMU" | grep -q ' cuInit$'; then
+# Symbols captured first: `nm | grep -q` fails at random under pipefail (grep -q exits at its
+# first match and nm dies of SIGPIPE).
+EMU_SYMBOLS="$( [ -f "$EMU" ] && nm -D --defined-only "$EMU" || true)"
+if [ ! -f "$EMU" ] || ! grep -q ' cuInit$' <<<"$EMU_SYMBOLS"; then
   echo "error: the emulated CUDA driver $EMU is missing or exports no cuInit" >&2
   exit 1
 fi
@@ -119,7 +124,10 @@ cc -std=c99 -Wall -Werror ffi/examples/misuse.c $(pkg-config --cflags --libs vra
   -Wl,-rpath,"$C_PREFIX/prefix/lib" -o "$C_PREFIX/misuse_shared"
 VRAMSWAP_BACKEND=sim "$C_PREFIX/misuse_static"
 VRAMSWAP_BACKEND=sim "$C_PREFIX/misuse_shared"
-if ! ldd "$C_PREFIX/engine_shared" | grep -q "$C_PREFIX/prefix/lib/libvramswap.so"; then
+# ldd's output captured first: `ldd | grep -q` under pipefail failed 7 runs in 40 (grep -q exits
+# at its first match, ldd dies of SIGPIPE, the pipeline reports failure).
+ENGINE_LIBS="$(ldd "$C_PREFIX/engine_shared")"
+if ! grep -qF "$C_PREFIX/prefix/lib/libvramswap.so" <<<"$ENGINE_LIBS"; then
   echo "error: the shared-library build does not load the installed libvramswap.so" >&2
   exit 1
 fi

@@ -33,6 +33,20 @@ pub struct LineChart {
     pub log_x: bool,
     /// The lines.
     pub series: Vec<Series>,
+    /// A horizontal reference line (label, y), e.g. the bandwidth ceiling, dashed and labelled.
+    pub reference: Option<(String, f64)>,
+}
+
+/// A round tick step (1, 2 or 5 times a power of ten) that divides `0..=max` into at most
+/// about `n` intervals.
+fn nice_step(max: f64, n: f64) -> f64 {
+    let raw = (max / n).max(1e-12);
+    let mag = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * mag)
+        .find(|&step| step >= raw)
+        .unwrap_or(10.0 * mag)
 }
 
 const COLORS: [&str; 6] = [
@@ -68,7 +82,15 @@ impl LineChart {
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
                 (a.min(p.0), b.max(p.0))
             });
-        let y1 = pts.iter().fold(0.0f64, |a, p| a.max(p.1)).max(1e-12) * 1.08;
+        let y_max = pts
+            .iter()
+            .map(|p| p.1)
+            .chain(self.reference.iter().map(|r| r.1))
+            .fold(0.0f64, f64::max)
+            .max(1e-12);
+        // The y axis ends on a round tick above the highest point; ticks at round values.
+        let y_step = nice_step(y_max * 1.04, 5.0);
+        let y1 = (y_max * 1.04 / y_step).ceil() * y_step;
         if !x0.is_finite() || x0 == x1 {
             x0 = if x0.is_finite() { x0 - 1.0 } else { 0.0 };
             x1 = x0 + 2.0;
@@ -91,8 +113,9 @@ impl LineChart {
             s,
             r##"<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>"##
         );
-        for i in 0..=5 {
-            let y = y1 * i as f64 / 5.0;
+        let y_ticks = (y1 / y_step).round() as usize;
+        for i in 0..=y_ticks {
+            let y = y_step * i as f64;
             let _ = writeln!(
                 s,
                 r##"<line x1="{ml}" x2="{0}" y1="{1:.1}" y2="{1:.1}" stroke="#eee"/><text x="{2}" y="{3:.1}" text-anchor="end">{4}</text>"##,
@@ -103,12 +126,20 @@ impl LineChart {
                 fmt_num(y)
             );
         }
-        let mut ticks: Vec<f64> = self
-            .series
-            .iter()
-            .flat_map(|s| s.points.iter().map(|p| p.0))
-            .collect();
-        ticks.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+        // A log axis is ticked at the measured x values (chunk sizes), a linear one at round
+        // values across its range.
+        let mut ticks: Vec<f64> = if self.log_x {
+            self.series
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| p.0))
+                .collect()
+        } else {
+            let step = nice_step(x1 - x0, 8.0);
+            let first = (x0 / step).ceil() as i64;
+            let last = (x1 / step).floor() as i64;
+            (first..=last).map(|i| i as f64 * step).collect()
+        };
+        ticks.sort_by(|a, b| a.total_cmp(b));
         ticks.dedup();
         if ticks.len() > 12 {
             let step = ticks.len().div_ceil(12);
@@ -136,6 +167,17 @@ impl LineChart {
             mt + ph / 2.0,
             esc(&self.y_label)
         );
+        if let Some((label, y)) = &self.reference {
+            let _ = writeln!(
+                s,
+                r##"<line x1="{ml}" x2="{0}" y1="{1:.1}" y2="{1:.1}" stroke="#444" stroke-width="1.5" stroke-dasharray="6 4"/><text x="{2}" y="{3:.1}" text-anchor="end" fill="#444">{4}</text>"##,
+                ml + pw,
+                sy(*y),
+                ml + pw - 4.0,
+                sy(*y) - 5.0,
+                esc(label)
+            );
+        }
         for (i, series) in self.series.iter().enumerate() {
             let c = COLORS[i % COLORS.len()];
             let path: Vec<String> = series
@@ -215,6 +257,7 @@ mod tests {
                     points: vec![(1.0, 2.0), (4.0, 1.0)],
                 },
             ],
+            reference: None,
         };
         let svg = c.render();
         assert!(svg.starts_with("<svg"));
@@ -234,9 +277,58 @@ mod tests {
                 label: "allocated".into(),
                 points: (0..=MAX_MARKED_POINTS).map(|i| (i as f64, 1.0)).collect(),
             }],
+            reference: None,
         };
         let svg = c.render();
         assert_eq!(svg.matches("<polyline").count(), 1);
         assert_eq!(svg.matches("<circle").count(), 0);
+    }
+
+    #[test]
+    fn y_ticks_are_round_and_the_reference_is_drawn_and_in_range() {
+        assert_eq!(nice_step(12.3, 5.0), 5.0);
+        assert_eq!(nice_step(4.2, 5.0), 1.0);
+        assert_eq!(nice_step(0.9, 5.0), 0.2);
+        let c = LineChart {
+            title: "t".into(),
+            x_label: "x".into(),
+            y_label: "GB/s".into(),
+            log_x: true,
+            series: vec![Series {
+                label: "one".into(),
+                points: vec![(1.0, 9.7), (16.0, 11.2)],
+            }],
+            reference: Some(("ceiling 12.3 GB/s".into(), 12.3)),
+        };
+        let svg = c.render();
+        assert!(svg.contains("stroke-dasharray"), "no reference line");
+        assert!(svg.contains("ceiling 12.3 GB/s"));
+        // Ticks 0, 5, 10, 15: the axis ends above the ceiling on a round value.
+        for t in [">0<", ">5<", ">10<", ">15<"] {
+            assert!(svg.contains(t), "no tick {t}: {svg}");
+        }
+        assert!(!svg.contains(">2.46<"), "a tick at an unround value");
+    }
+
+    #[test]
+    fn a_linear_x_axis_is_ticked_at_round_values_and_long_series_have_no_markers() {
+        let c = LineChart {
+            title: "t".into(),
+            x_label: "operation".into(),
+            y_label: "MiB".into(),
+            log_x: false,
+            series: vec![Series {
+                label: "allocated".into(),
+                points: (0..3000).map(|i| (i as f64, (i % 97) as f64)).collect(),
+            }],
+            reference: None,
+        };
+        let svg = c.render();
+        for t in [">0<", ">500<", ">1.0k<", ">2.5k<"] {
+            assert!(svg.contains(t), "no x tick {t}");
+        }
+        assert!(!svg.contains("<circle"), "3000 markers drawn");
+        // y: 0 to 100 by 20.
+        assert!(svg.contains(">20<") && svg.contains(">100<"));
     }
 }

@@ -182,10 +182,11 @@ impl ReplayReport {
         };
         crate::svg::LineChart {
             title: title.into(),
-            x_label: "op (sampled)".into(),
+            x_label: "operation (allocations and frees, in trace order, sampled)".into(),
             y_label: "MiB".into(),
             log_x: false,
             series: vec![series("allocated", |p| p.0), series("reserved", |p| p.1)],
+            reference: None,
         }
     }
 }

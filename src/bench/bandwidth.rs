@@ -518,6 +518,10 @@ impl BandwidthReport {
                         y_label: "GB/s".into(),
                         log_x: true,
                         series,
+                        reference: Some((
+                            format!("ceiling: one pinned copy, {:.1} GB/s", d.pinned.gbps),
+                            d.pinned.gbps,
+                        )),
                     },
                 )
             })

@@ -50,6 +50,14 @@ pub fn llama_like_shapes(bytes: u64, layers: usize) -> Vec<(String, Vec<u64>)> {
     v
 }
 
+/// The most repetitions `swap-bench` runs per figure: each repetition moves every set at least
+/// twice, so more could not finish in any reasonable time (and `reps + 1` cannot wrap).
+pub const MAX_REPS: usize = 1000;
+/// The most weight sets `swap-bench` and `soak` create (each is built in host memory).
+pub const MAX_SETS: usize = 64;
+/// The most swap-ins `soak` runs.
+pub const MAX_SOAK_CYCLES: u64 = 1_000_000_000;
+
 /// Registers a synthetic Llama-like set of about `bytes` bytes with pseudo-random contents.
 pub fn register_synthetic(engine: &SwapEngine, name: &str, bytes: u64, seed: u64) -> Result<u64> {
     // The set is built in host memory before it is registered: refuse what could never be on
@@ -203,12 +211,19 @@ pub fn run(
     config: SwapConfig,
     cfg: &SwapBenchConfig,
 ) -> Result<SwapBenchReport> {
-    if cfg.sets < 2 {
-        return Err(Error::InvalidArgument(
-            "swap-bench needs at least 2 sets".into(),
-        ));
+    if !(2..=MAX_SETS).contains(&cfg.sets) {
+        return Err(Error::InvalidArgument(format!(
+            "swap-bench needs 2 to {MAX_SETS} sets, not {}",
+            cfg.sets
+        )));
     }
-    let reps = cfg.reps.max(1);
+    if !(1..=MAX_REPS).contains(&cfg.reps) {
+        return Err(Error::InvalidArgument(format!(
+            "swap-bench runs 1 to {MAX_REPS} repetitions, not {}",
+            cfg.reps
+        )));
+    }
+    let reps = cfg.reps;
     let engine = SwapEngine::new(backend.clone(), config)?;
     let mut bytes = 0;
     for i in 0..cfg.sets {
@@ -305,7 +320,7 @@ impl SwapBenchReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "device: {} ({}{}), {:.1} MiB per set, stable addresses: {}",
+            "device: {} ({}{}), {:.1} MiB per set (a Llama-like mix of whole tensors near the size asked), stable addresses: {}",
             self.device,
             self.backend,
             if self.emulated { ", emulated" } else { "" },
@@ -317,32 +332,33 @@ impl SwapBenchReport {
             "\n{:<34} {:>10} {:>9} {:>9}",
             "operation", "ms", "GB/s", "ratio"
         );
-        let row = |s: &mut String, n: &str, f: &SwapFigure| {
+        // A cell with nothing to say is blank, as in the README's table: no bytes move in a
+        // clean swap-out (no GB/s, no ratio), and the memcpy is a reference, not a ratio.
+        let cell = |x: Option<f64>| x.map_or_else(String::new, |x| format!("{x:.2}"));
+        let row = |s: &mut String, n: &str, f: &SwapFigure, gbps: bool, ratio: bool| {
             let _ = writeln!(
                 s,
-                "{:<34} {:>10.3} {:>9.2} {:>9.2}",
-                n, f.ms, f.gbps, f.ratio
+                "{:<34} {:>10.3} {:>9} {:>9}",
+                n,
+                f.ms,
+                cell(gbps.then_some(f.gbps)),
+                cell(ratio.then_some(f.ratio))
             );
         };
-        row(&mut s, "ceiling h2d (one pinned copy)", &self.ceiling_h2d);
-        row(&mut s, "ceiling d2h (one pinned copy)", &self.ceiling_d2h);
-        row(&mut s, "host memcpy of the same bytes", &self.memcpy);
-        row(&mut s, "swap-in (vs h2d ceiling)", &self.swap_in);
-        row(
-            &mut s,
-            "clean swap-out (unmap, no copy)",
-            &self.clean_swap_out,
-        );
-        row(
-            &mut s,
-            "dirty swap-out (vs d2h ceiling)",
-            &self.dirty_swap_out,
-        );
-        row(
-            &mut s,
-            "out(A) + in(B) at once (aggregate)",
-            &self.concurrent_out_in,
-        );
+        let h2d = "ceiling h2d (one pinned copy)";
+        row(&mut s, h2d, &self.ceiling_h2d, true, true);
+        let d2h = "ceiling d2h (one pinned copy)";
+        row(&mut s, d2h, &self.ceiling_d2h, true, true);
+        let memcpy = "host memcpy of the same bytes";
+        row(&mut s, memcpy, &self.memcpy, true, false);
+        let swap_in = "swap-in (vs h2d ceiling)";
+        row(&mut s, swap_in, &self.swap_in, true, true);
+        let clean = "clean swap-out (unmap, no copy)";
+        row(&mut s, clean, &self.clean_swap_out, false, false);
+        let dirty = "dirty swap-out (vs d2h ceiling)";
+        row(&mut s, dirty, &self.dirty_swap_out, true, true);
+        let both = "out(A) + in(B) at once (aggregate)";
+        row(&mut s, both, &self.concurrent_out_in, true, true);
         let _ = writeln!(
             s,
             "prefetch behind {:.1} ms of compute hides {:.0}% of a swap-in",
@@ -363,6 +379,10 @@ impl SwapBenchReport {
 pub struct SoakReport {
     /// Cycles run.
     pub cycles: u64,
+    /// Sets cycled.
+    pub sets: usize,
+    /// Bytes of each set: a Llama-like mix of whole tensors near the size asked for.
+    pub set_bytes: u64,
     /// Bytes swapped in.
     pub bytes: u64,
     /// Mismatches found (0 on success).
@@ -382,11 +402,22 @@ pub fn soak(
     cycles: u64,
     progress: &mut dyn FnMut(u64),
 ) -> Result<SoakReport> {
+    if !(1..=MAX_SETS).contains(&sets) {
+        return Err(Error::InvalidArgument(format!(
+            "soak cycles 1 to {MAX_SETS} sets, not {sets}"
+        )));
+    }
+    if !(1..=MAX_SOAK_CYCLES).contains(&cycles) {
+        return Err(Error::InvalidArgument(format!(
+            "soak runs 1 to {MAX_SOAK_CYCLES} cycles, not {cycles}"
+        )));
+    }
     let engine = SwapEngine::new(backend.clone(), config)?;
     let mut expected = Vec::new();
-    for i in 0..sets.max(1) {
+    let mut made_bytes = 0;
+    for i in 0..sets {
         let name = format!("soak{i}");
-        register_synthetic(&engine, &name, set_bytes, 1000 + i as u64)?;
+        made_bytes = register_synthetic(&engine, &name, set_bytes, 1000 + i as u64)?;
         let g = engine.acquire(&name)?;
         let sum = backend::checksum(backend.as_ref(), g.base(), g.bytes(), Stream::DEFAULT)?;
         expected.push(sum);
@@ -418,6 +449,8 @@ pub fn soak(
     }
     Ok(SoakReport {
         cycles,
+        sets,
+        set_bytes: made_bytes,
         bytes,
         mismatches: 0,
         secs: t.elapsed().as_secs_f64(),

@@ -1,5 +1,6 @@
 //! `vramswap bench`: host/device bandwidth tables.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -19,7 +20,8 @@ pub struct Args {
     /// Write one SVG chart per direction (GB/s against chunk size) into this folder.
     #[arg(long, value_name = "DIR")]
     svg: Option<PathBuf>,
-    /// Bytes per copy, in MiB (default 1024, or 128 with --quick).
+    /// Bytes per copy, in MiB or with a unit (`1GiB`); at least 1 MiB, and no more than the
+    /// device holds (default 1024, or 128 with --quick).
     #[arg(long, value_parser = crate::size_mib)]
     size_mb: Option<u64>,
 }
@@ -35,17 +37,26 @@ pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
     if let Some(mb) = args.size_mb {
         cfg.buffer_bytes = mb << 20;
     }
-    let quiet = args.json;
+    // Progress goes to stderr, so `--json` keeps stdout clean; with `--json` it still shows on
+    // a terminal (a full sweep runs for more than a minute).
+    let quiet = args.json && !std::io::stderr().is_terminal();
+    // The chart folder is made before the sweep (a path that cannot be made fails at once, not
+    // after it), and a folder that had to be made is named.
+    if let Some(dir) = &args.svg {
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+                path: dir.clone(),
+                source: e,
+            })?;
+            eprintln!("created {} for the charts", dir.display());
+        }
+    }
     let report = bandwidth::run(&b, &cfg, &mut |line| {
         if !quiet {
             eprintln!("  measuring {line}");
         }
     })?;
     if let Some(dir) = &args.svg {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Io {
-            path: dir.clone(),
-            source: e,
-        })?;
         for (file, chart) in report.charts() {
             let path = dir.join(file);
             std::fs::write(&path, chart.render()).map_err(|e| Error::Io {

@@ -59,7 +59,7 @@ pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
     let props = b.properties();
     let mut out = String::new();
     if !args.json {
-        out += &format!("device: {} ({:?})\n", props.name, props.backend);
+        out += &format!("device: {} ({})\n", props.name, props.backend);
         for n in &notes {
             out += &format!("note: {n}\n");
         }

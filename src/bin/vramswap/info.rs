@@ -60,7 +60,7 @@ pub fn run(b: SharedBackend, why: &str, args: &Args) -> Result<ExitCode> {
     println!(
         "virtual memory   {}",
         if p.vmm_supported {
-            format!("supported, granularity {} KiB", p.vmm_granularity / 1024)
+            format!("supported, granularity {}", binary_size(p.vmm_granularity))
         } else {
             "not supported".into()
         }
@@ -75,4 +75,15 @@ pub fn run(b: SharedBackend, why: &str, args: &Args) -> Result<ExitCode> {
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A power-of-two-sized quantity in the largest binary unit that holds it whole: `2 MiB`,
+/// `64 KiB`, `512 B`.
+fn binary_size(bytes: u64) -> String {
+    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} B")
 }

@@ -53,25 +53,25 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         out.push('\n');
         return crate::print(&out);
     }
+    // Names are padded by hand: `{:<width$}` panics on a width of 65536 or more ("Formatting
+    // argument out of range"), and a tensor name may be that long.
     let width = desc
         .tensors
         .iter()
-        .map(|t| t.name.len())
+        .map(|t| t.name.chars().count())
         .max()
         .unwrap_or(4)
         .max(4);
-    let _ = writeln!(
-        out,
-        "{:<width$}  {:<8}  {:<20}  {:>14}",
-        "name", "dtype", "shape", "bytes"
-    );
+    let pad = |out: &mut String, text: &str| {
+        out.push_str(text);
+        out.extend(std::iter::repeat_n(' ', width - text.chars().count()));
+    };
+    pad(&mut out, "name");
+    let _ = writeln!(out, "  {:<8}  {:<20}  {:>14}", "dtype", "shape", "bytes");
     for t in &desc.tensors {
         let shape = format!("{:?}", t.shape);
-        let _ = writeln!(
-            out,
-            "{:<width$}  {:<8}  {:<20}  {:>14}",
-            t.name, t.dtype, shape, t.len
-        );
+        pad(&mut out, &t.name);
+        let _ = writeln!(out, "  {:<8}  {:<20}  {:>14}", t.dtype, shape, t.len);
     }
     let _ = writeln!(
         out,

@@ -1,6 +1,7 @@
 //! `vramswap load PATH`: loads a checkpoint into a pinned arena, with a progress bar, and
 //! reports the time and throughput.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
@@ -28,7 +29,7 @@ pub struct Args {
     /// A .safetensors file, a model.safetensors.index.json, or a model directory.
     path: PathBuf,
     /// Cast F32/F16/BF16 tensors to this type while loading: f32, f16 or bf16.
-    #[arg(long)]
+    #[arg(long, value_parser = cast_dtype)]
     cast: Option<DType>,
     /// Register the mapped files read-only instead of copying them into the arena.
     #[arg(long)]
@@ -64,7 +65,8 @@ pub fn run(backend: SharedBackend, args: &Args) -> Result<ExitCode> {
     let arena = PinnedArena::new(backend, config)?;
     let bar: Arc<OnceLock<ProgressBar>> = Arc::new(OnceLock::new());
     let b2 = bar.clone();
-    let quiet = args.json;
+    // The bar is drawn on stderr, so `--json` keeps stdout clean; it shows on a terminal only.
+    let quiet = args.json && !std::io::stderr().is_terminal();
     let progress = move |p: LoadProgress| {
         if quiet || p.elapsed < BAR_AFTER {
             return;
@@ -143,4 +145,16 @@ pub fn run(backend: SharedBackend, args: &Args) -> Result<ExitCode> {
         crate::human(bytes),
         took.as_secs_f64(),
     ))
+}
+
+/// Parses `--cast`: the three floating types a load converts between, any case.
+fn cast_dtype(s: &str) -> std::result::Result<DType, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        _ => Err(format!(
+            "`{s}` is not a type --cast converts to; valid types: f32, f16, bf16"
+        )),
+    }
 }

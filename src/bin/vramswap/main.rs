@@ -119,19 +119,29 @@ fn print(text: &str) -> vramswap::Result<ExitCode> {
     }
 }
 
-/// Parses a `--size-mb` value: a whole number of MiB, at least 1, whose bytes fit in a `u64`
-/// (so `n << 20` cannot wrap).
 /// A size flag in bytes with the library's one size vocabulary ([`vramswap::config::parse_bytes`]):
 /// plain bytes, `1.5GB` (decimal) or `24GiB` (binary).
 fn size_bytes(s: &str) -> std::result::Result<u64, String> {
     vramswap::config::parse_bytes("size", s).map_err(|e| e.problem)
 }
 
+/// Parses a `--size-mb` value: a whole number of MiB (`256`), or a size with a unit that is a
+/// whole number of MiB (`1GiB`, `512MiB`); at least 1 MiB, whose bytes fit in a `u64` (so
+/// `n << 20` cannot wrap).
 fn size_mib(s: &str) -> std::result::Result<u64, String> {
-    let n: u64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not a whole number of MiB"))?;
+    let t = s.trim();
+    let n: u64 = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        t.parse()
+            .map_err(|_| format!("`{s}` MiB is out of range (1 to {})", u64::MAX >> 20))?
+    } else {
+        let bytes = size_bytes(s)?;
+        if bytes % (1 << 20) != 0 {
+            return Err(format!(
+                "`{s}` is {bytes} bytes, not a whole number of MiB (1 MiB = 1048576 bytes)"
+            ));
+        }
+        bytes >> 20
+    };
     if n == 0 || n > u64::MAX >> 20 {
         return Err(format!(
             "`{s}` MiB is out of range (1 to {})",
@@ -152,5 +162,90 @@ fn human(bytes: u64) -> String {
         format!("{:.1} kB", b / 1e3)
     } else {
         format!("{bytes} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::{CommandFactory, Parser};
+    use proptest::prelude::*;
+
+    /// Every option of every subcommand that takes a value, with the subcommand's required
+    /// positional arguments filled in: `(["vramswap", sub, positionals...], "--flag")`.
+    fn valued_flags() -> Vec<(Vec<String>, String)> {
+        let mut cli = Cli::command();
+        // Building propagates the global flags into each subcommand and settles value counts.
+        cli.build();
+        let mut out = Vec::new();
+        for sub in cli.get_subcommands() {
+            let mut base = vec!["vramswap".to_string(), sub.get_name().to_string()];
+            base.extend(
+                sub.get_positionals()
+                    .filter(|a| a.is_required_set())
+                    .map(|_| "x".to_string()),
+            );
+            for arg in sub.get_arguments() {
+                let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
+                if let (Some(long), true) = (arg.get_long(), takes_value) {
+                    out.push((base.clone(), format!("--{long}")));
+                }
+            }
+        }
+        out
+    }
+
+    /// The numbers that broke the CLI before (u64::MAX, 0, the edges of each integer type),
+    /// negative, fractional and non-finite values, and arbitrary text.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|x| x.to_string()),
+            prop::sample::select(vec![
+                "0",
+                "-0",
+                "1",
+                "-1",
+                "18446744073709551615",
+                "18446744073709551616",
+                "9223372036854775808",
+                "4294967296",
+                "1e400",
+                "NaN",
+                "inf",
+                "-inf",
+                "24GiB",
+                "0x10",
+                "",
+                " 3 ",
+            ])
+            .prop_map(str::to_string),
+            "\\PC{0,12}",
+        ]
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+        assert!(valued_flags().len() > 20, "{:?}", valued_flags());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// Parsing any value of any flag is a result, never a panic; the values that cannot
+        /// run are refused here, before a device is opened (tests/cli_extreme.rs runs them).
+        #[test]
+        fn any_value_of_any_flag_parses_or_is_a_clean_error(
+            pick in any::<prop::sample::Index>(),
+            v in value(),
+        ) {
+            let flags = valued_flags();
+            let (base, flag) = &flags[pick.index(flags.len())];
+            let mut argv = base.clone();
+            argv.push(format!("{flag}={v}"));
+            let parsed = std::panic::catch_unwind(|| Cli::try_parse_from(&argv).map(|_| ()));
+            prop_assert!(parsed.is_ok(), "parsing {argv:?} panicked");
+        }
     }
 }

@@ -1,16 +1,21 @@
 //! `vramswap new-model`: a tiny Llama model with seeded random weights, in Hugging Face format.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use vramswap::backend::BackendChoice;
 use vramswap::infer::{new_model, TinyModelSpec};
-use vramswap::Result;
+use vramswap::{Error, Result};
 
 /// Arguments of `new-model`.
 #[derive(clap::Args)]
 pub struct Args {
     /// Directory to write (created if missing): config.json, model.safetensors, tokenizer.json.
+    /// A directory that exists and is not empty is refused unless `--force` is given.
     dir: PathBuf,
+    /// Write into a non-empty directory, replacing the files named above.
+    #[arg(long)]
+    force: bool,
     /// Transformer blocks.
     #[arg(long, default_value_t = 2)]
     layers: usize,
@@ -35,9 +40,18 @@ pub struct Args {
     /// Seed of the weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    // The global `--backend` and `--device` do nothing here (no device is touched): these take
+    // their ids in this subcommand so that its help does not list them; the values are unused.
+    #[arg(id = "backend", long = "backend", hide = true)]
+    _backend: Option<BackendChoice>,
+    #[arg(id = "device", long = "device", hide = true)]
+    _device: Option<i32>,
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
+    if !args.force {
+        refuse_non_empty(&args.dir)?;
+    }
     let spec = TinyModelSpec {
         layers: args.layers,
         hidden: args.hidden,
@@ -59,4 +73,26 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         cfg.kv_heads(),
         cfg.vocab_size
     ))
+}
+
+/// Refuses a directory that exists and holds anything: writing a model there would overwrite
+/// files without a word.
+fn refuse_non_empty(dir: &Path) -> Result<()> {
+    let mut entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::Io {
+                path: dir.into(),
+                source: e,
+            })
+        }
+    };
+    match entries.next() {
+        None => Ok(()),
+        Some(_) => Err(Error::InvalidArgument(format!(
+            "{} exists and is not empty; pass --force to write the model into it anyway",
+            dir.display()
+        ))),
+    }
 }

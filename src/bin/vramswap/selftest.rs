@@ -13,7 +13,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Size of the round trip's weight set in MiB, roughly: the set is made of whole Llama-like
-    /// tensors, so it comes out near this size (at least a few MiB).
+    /// tensors, so it comes out near this size (at least a few MiB). MiB or with a unit (`1GiB`);
+    /// at least 1 MiB.
     #[arg(long, default_value_t = 256, value_parser = crate::size_mib)]
     size_mb: u64,
     /// Skip the bandwidth table.

@@ -1,5 +1,6 @@
 //! `vramswap swap-bench` and `vramswap soak`.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,17 +12,18 @@ use vramswap::{Error, Result};
 /// Arguments of `swap-bench`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Weight sets to create.
-    #[arg(long, default_value_t = 3)]
+    /// Weight sets to create (2 to 64).
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=swap::MAX_SETS as u64))]
     sets: usize,
-    /// Size of each set in MiB (a Llama-like mix of tensors).
+    /// Size of each set in MiB or with a unit (`1GiB`), at least 1 MiB and at most the device's
+    /// memory (a Llama-like mix of whole tensors near this size; the table prints the size used).
     #[arg(long, default_value_t = 256, value_parser = crate::size_mib)]
     size_mb: u64,
     /// Simulated compute for the prefetch figure, ms (default: the measured swap-in time).
     #[arg(long)]
     compute_ms: Option<f64>,
-    /// Repetitions per figure (medians are reported).
-    #[arg(long, default_value_t = 3)]
+    /// Repetitions per figure, 1 to 1000 (medians are reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=swap::MAX_REPS as u64))]
     reps: usize,
     /// Print one JSON object.
     #[arg(long)]
@@ -62,13 +64,14 @@ pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
 /// Arguments of `soak`.
 #[derive(clap::Args)]
 pub struct SoakArgs {
-    /// Swap-ins to run.
-    #[arg(long, default_value_t = 10_000)]
+    /// Swap-ins to run (1 to 1000000000).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=swap::MAX_SOAK_CYCLES))]
     cycles: u64,
-    /// Weight sets cycled.
-    #[arg(long, default_value_t = 3)]
+    /// Weight sets cycled (1 to 64).
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=swap::MAX_SETS as u64))]
     sets: usize,
-    /// Size of each set in MiB.
+    /// Size of each set in MiB or with a unit (`1GiB`), at least 1 MiB and at most the device's
+    /// memory (a Llama-like mix of whole tensors near this size; the output prints the size used).
     #[arg(long, default_value_t = 16, value_parser = crate::size_mib)]
     size_mb: u64,
     /// Print one JSON object.
@@ -79,7 +82,8 @@ pub struct SoakArgs {
 pub fn soak(b: SharedBackend, args: &SoakArgs) -> Result<ExitCode> {
     let mut config = SwapConfig::from_env()?;
     config.transfer.verify = true;
-    let quiet = args.json;
+    // Progress goes to stderr; with `--json` only where stderr is a terminal.
+    let quiet = args.json && !std::io::stderr().is_terminal();
     let every = (args.cycles / 20).max(1);
     let r = swap::soak(
         &b,
@@ -100,8 +104,11 @@ pub fn soak(b: SharedBackend, args: &SoakArgs) -> Result<ExitCode> {
         );
     } else {
         println!(
-            "{} cycles, {:.1} GiB swapped in, {} mismatches, {:.1} s",
+            "{} cycles over {} sets of {:.1} MiB (a Llama-like mix of whole tensors near the {} MiB asked), {:.1} GiB swapped in, {} mismatches, {:.1} s",
             r.cycles,
+            r.sets,
+            r.set_bytes as f64 / (1u64 << 20) as f64,
+            args.size_mb,
             r.bytes as f64 / (1u64 << 30) as f64,
             r.mismatches,
             r.secs
