@@ -34,17 +34,19 @@ mod linear;
 mod model;
 mod model_dir;
 mod params;
+mod rope;
 mod text;
 mod tokenizer;
 
 pub mod bench;
 
-pub use config::{LlamaConfig, TokenIds};
+pub use config::{Activation, Family, FamilyTraits, LlamaConfig, TokenIds, WindowRule};
 pub use generate::{argmax, generate, GenerateOptions, Generation, Sampling, StopReason};
 pub use linear::matmul_t;
 pub use model::{KvCache, Llama};
 pub use model_dir::{new_model, ModelDir, TinyModelSpec};
 pub use params::{BlockParams, LlamaParams, TensorSource};
+pub use rope::{Rope, RopeKind, RopeTables};
 pub use text::{generate_text, load_model, TextGeneration};
 pub use tokenizer::{byte_level_tokenizer_json, TextTokenizer};
 

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::config::{LlamaConfig, TokenIds};
+use super::config::{Activation, Family, LlamaConfig, TokenIds};
+use super::rope::{Rope, RopeKind};
 use super::tokenizer::{byte_level_tokenizer_json, TextTokenizer};
 use crate::error::{Error, Result};
 use crate::load::{self, LoadOptions};
@@ -115,13 +116,24 @@ impl TinyModelSpec {
             self.intermediate
         };
         LlamaConfig {
+            family: Family::Llama,
+            head_dim: self.hidden / self.heads.max(1),
+            rope: Rope {
+                theta: 10_000.0,
+                kind: RopeKind::Default,
+                partial_rotary_factor: 1.0,
+            },
+            hidden_act: Activation::Silu,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            layer_windows: vec![None; self.layers],
             hidden_size: self.hidden,
             intermediate_size: intermediate,
             num_hidden_layers: self.layers,
             num_attention_heads: self.heads,
             num_key_value_heads: Some(self.kv_heads),
             rms_norm_eps: 1e-5,
-            rope_theta: 10_000.0,
             vocab_size: self.vocab,
             max_position_embeddings: self.max_positions,
             tie_word_embeddings: self.tie_embeddings,
@@ -212,14 +224,7 @@ pub fn new_model(dir: &Path, spec: &TinyModelSpec) -> Result<LlamaConfig> {
         .map(|(n, s, b)| (n.as_str(), DType::F32, s.as_slice(), b.as_slice()))
         .collect();
     load::save(&dir.join("model.safetensors"), &views)?;
-    let cfg_json = serde_json::to_string_pretty(&ConfigFile {
-        architectures: vec!["LlamaForCausalLM"],
-        model_type: "llama",
-        torch_dtype: "float32",
-        hidden_act: "silu",
-        config: &cfg,
-    })
-    .expect("a config serialises");
+    let cfg_json = serde_json::to_string_pretty(&cfg.to_json()).expect("a config serialises");
     let cfg_path = dir.join("config.json");
     std::fs::write(&cfg_path, cfg_json).map_err(io(&cfg_path))?;
     let tok_path = dir.join("tokenizer.json");
@@ -231,15 +236,4 @@ pub fn new_model(dir: &Path, spec: &TinyModelSpec) -> Result<LlamaConfig> {
 enum Fill {
     Ones,
     Uniform(f32),
-}
-
-/// `config.json` as transformers writes it: the fields plus the ones that name the model type.
-#[derive(serde::Serialize)]
-struct ConfigFile<'a> {
-    architectures: Vec<&'static str>,
-    model_type: &'static str,
-    torch_dtype: &'static str,
-    hidden_act: &'static str,
-    #[serde(flatten)]
-    config: &'a LlamaConfig,
 }
