@@ -27,6 +27,7 @@
 //! own copy of the same bytes.
 
 mod attend;
+mod chat;
 mod config;
 pub mod demo;
 mod generate;
@@ -40,15 +41,16 @@ mod tokenizer;
 
 pub mod bench;
 
+pub use chat::{render_chat, ChatMessage, TokenizerConfig};
 pub use config::{Activation, Family, FamilyTraits, LlamaConfig, TokenIds, WindowRule};
 pub use generate::{argmax, generate, GenerateOptions, Generation, Sampling, StopReason};
 pub use linear::matmul_t;
-pub use model::{KvCache, Llama};
+pub use model::{logits_rows, KvCache, Llama};
 pub use model_dir::{new_model, ModelDir, TinyModelSpec};
 pub use params::{BlockParams, LlamaParams, TensorSource};
 pub use rope::{Rope, RopeKind, RopeTables};
-pub use text::{generate_text, load_model, TextGeneration};
-pub use tokenizer::{byte_level_tokenizer_json, TextTokenizer};
+pub use text::{generate_text, generate_text_as, load_model, PromptForm, TextGeneration};
+pub use tokenizer::{byte_level_tokenizer_json, SpecialTokens, TextTokenizer};
 
 pub use candle_core::Device;
 

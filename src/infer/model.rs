@@ -476,8 +476,8 @@ fn mlp(x: &Tensor, blk: &BlockParams, act: Activation, fused: bool) -> CResult<T
     linear(&(g * u)?, &blk.down, fused)
 }
 
-/// Last-slot logits to host rows (f32).
-pub(crate) fn logits_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+/// Last-slot logits (`[batch, vocab]`, as [`Llama::forward`] returns them) to host rows in f32.
+pub fn logits_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
     logits
         .to_dtype(CDType::F32)
         .and_then(|l| l.to_vec2::<f32>())

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::chat::{render_chat, ChatMessage, TokenizerConfig};
 use super::config::{Activation, Family, LlamaConfig, TokenIds};
 use super::rope::{Rope, RopeKind};
 use super::tokenizer::{byte_level_tokenizer_json, TextTokenizer};
@@ -22,8 +23,13 @@ pub struct ModelDir {
     pub path: PathBuf,
     /// Its `config.json`.
     pub config: LlamaConfig,
-    /// Its `tokenizer.json`.
+    /// Its `tokenizer.json`, with the special-token rule of `tokenizer_config.json`.
     pub tokenizer: TextTokenizer,
+    /// Its `tokenizer_config.json` (and `chat_template.jinja`); empty when it has none.
+    pub tokenizer_config: TokenizerConfig,
+    /// End-of-sequence ids as transformers' `generate` reads them: `generation_config.json`'s
+    /// `eos_token_id` when the directory has that file, else `config.json`'s.
+    pub eos_ids: Vec<u32>,
 }
 
 impl ModelDir {
@@ -36,11 +42,46 @@ impl ModelDir {
             )));
         }
         let config = LlamaConfig::from_file(&path.join("config.json"))?;
-        let tokenizer = TextTokenizer::from_file(&path.join("tokenizer.json"))?;
+        let tokenizer_config = TokenizerConfig::from_dir(path)?;
+        let tokenizer = TextTokenizer::from_file(&path.join("tokenizer.json"))?
+            .with_config(&tokenizer_config)?;
+        let gen_path = path.join("generation_config.json");
+        let eos_ids = match std::fs::read_to_string(&gen_path) {
+            Ok(text) => {
+                #[derive(serde::Deserialize)]
+                struct GenerationConfig {
+                    eos_token_id: Option<TokenIds>,
+                }
+                let g: GenerationConfig =
+                    serde_json::from_str(&text).map_err(|e| Error::Malformed {
+                        path: gen_path.clone(),
+                        problem: format!("not a generation_config.json: {e}"),
+                    })?;
+                g.eos_token_id.map(|t| t.to_vec()).unwrap_or_default()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => config.eos_ids(),
+            Err(source) => {
+                return Err(Error::Io {
+                    path: gen_path,
+                    source,
+                })
+            }
+        };
+        if let Some(bad) = eos_ids.iter().find(|&&t| t as usize >= config.vocab_size) {
+            return Err(Error::Malformed {
+                path: gen_path,
+                problem: format!(
+                    "eos_token_id {bad} is outside the vocabulary ({})",
+                    config.vocab_size
+                ),
+            });
+        }
         Ok(ModelDir {
             path: path.to_path_buf(),
             config,
             tokenizer,
+            tokenizer_config,
+            eos_ids,
         })
     }
 
@@ -49,10 +90,38 @@ impl ModelDir {
         engine.register_path(name, &self.path, LoadOptions::default())
     }
 
-    /// Prompt ids: BOS (when the config has one) then the text's tokens.
+    /// Prompt ids as transformers' tokenizer gives them: the tokenizer decides the special
+    /// tokens (see [`super::SpecialTokens`]); the config's `bos_token_id` adds nothing.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
-        let mut ids: Vec<u32> = self.config.bos_token_id.into_iter().collect();
-        ids.extend(self.tokenizer.encode(text)?);
+        let ids = self.tokenizer.encode_prompt(text)?;
+        self.check_ids(ids)
+    }
+
+    /// Prompt ids of `text` as the user message of a chat, as transformers'
+    /// `apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)`
+    /// gives them: the model's chat template rendered, then tokenized without added specials.
+    pub fn encode_chat(&self, text: &str) -> Result<Vec<u32>> {
+        let template = self
+            .tokenizer_config
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{} has no chat template (tokenizer_config.json's `chat_template` or \
+                 chat_template.jinja)",
+                    self.path.display()
+                ))
+            })?;
+        let messages = [ChatMessage {
+            role: "user".into(),
+            content: text.into(),
+        }];
+        let rendered = render_chat(template, &messages, true, &self.tokenizer_config)?;
+        let ids = self.tokenizer.encode(&rendered)?;
+        self.check_ids(ids)
+    }
+
+    fn check_ids(&self, ids: Vec<u32>) -> Result<Vec<u32>> {
         if let Some(bad) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
             return Err(Error::InvalidArgument(format!(
                 "the tokenizer gave id {bad}, outside the model's vocabulary ({})",

@@ -5,16 +5,35 @@ use std::path::Path;
 
 use tokenizers::Tokenizer;
 
+use super::chat::TokenizerConfig;
 use crate::error::{Error, Result};
 
 /// Special tokens of the byte-level tokenizer, after the 256 byte tokens: `<s>` = 256,
 /// `</s>` = 257, `<pad>` = 258.
 pub const BYTE_SPECIALS: [&str; 3] = ["<s>", "</s>", "<pad>"];
 
-/// A loaded `tokenizer.json`.
+/// Who adds special tokens around a prompt, decided as transformers 5's tokenizers backend
+/// decides it: when `tokenizer_config.json` sets `add_bos_token` or `add_eos_token` (or
+/// `tokenizer.json` has no post-processor), transformers rebuilds the post-processor from those
+/// flags; otherwise `tokenizer.json`'s post-processor adds what it adds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpecialTokens {
+    /// `tokenizer.json`'s post-processor.
+    PostProcessor,
+    /// These ids before and after the text (from `add_bos_token` / `add_eos_token`).
+    Flags {
+        /// Prepended when `add_bos_token` is true and the tokenizer names a BOS token.
+        bos: Option<u32>,
+        /// Appended when `add_eos_token` is true and the tokenizer names an EOS token.
+        eos: Option<u32>,
+    },
+}
+
+/// A loaded `tokenizer.json`, with the special-token rule of its `tokenizer_config.json`.
 #[derive(Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
+    specials: SpecialTokens,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -36,10 +55,66 @@ impl TextTokenizer {
             path: path.to_path_buf(),
             problem: format!("not a tokenizer.json the tokenizers crate can load: {e}"),
         })?;
-        Ok(TextTokenizer { inner })
+        let specials = if inner.get_post_processor().is_some() {
+            SpecialTokens::PostProcessor
+        } else {
+            SpecialTokens::Flags {
+                bos: None,
+                eos: None,
+            }
+        };
+        Ok(TextTokenizer { inner, specials })
     }
 
-    /// Token ids of `text`, without special tokens (the caller adds BOS).
+    /// Loads `tokenizer.json` and applies the `add_bos_token` / `add_eos_token` of `config`
+    /// (the parsed `tokenizer_config.json`) as transformers does.
+    pub fn with_config(mut self, config: &TokenizerConfig) -> Result<TextTokenizer> {
+        if config.add_bos_token.is_some() || config.add_eos_token.is_some() {
+            let id = |flag: Option<bool>, token: &Option<String>, what: &str| match (flag, token) {
+                (Some(true), Some(t)) => self.inner.token_to_id(t).map(Some).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "tokenizer_config.json's {what} {t:?} is not in tokenizer.json's vocabulary"
+                    ))
+                }),
+                _ => Ok(None),
+            };
+            self.specials = SpecialTokens::Flags {
+                bos: id(config.add_bos_token, &config.bos_token, "bos_token")?,
+                eos: id(config.add_eos_token, &config.eos_token, "eos_token")?,
+            };
+        }
+        Ok(self)
+    }
+
+    /// Who adds special tokens to prompts.
+    pub fn special_tokens(&self) -> &SpecialTokens {
+        &self.specials
+    }
+
+    /// Id of a token string, when the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Prompt ids as transformers' `tokenizer(text).input_ids` gives them: the text's tokens
+    /// with the special tokens the tokenizer adds (see [`SpecialTokens`]).
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        match &self.specials {
+            SpecialTokens::PostProcessor => self
+                .inner
+                .encode(text, true)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| Error::InvalidArgument(format!("cannot tokenize {text:?}: {e}"))),
+            SpecialTokens::Flags { bos, eos } => {
+                let mut ids: Vec<u32> = bos.iter().copied().collect();
+                ids.extend(self.encode(text)?);
+                ids.extend(eos.iter().copied());
+                Ok(ids)
+            }
+        }
+    }
+
+    /// Token ids of `text`, without special tokens.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         self.inner
             .encode(text, false)
@@ -85,7 +160,7 @@ fn byte_chars() -> Vec<char> {
 
 /// A byte-level BPE `tokenizer.json` with no merges: token `b` is byte `b` (0..256), then the
 /// specials `<s>`, `</s>` and `<pad>` (256-258), then `<extra_N>` specials up to `vocab`
-/// tokens. Any text round-trips.
+/// tokens. Its post-processor puts `<s>` before a prompt. Any text round-trips.
 pub fn byte_level_tokenizer_json(vocab: usize) -> Result<String> {
     let min = 256 + BYTE_SPECIALS.len();
     if vocab < min {
@@ -117,7 +192,13 @@ pub fn byte_level_tokenizer_json(vocab: usize) -> Result<String> {
         "added_tokens": added,
         "normalizer": null,
         "pre_tokenizer": byte_level,
-        "post_processor": null,
+        "post_processor": {"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                       {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                     {"Sequence": {"id": "A", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [256], "tokens": ["<s>"]}}},
         "decoder": byte_level,
         "model": {"type": "BPE", "dropout": null, "unk_token": null,
             "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
@@ -143,6 +224,23 @@ mod tests {
         assert_eq!(t.decode(&ids).unwrap(), text);
         // Specials are skipped when decoding.
         assert_eq!(t.decode(&[256, 104, 105, 257, 299]).unwrap(), "hi");
+        // The post-processor adds BOS to prompts; tokenizer_config.json's flags replace it.
+        assert_eq!(t.encode_prompt("hi").unwrap(), vec![256, 104, 105]);
+        let flags = TokenizerConfig {
+            add_bos_token: Some(false),
+            add_eos_token: Some(true),
+            eos_token: Some("</s>".into()),
+            ..Default::default()
+        };
+        let t = t.with_config(&flags).unwrap();
+        assert_eq!(t.encode_prompt("hi").unwrap(), vec![104, 105, 257]);
+        let missing = TokenizerConfig {
+            add_bos_token: Some(true),
+            bos_token: Some("<nope>".into()),
+            ..Default::default()
+        };
+        let e = t.with_config(&missing).unwrap_err().to_string();
+        assert!(e.contains("<nope>"), "{e}");
     }
 
     #[test]
