@@ -431,7 +431,9 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
     if 2 * half == hd {
         Tensor::cat(&[&a, &c], D::Minus1)
     } else {
-        let rest = x.narrow(D::Minus1, 2 * half, hd - 2 * half)?;
+        // Contiguous parts make a contiguous result (candle concatenates a strided part along
+        // the last dimension into a transposed layout, which the fused attention refuses).
+        let rest = x.narrow(D::Minus1, 2 * half, hd - 2 * half)?.contiguous()?;
         Tensor::cat(&[&a, &c, &rest], D::Minus1)
     }
 }
