@@ -381,4 +381,37 @@ mod tests {
         };
         assert!(q.apply_op3_no_bwd(&k, &k, &bad_pads).is_err());
     }
+
+    /// A sliding window drops the oldest keys: a window as long as the cache changes nothing,
+    /// and a window of 1 leaves each query its own value (as transformers masks it, key `j` is
+    /// seen from slot `i` while `i - j < window`).
+    #[test]
+    fn a_sliding_window_sees_only_the_last_keys() {
+        let (b, nh, nkv, t, s, hd) = (1, 2, 1, 4, 6, 8);
+        let (_, qt) = random(&[b, nh, t, hd], 4);
+        let (_, kt) = random(&[b, nkv, s, hd], 5);
+        let (v, vt) = random(&[b, nkv, s, hd], 6);
+        let run = |window| {
+            let op = CausalAttention {
+                pads: vec![0],
+                scale: 0.3,
+                window,
+            };
+            let out = qt.apply_op3_no_bwd(&kt, &vt, &op).unwrap();
+            out.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        assert_eq!(run(None), run(Some(s)));
+        assert_ne!(run(None), run(Some(2)));
+        let own = run(Some(1));
+        for i in 0..t {
+            let slot = s - t + i;
+            for h in 0..nh {
+                let got = &own[(i * nh + h) * hd..][..hd];
+                assert_eq!(got, &v[slot * hd..][..hd], "query {i} head {h}");
+            }
+        }
+        assert_eq!(visible_keys(5, 0, Some(2)), 4..=5);
+        assert_eq!(visible_keys(5, 5, Some(3)), 5..=5);
+        assert_eq!(visible_keys(1, 3, Some(3)), 1..=1);
+    }
 }
