@@ -24,6 +24,9 @@ import time
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# strftime_now: transformers uses local time, vramswap UTC.
+os.environ["TZ"] = "UTC"
+time.tzset()
 
 import torch  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors  # noqa: E402
@@ -40,10 +43,26 @@ from transformers import (  # noqa: E402
 TOL = 1e-4
 NEW_TOKENS = 12
 PROMPTS = ["a", "The quick brown fox", "Once upon a time, in a land far away, there lived"]
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'].strip() "
-    "+ eos_token }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
+# A template using what real ones use: whitespace control, slicing, tests, string methods,
+# filters, `tojson`, `strftime_now`, `raise_exception` and the special tokens.
+CHAT_TEMPLATE = """{%- if messages[0]['role'] == 'system' %}
+    {%- set sys = messages[0]['content'] %}
+    {%- set msgs = messages[1:] %}
+{%- else %}
+    {%- set sys = 'You help. Today is ' + strftime_now('%d %b %Y') + '.' %}
+    {%- set msgs = messages %}
+{%- endif %}
+{{- bos_token }}<|system|>{{ sys | trim }} {{ {'tools': tools, 'n': msgs | length} | tojson }}{{ eos_token }}
+{%- for m in msgs %}
+    {%- if m['role'] not in ['user', 'assistant'] %}
+        {{- raise_exception('unknown role ' + m['role']) }}
+    {%- endif %}
+<|{{ m['role'] }}|>{{ m['content'].strip() | lower if loop.last else m['content'] }}{{ eos_token }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+<|assistant|>
+{%- endif %}
+"""
 
 SIZES = dict(
     hidden_size=64,
