@@ -53,7 +53,9 @@ struct RawTokenizerConfig {
     chat_template: Option<TemplateField>,
 }
 
-/// The fields of `tokenizer_config.json` that decide prompts.
+/// The fields of `tokenizer_config.json` that decide chat prompts. `add_bos_token` and
+/// `add_eos_token` are kept for callers but decide nothing: transformers 5 drops them when a
+/// `tokenizer.json` is loaded, and so does vramswap.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TokenizerConfig {
     /// `add_bos_token`, when the file sets it.

@@ -50,7 +50,7 @@ pub use model_dir::{new_model, ModelDir, TinyModelSpec};
 pub use params::{BlockParams, LlamaParams, TensorSource};
 pub use rope::{Rope, RopeKind, RopeTables};
 pub use text::{generate_text, generate_text_as, load_model, PromptForm, TextGeneration};
-pub use tokenizer::{byte_level_tokenizer_json, SpecialTokens, TextTokenizer};
+pub use tokenizer::{byte_level_tokenizer_json, TextTokenizer};
 
 pub use candle_core::Device;
 

@@ -23,7 +23,7 @@ pub struct ModelDir {
     pub path: PathBuf,
     /// Its `config.json`.
     pub config: LlamaConfig,
-    /// Its `tokenizer.json`, with the special-token rule of `tokenizer_config.json`.
+    /// Its `tokenizer.json`.
     pub tokenizer: TextTokenizer,
     /// Its `tokenizer_config.json` (and `chat_template.jinja`); empty when it has none.
     pub tokenizer_config: TokenizerConfig,
@@ -43,8 +43,7 @@ impl ModelDir {
         }
         let config = LlamaConfig::from_file(&path.join("config.json"))?;
         let tokenizer_config = TokenizerConfig::from_dir(path)?;
-        let tokenizer = TextTokenizer::from_file(&path.join("tokenizer.json"))?
-            .with_config(&tokenizer_config)?;
+        let tokenizer = TextTokenizer::from_file(&path.join("tokenizer.json"))?;
         let gen_path = path.join("generation_config.json");
         let eos_ids = match std::fs::read_to_string(&gen_path) {
             Ok(text) => {
@@ -90,8 +89,9 @@ impl ModelDir {
         engine.register_path(name, &self.path, LoadOptions::default())
     }
 
-    /// Prompt ids as transformers' tokenizer gives them: the tokenizer decides the special
-    /// tokens (see [`super::SpecialTokens`]); the config's `bos_token_id` adds nothing.
+    /// Prompt ids as transformers' tokenizer gives them: `tokenizer.json`'s post-processor
+    /// decides the special tokens ([`TextTokenizer::encode_prompt`]); the config's
+    /// `bos_token_id` adds nothing.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
         let ids = self.tokenizer.encode_prompt(text)?;
         self.check_ids(ids)

@@ -5,35 +5,16 @@ use std::path::Path;
 
 use tokenizers::Tokenizer;
 
-use super::chat::TokenizerConfig;
 use crate::error::{Error, Result};
 
 /// Special tokens of the byte-level tokenizer, after the 256 byte tokens: `<s>` = 256,
 /// `</s>` = 257, `<pad>` = 258.
 pub const BYTE_SPECIALS: [&str; 3] = ["<s>", "</s>", "<pad>"];
 
-/// Who adds special tokens around a prompt, decided as transformers 5's tokenizers backend
-/// decides it: when `tokenizer_config.json` sets `add_bos_token` or `add_eos_token` (or
-/// `tokenizer.json` has no post-processor), transformers rebuilds the post-processor from those
-/// flags; otherwise `tokenizer.json`'s post-processor adds what it adds.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SpecialTokens {
-    /// `tokenizer.json`'s post-processor.
-    PostProcessor,
-    /// These ids before and after the text (from `add_bos_token` / `add_eos_token`).
-    Flags {
-        /// Prepended when `add_bos_token` is true and the tokenizer names a BOS token.
-        bos: Option<u32>,
-        /// Appended when `add_eos_token` is true and the tokenizer names an EOS token.
-        eos: Option<u32>,
-    },
-}
-
-/// A loaded `tokenizer.json`, with the special-token rule of its `tokenizer_config.json`.
+/// A loaded `tokenizer.json`.
 #[derive(Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
-    specials: SpecialTokens,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -55,40 +36,7 @@ impl TextTokenizer {
             path: path.to_path_buf(),
             problem: format!("not a tokenizer.json the tokenizers crate can load: {e}"),
         })?;
-        let specials = if inner.get_post_processor().is_some() {
-            SpecialTokens::PostProcessor
-        } else {
-            SpecialTokens::Flags {
-                bos: None,
-                eos: None,
-            }
-        };
-        Ok(TextTokenizer { inner, specials })
-    }
-
-    /// Loads `tokenizer.json` and applies the `add_bos_token` / `add_eos_token` of `config`
-    /// (the parsed `tokenizer_config.json`) as transformers does.
-    pub fn with_config(mut self, config: &TokenizerConfig) -> Result<TextTokenizer> {
-        if config.add_bos_token.is_some() || config.add_eos_token.is_some() {
-            let id = |flag: Option<bool>, token: &Option<String>, what: &str| match (flag, token) {
-                (Some(true), Some(t)) => self.inner.token_to_id(t).map(Some).ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "tokenizer_config.json's {what} {t:?} is not in tokenizer.json's vocabulary"
-                    ))
-                }),
-                _ => Ok(None),
-            };
-            self.specials = SpecialTokens::Flags {
-                bos: id(config.add_bos_token, &config.bos_token, "bos_token")?,
-                eos: id(config.add_eos_token, &config.eos_token, "eos_token")?,
-            };
-        }
-        Ok(self)
-    }
-
-    /// Who adds special tokens to prompts.
-    pub fn special_tokens(&self) -> &SpecialTokens {
-        &self.specials
+        Ok(TextTokenizer { inner })
     }
 
     /// Id of a token string, when the vocabulary has it.
@@ -96,22 +44,16 @@ impl TextTokenizer {
         self.inner.token_to_id(token)
     }
 
-    /// Prompt ids as transformers' `tokenizer(text).input_ids` gives them: the text's tokens
-    /// with the special tokens the tokenizer adds (see [`SpecialTokens`]).
+    /// Prompt ids as transformers 5's `tokenizer(text).input_ids` gives them: the text's tokens
+    /// with the special tokens `tokenizer.json`'s post-processor adds (none without one).
+    /// transformers 5 decides by the post-processor alone when there is a `tokenizer.json`: it
+    /// drops `tokenizer_config.json`'s `add_bos_token` / `add_eos_token` when loading one
+    /// (`tokenization_utils_base`), so those flags are not read here either.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
-        match &self.specials {
-            SpecialTokens::PostProcessor => self
-                .inner
-                .encode(text, true)
-                .map(|e| e.get_ids().to_vec())
-                .map_err(|e| Error::InvalidArgument(format!("cannot tokenize {text:?}: {e}"))),
-            SpecialTokens::Flags { bos, eos } => {
-                let mut ids: Vec<u32> = bos.iter().copied().collect();
-                ids.extend(self.encode(text)?);
-                ids.extend(eos.iter().copied());
-                Ok(ids)
-            }
-        }
+        self.inner
+            .encode(text, true)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| Error::InvalidArgument(format!("cannot tokenize {text:?}: {e}")))
     }
 
     /// Token ids of `text`, without special tokens.
@@ -224,23 +166,8 @@ mod tests {
         assert_eq!(t.decode(&ids).unwrap(), text);
         // Specials are skipped when decoding.
         assert_eq!(t.decode(&[256, 104, 105, 257, 299]).unwrap(), "hi");
-        // The post-processor adds BOS to prompts; tokenizer_config.json's flags replace it.
+        // The post-processor adds BOS to prompts.
         assert_eq!(t.encode_prompt("hi").unwrap(), vec![256, 104, 105]);
-        let flags = TokenizerConfig {
-            add_bos_token: Some(false),
-            add_eos_token: Some(true),
-            eos_token: Some("</s>".into()),
-            ..Default::default()
-        };
-        let t = t.with_config(&flags).unwrap();
-        assert_eq!(t.encode_prompt("hi").unwrap(), vec![104, 105, 257]);
-        let missing = TokenizerConfig {
-            add_bos_token: Some(true),
-            bos_token: Some("<nope>".into()),
-            ..Default::default()
-        };
-        let e = t.with_config(&missing).unwrap_err().to_string();
-        assert!(e.contains("<nope>"), "{e}");
     }
 
     #[test]

@@ -79,7 +79,10 @@ SIZES = dict(
 
 
 def variants():
-    """(name, config class, overrides, tokenizer adds BOS, config edit after save)."""
+    """(name, config class, overrides, tokenizer BOS, config edit after save). Tokenizer BOS:
+    True, its post-processor adds one; False, it adds none; "flags", the post-processor adds
+    none but tokenizer_config.json says `add_bos_token: true` (which transformers 5 drops
+    when it loads a tokenizer.json)."""
     v5 = None
     return [
         ("llama", LlamaConfig, {}, True, v5),
@@ -92,6 +95,7 @@ def variants():
         ("llama-bias", LlamaConfig, {"attention_bias": True, "mlp_bias": True}, True, v5),
         ("llama-tied-gelu-hd32", LlamaConfig, {"tie_word_embeddings": True, "hidden_act": "gelu", "head_dim": 32}, True, v5),
         ("llama-nobos", LlamaConfig, {}, False, v5),
+        ("llama-add-bos-flag", LlamaConfig, {}, "flags", v5),
         ("mistral-window4", MistralConfig, {"sliding_window": 4}, True, v5),
         ("qwen2", Qwen2Config, {}, False, v5),
         ("qwen2-window", Qwen2Config, {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}, False, v5),
@@ -114,6 +118,7 @@ def byte_chars():
 
 
 def make_tokenizer(add_bos):
+    add_bos = add_bos is True
     chars = byte_chars()
     vocab = {chars[b]: b for b in range(256)}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
@@ -212,6 +217,14 @@ def check(name, cls, overrides, add_bos, edit, binary, root, seed):
     model = make_model(cls, overrides, seed)
     model.save_pretrained(d, safe_serialization=True)
     make_tokenizer(add_bos).save_pretrained(d)
+    if add_bos == "flags":
+        # Only tokenizer_config.json asks for BOS (save_pretrained never writes the flag).
+        tc = os.path.join(d, "tokenizer_config.json")
+        with open(tc) as f:
+            t = json.load(f)
+        t["add_bos_token"] = True
+        with open(tc, "w") as f:
+            json.dump(t, f, indent=2)
     if edit == "v4":
         to_v4_config(os.path.join(d, "config.json"))
     tok = AutoTokenizer.from_pretrained(d)
