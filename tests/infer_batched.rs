@@ -444,3 +444,38 @@ fn tensors_nobody_reads_are_refused_by_name() {
     let err = build(&dir).unwrap_err().to_string();
     assert!(err.contains("self_attn.k_proj.bias"), "{err}");
 }
+
+/// `--chat` prompts: without a chat template a clear error; with one in
+/// `tokenizer_config.json`, the rendered text tokenized without added specials (the template
+/// writes BOS itself); `chat_template.jinja` takes priority, as in transformers 5.
+#[test]
+fn chat_prompts_render_the_models_template() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    new_model(&dir, &specs()[0]).unwrap();
+    let e = ModelDir::open(&dir).unwrap().encode_chat("hi").unwrap_err();
+    assert!(e.to_string().contains("no chat template"), "{e}");
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"bos_token": "<s>", "eos_token": {"content": "</s>"},
+            "chat_template": "{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"}"#,
+    )
+    .unwrap();
+    let md = ModelDir::open(&dir).unwrap();
+    let want: Vec<u32> = std::iter::once(256)
+        .chain("[user]hi".bytes().map(u32::from))
+        .chain(std::iter::once(257))
+        .chain("[assistant]".bytes().map(u32::from))
+        .collect();
+    assert_eq!(md.encode_chat("hi").unwrap(), want);
+    std::fs::write(
+        dir.join("chat_template.jinja"),
+        "{{ messages[0].content | upper }}",
+    )
+    .unwrap();
+    let md = ModelDir::open(&dir).unwrap();
+    assert_eq!(
+        md.encode_chat("hi").unwrap(),
+        vec![u32::from(b'H'), u32::from(b'I')]
+    );
+}
