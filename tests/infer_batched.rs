@@ -401,3 +401,81 @@ fn prompts_longer_than_the_model_allows_are_refused() {
     let err = generate(&m, &[vec![]], &GenerateOptions::default()).unwrap_err();
     assert!(err.to_string().contains("no tokens"), "{err}");
 }
+
+/// A checkpoint holding a tensor the model does not read (here a q_proj bias in a Llama
+/// without `attention_bias`) is refused, naming the tensor; with `attention_bias` true the
+/// same model reads its biases, and one missing is named.
+#[test]
+fn tensors_nobody_reads_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    new_model(&dir, &specs()[0]).unwrap();
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let cfg = ModelDir::open(&dir).unwrap().config;
+    let q_out = cfg.num_attention_heads * cfg.head_dim();
+    let bias = vec![0u8; q_out * 4];
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
+    tensors.push((
+        "model.layers.0.self_attn.q_proj.bias".into(),
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![q_out], &bias).unwrap(),
+    ));
+    let out = safetensors::serialize(tensors, None).unwrap();
+    std::fs::write(&path, out).unwrap();
+
+    let build = |dir: &std::path::Path| {
+        let md = ModelDir::open(dir).unwrap();
+        let e = engine();
+        md.register(&e, "m").unwrap();
+        let g = e.acquire("m").unwrap();
+        LlamaParams::build(&md.config, &g, &Device::Cpu).map(|_| ())
+    };
+    let err = build(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains("model.layers.0.self_attn.q_proj.bias") && err.contains("does not read"),
+        "{err}"
+    );
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["attention_bias"] = serde_json::Value::Bool(true);
+    std::fs::write(&cfg_path, v.to_string()).unwrap();
+    let err = build(&dir).unwrap_err().to_string();
+    assert!(err.contains("self_attn.k_proj.bias"), "{err}");
+}
+
+/// `--chat` prompts: without a chat template a clear error; with one in
+/// `tokenizer_config.json`, the rendered text tokenized without added specials (the template
+/// writes BOS itself); `chat_template.jinja` takes priority, as in transformers 5.
+#[test]
+fn chat_prompts_render_the_models_template() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    new_model(&dir, &specs()[0]).unwrap();
+    let e = ModelDir::open(&dir).unwrap().encode_chat("hi").unwrap_err();
+    assert!(e.to_string().contains("no chat template"), "{e}");
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"bos_token": "<s>", "eos_token": {"content": "</s>"},
+            "chat_template": "{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"}"#,
+    )
+    .unwrap();
+    let md = ModelDir::open(&dir).unwrap();
+    let want: Vec<u32> = std::iter::once(256)
+        .chain("[user]hi".bytes().map(u32::from))
+        .chain(std::iter::once(257))
+        .chain("[assistant]".bytes().map(u32::from))
+        .collect();
+    assert_eq!(md.encode_chat("hi").unwrap(), want);
+    std::fs::write(
+        dir.join("chat_template.jinja"),
+        "{{ messages[0].content | upper }}",
+    )
+    .unwrap();
+    let md = ModelDir::open(&dir).unwrap();
+    assert_eq!(
+        md.encode_chat("hi").unwrap(),
+        vec![u32::from(b'H'), u32::from(b'I')]
+    );
+}

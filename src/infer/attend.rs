@@ -36,13 +36,27 @@ pub(crate) struct CausalAttention {
     pub(crate) pads: Vec<usize>,
     /// Score scale, `1 / sqrt(head_dim)`.
     pub(crate) scale: f32,
+    /// Sliding window: a query sees only the keys fewer than this many slots back (itself
+    /// included); `None` for full causal attention.
+    pub(crate) window: Option<usize>,
 }
 
 /// The key slots a query at `slot` sees in a row left-padded by `pad`: its row's real slots up
 /// to itself, or only itself while it is padding (so its values stay finite; no real query
-/// ever reads them). The rule of both attention paths: this op and the generic path's mask.
-pub(crate) fn visible_keys(slot: usize, pad: usize) -> RangeInclusive<usize> {
-    slot.min(pad)..=slot
+/// ever reads them). With a sliding `window` (as transformers masks it: key `j` is visible
+/// while `slot - j < window`) the oldest keys drop out. The rule of both attention paths: this
+/// op and the generic path's mask.
+pub(crate) fn visible_keys(
+    slot: usize,
+    pad: usize,
+    window: Option<usize>,
+) -> RangeInclusive<usize> {
+    let first = slot.min(pad);
+    let first = match window {
+        Some(w) => first.max((slot + 1).saturating_sub(w)),
+        None => first,
+    };
+    first..=slot
 }
 
 /// A 4-d view of one operand: base offset and strides in elements.
@@ -146,7 +160,7 @@ impl CustomOp3 for CausalAttention {
         let one = |(c, o): (usize, &mut [f32])| {
             let (r, i) = (c / t, c % t);
             let slot = s - t + i;
-            let keys = visible_keys(slot, self.pads[r]);
+            let keys = visible_keys(slot, self.pads[r], self.window);
             let mut p = vec![0f32; slot + 1 - keys.start()];
             for (h, o) in o.chunks_mut(hd).enumerate() {
                 let kvh = h / rep;
@@ -255,6 +269,7 @@ mod tests {
         let op = CausalAttention {
             pads: pads.clone(),
             scale: scale as f32,
+            window: None,
         };
         let out = qt.apply_op3_no_bwd(&kt, &vt, &op).unwrap();
         assert_eq!(out.dims(), &[b, t, nh, hd]);
@@ -286,6 +301,7 @@ mod tests {
         let op = CausalAttention {
             pads: vec![1, 0],
             scale: 0.3,
+            window: None,
         };
         let (kv, vv) = (kbuf.narrow(2, 0, s).unwrap(), vbuf.narrow(2, 0, s).unwrap());
         let a = qt.apply_op3_no_bwd(&kv, &vv, &op).unwrap();
@@ -312,6 +328,7 @@ mod tests {
         let op = CausalAttention {
             pads: pads.clone(),
             scale: 0.125,
+            window: None,
         };
         let all: Vec<f32> = qt
             .apply_op3_no_bwd(&kt, &vt, &op)
@@ -324,6 +341,7 @@ mod tests {
             let one = CausalAttention {
                 pads: vec![pad],
                 scale: 0.125,
+                window: None,
             };
             let row = |t: &Tensor| t.narrow(0, r, 1).unwrap();
             let alone: Vec<f32> = row(&qt)
@@ -351,6 +369,7 @@ mod tests {
         let op = CausalAttention {
             pads: vec![0],
             scale: 1.0,
+            window: None,
         };
         // 3 query heads cannot share 2 key/value heads.
         assert!(q.apply_op3_no_bwd(&k, &k, &op).is_err());
@@ -358,7 +377,41 @@ mod tests {
         let bad_pads = CausalAttention {
             pads: vec![0, 0],
             scale: 1.0,
+            window: None,
         };
         assert!(q.apply_op3_no_bwd(&k, &k, &bad_pads).is_err());
+    }
+
+    /// A sliding window drops the oldest keys: a window as long as the cache changes nothing,
+    /// and a window of 1 leaves each query its own value (as transformers masks it, key `j` is
+    /// seen from slot `i` while `i - j < window`).
+    #[test]
+    fn a_sliding_window_sees_only_the_last_keys() {
+        let (b, nh, nkv, t, s, hd) = (1, 2, 1, 4, 6, 8);
+        let (_, qt) = random(&[b, nh, t, hd], 4);
+        let (_, kt) = random(&[b, nkv, s, hd], 5);
+        let (v, vt) = random(&[b, nkv, s, hd], 6);
+        let run = |window| {
+            let op = CausalAttention {
+                pads: vec![0],
+                scale: 0.3,
+                window,
+            };
+            let out = qt.apply_op3_no_bwd(&kt, &vt, &op).unwrap();
+            out.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        assert_eq!(run(None), run(Some(s)));
+        assert_ne!(run(None), run(Some(2)));
+        let own = run(Some(1));
+        for i in 0..t {
+            let slot = s - t + i;
+            for h in 0..nh {
+                let got = &own[(i * nh + h) * hd..][..hd];
+                assert_eq!(got, &v[slot * hd..][..hd], "query {i} head {h}");
+            }
+        }
+        assert_eq!(visible_keys(5, 0, Some(2)), 4..=5);
+        assert_eq!(visible_keys(5, 5, Some(3)), 5..=5);
+        assert_eq!(visible_keys(1, 3, Some(3)), 1..=1);
     }
 }

@@ -27,6 +27,7 @@
 //! own copy of the same bytes.
 
 mod attend;
+mod chat;
 mod config;
 #[cfg(feature = "cli")]
 pub mod demo;
@@ -35,19 +36,22 @@ mod linear;
 mod model;
 mod model_dir;
 mod params;
+mod rope;
 mod text;
 mod tokenizer;
 
 #[cfg(feature = "cli")]
 pub mod bench;
 
-pub use config::{LlamaConfig, TokenIds};
+pub use chat::{render_chat, ChatMessage, TokenizerConfig};
+pub use config::{Activation, Family, FamilyTraits, LlamaConfig, TokenIds, WindowRule};
 pub use generate::{argmax, generate, GenerateOptions, Generation, Sampling, StopReason};
 pub use linear::matmul_t;
-pub use model::{KvCache, Llama};
+pub use model::{logits_rows, KvCache, Llama};
 pub use model_dir::{new_model, ModelDir, TinyModelSpec};
 pub use params::{BlockParams, LlamaParams, TensorSource};
-pub use text::{generate_text, load_model, TextGeneration};
+pub use rope::{Rope, RopeKind, RopeTables};
+pub use text::{generate_text, generate_text_as, load_model, PromptForm, TextGeneration};
 pub use tokenizer::{byte_level_tokenizer_json, TextTokenizer};
 
 pub use candle_core::Device;

@@ -1,5 +1,6 @@
-//! The Llama forward pass: RMSNorm, rotary embeddings, grouped-query attention with a KV cache,
-//! SwiGLU MLP, written with candle ops.
+//! The decoder forward pass shared by every family (see [`super::config::FamilyTraits`] for
+//! what differs): RMSNorm, rotary embeddings, grouped-query attention with a KV cache and an
+//! optional sliding window, gated MLP, written with candle ops.
 //!
 //! A batch shares one timeline of cache slots. Rows are left-padded: row `r`'s first `pad[r]`
 //! slots hold padding, its tokens sit at positions `slot - pad[r]`, and the attention mask lets
@@ -11,9 +12,9 @@ use candle_core::{DType as CDType, Device, Tensor, D};
 
 use super::attend::{visible_keys, CausalAttention};
 use super::candle_err;
-use super::config::LlamaConfig;
+use super::config::{Activation, LlamaConfig};
 use super::linear::CpuLinear;
-use super::params::{BlockParams, LlamaParams};
+use super::params::{BlockParams, Linear, LlamaParams};
 use crate::error::{Error, Result};
 
 type CResult<T> = candle_core::Result<T>;
@@ -64,6 +65,8 @@ pub struct Llama {
     cfg: LlamaConfig,
     params: LlamaParams,
     inv_freq: Tensor,
+    /// The rope's attention scaling (cos and sin are multiplied by it).
+    rope_scale: f32,
     device: Device,
     /// Whether the linears and the attention run the CPU kernels of `linear` and `attend`
     /// (f32 on the CPU: always, as the parameters are f32) rather than candle's generic ops.
@@ -73,17 +76,15 @@ pub struct Llama {
 impl Llama {
     /// A model over `params` (see [`LlamaParams::build`]).
     pub fn new(cfg: LlamaConfig, params: LlamaParams, device: &Device) -> Result<Llama> {
-        let hd = cfg.head_dim();
-        // As transformers computes it: 1 / theta^(2i / d) in f32.
-        let inv: Vec<f32> = (0..hd / 2)
-            .map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32))
-            .collect();
-        let inv_freq = Tensor::from_vec(inv, (1, 1, hd / 2), device).map_err(candle_err)?;
+        let tables = cfg.rope.tables(cfg.head_dim(), cfg.max_position_embeddings);
+        let n = tables.inv_freq.len();
+        let inv_freq = Tensor::from_vec(tables.inv_freq, (1, 1, n), device).map_err(candle_err)?;
         let fused = matches!(device, Device::Cpu) && params.embed.dtype() == CDType::F32;
         Ok(Llama {
             cfg,
             params,
             inv_freq,
+            rope_scale: tables.attention_scaling,
             device: device.clone(),
             fused,
         })
@@ -186,44 +187,58 @@ impl Llama {
             .embed
             .index_select(&ids, 0)?
             .reshape((b, t, h))?;
+        if self.cfg.family.traits().embed_scale {
+            // As Gemma does: times sqrt(hidden_size), rounded to the compute type first.
+            x = (x * f64::from((h as f64).sqrt() as f32))?;
+        }
 
         // Rotary angles per row and slot: [b, 1, t, hd/2].
         let pos: Vec<f32> = (0..b)
             .flat_map(|r| (start..s).map(move |slot| slot.saturating_sub(pads[r]) as f32))
             .collect();
         let freqs = Tensor::from_vec(pos, (b, t, 1), dev)?.broadcast_mul(&self.inv_freq)?;
-        let cos = freqs.cos()?.unsqueeze(1)?;
-        let sin = freqs.sin()?.unsqueeze(1)?;
+        let (mut cos, mut sin) = (freqs.cos()?.unsqueeze(1)?, freqs.sin()?.unsqueeze(1)?);
+        if self.rope_scale != 1.0 {
+            cos = (cos * f64::from(self.rope_scale))?;
+            sin = (sin * f64::from(self.rope_scale))?;
+        }
 
-        // Additive mask [b, 1, t, s] for candle's generic attention: 0 where query slot i may
-        // see key slot j. The fused CPU attention applies the same rule without one.
-        let mask = if self.fused {
-            None
-        } else {
-            let mut mask = Vec::with_capacity(b * t * s);
-            for &pad in pads {
-                for i in start..s {
-                    let keys = visible_keys(i, pad);
-                    for j in 0..s {
-                        mask.push(if keys.contains(&j) {
-                            0f32
-                        } else {
-                            f32::NEG_INFINITY
-                        });
+        // Additive masks [b, 1, t, s] for candle's generic attention, one per sliding window
+        // the layers use: 0 where query slot i may see key slot j. The fused CPU attention
+        // applies the same rule without one.
+        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
+        if !self.fused {
+            for &window in &self.cfg.layer_windows {
+                if masks.iter().any(|(w, _)| *w == window) {
+                    continue;
+                }
+                let mut mask = Vec::with_capacity(b * t * s);
+                for &pad in pads {
+                    for i in start..s {
+                        let keys = visible_keys(i, pad, window);
+                        for j in 0..s {
+                            mask.push(if keys.contains(&j) {
+                                0f32
+                            } else {
+                                f32::NEG_INFINITY
+                            });
+                        }
                     }
                 }
+                masks.push((window, Tensor::from_vec(mask, (b, 1, t, s), dev)?));
             }
-            Some(Tensor::from_vec(mask, (b, 1, t, s), dev)?)
-        };
-        let step = Step {
-            cos: &cos,
-            sin: &sin,
-            mask: mask.as_ref(),
-            pads,
-            start,
-        };
+        }
 
         for (n, blk) in self.params.blocks.iter().enumerate() {
+            let window = self.cfg.layer_windows[n];
+            let step = Step {
+                cos: &cos,
+                sin: &sin,
+                mask: masks.iter().find(|(w, _)| *w == window).map(|(_, m)| m),
+                window,
+                pads,
+                start,
+            };
             let y = self.attention(
                 &rms_norm(&x, &blk.ln1, self.cfg.rms_norm_eps)?,
                 blk,
@@ -234,13 +249,18 @@ impl Llama {
             let y = mlp(
                 &rms_norm(&x, &blk.ln2, self.cfg.rms_norm_eps)?,
                 blk,
+                self.cfg.hidden_act,
                 self.fused,
             )?;
             x = (x + y)?;
         }
         let last = x.narrow(1, t - 1, 1)?;
         let last = rms_norm(&last, &self.params.norm, self.cfg.rms_norm_eps)?;
-        linear(&last, &self.params.lm_head, self.fused)?.reshape((b, self.cfg.vocab_size))
+        let head = Linear {
+            w: self.params.lm_head.clone(),
+            b: None,
+        };
+        linear(&last, &head, self.fused)?.reshape((b, self.cfg.vocab_size))
     }
 
     /// Writes this step's keys and values (`[b, kv, t, hd]`) into the layer's cache buffers at
@@ -294,19 +314,23 @@ impl Llama {
             pads,
             ..
         } = *step;
-        let (b, t, h) = x.dims3()?;
+        let (b, t, _) = x.dims3()?;
         let hd = self.cfg.head_dim();
         let nh = self.cfg.num_attention_heads;
         let nkv = self.cfg.kv_heads();
-        let heads = |w: &Tensor, n: usize| -> CResult<Tensor> {
-            linear(x, w, self.fused)?
-                .reshape((b, t, n, hd))?
-                .transpose(1, 2)?
-                .contiguous()
+        let h = nh * hd;
+        let eps = self.cfg.rms_norm_eps;
+        let heads = |w: &Linear, n: usize, norm: Option<&Tensor>| -> CResult<Tensor> {
+            let y = linear(x, w, self.fused)?.reshape((b, t, n, hd))?;
+            let y = match norm {
+                Some(w) => rms_norm(&y, w, eps)?,
+                None => y,
+            };
+            y.transpose(1, 2)?.contiguous()
         };
-        let q = rope(&heads(&blk.q, nh)?, cos, sin)?;
-        let k = rope(&heads(&blk.k, nkv)?, cos, sin)?;
-        let v = heads(&blk.v, nkv)?;
+        let q = rope(&heads(&blk.q, nh, blk.q_norm.as_ref())?, cos, sin)?;
+        let k = rope(&heads(&blk.k, nkv, blk.k_norm.as_ref())?, cos, sin)?;
+        let v = heads(&blk.v, nkv, None)?;
         let (k, v) = self.cache_append(cache, step.start, &k, &v)?;
         let scale = 1.0 / (hd as f64).sqrt();
         let y = match mask {
@@ -315,6 +339,7 @@ impl Llama {
                 let op = CausalAttention {
                     pads: pads.to_vec(),
                     scale: scale as f32,
+                    window: step.window,
                 };
                 q.apply_op3_no_bwd(&k, &v, &op)?.reshape((b, t, h))?
             }
@@ -356,15 +381,18 @@ struct Step<'a> {
     /// Additive mask, `[b, 1, t, s]` for candle's generic attention; `None` on the CPU, whose
     /// fused attention needs none (see `Llama::fused`).
     mask: Option<&'a Tensor>,
+    /// This layer's sliding window (`None`: full causal attention).
+    window: Option<usize>,
     /// Left padding per row.
     pads: &'a [usize],
     /// The cache slot of the first new token.
     start: usize,
 }
 
-/// `x @ w.T` over the last dimension of `x`, `w` being `[out, in]`; through the
+/// `x @ w.T (+ bias)` over the last dimension of `x`, `w` being `[out, in]`; through the
 /// batch-invariant CPU kernel of `linear` when `fused` (see `Llama::fused`).
-fn linear(x: &Tensor, w: &Tensor, fused: bool) -> CResult<Tensor> {
+fn linear(x: &Tensor, lin: &Linear, fused: bool) -> CResult<Tensor> {
+    let w = &lin.w;
     let dims = x.dims().to_vec();
     let last = dims[dims.len() - 1];
     let rows: usize = dims[..dims.len() - 1].iter().product();
@@ -373,6 +401,10 @@ fn linear(x: &Tensor, w: &Tensor, fused: bool) -> CResult<Tensor> {
         x.contiguous()?.apply_op2_no_bwd(w, &CpuLinear)?
     } else {
         x.matmul(&w.t()?)?
+    };
+    let y = match &lin.b {
+        Some(bias) => y.broadcast_add(bias)?,
+        None => y,
     };
     let mut out = dims;
     let n = out.len();
@@ -387,14 +419,23 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> CResult<Tensor> {
 }
 
 /// Rotary embedding in the rotate-half layout of Hugging Face checkpoints. `x` is
-/// `[b, heads, t, hd]`; `cos`/`sin` are `[b, 1, t, hd/2]`.
+/// `[b, heads, t, hd]`; `cos`/`sin` are `[b, 1, t, rot/2]`: the first `rot` dimensions of each
+/// head rotate, the rest pass through (partial rotary, as Phi-3 does).
 fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> CResult<Tensor> {
     let hd = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
-    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let half = cos.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
     let a = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
     let c = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
-    Tensor::cat(&[&a, &c], D::Minus1)
+    if 2 * half == hd {
+        Tensor::cat(&[&a, &c], D::Minus1)
+    } else {
+        // Contiguous parts make a contiguous result (candle concatenates a strided part along
+        // the last dimension into a transposed layout, which the fused attention refuses).
+        let rest = x.narrow(D::Minus1, 2 * half, hd - 2 * half)?.contiguous()?;
+        Tensor::cat(&[&a, &c, &rest], D::Minus1)
+    }
 }
 
 /// Softmax over the last dimension (keys); a masked (-inf) entry becomes an exact zero.
@@ -425,15 +466,20 @@ fn repeat_kv(x: &Tensor, n: usize) -> CResult<Tensor> {
         .reshape((b, kv * n, s, hd))
 }
 
-/// SwiGLU: `down(silu(gate(x)) * up(x))`.
-fn mlp(x: &Tensor, blk: &BlockParams, fused: bool) -> CResult<Tensor> {
-    let g = linear(x, &blk.gate, fused)?.silu()?;
+/// Gated MLP: `down(act(gate(x)) * up(x))` (SwiGLU with SiLU, GeGLU with GELU).
+fn mlp(x: &Tensor, blk: &BlockParams, act: Activation, fused: bool) -> CResult<Tensor> {
+    let g = linear(x, &blk.gate, fused)?;
+    let g = match act {
+        Activation::Silu => g.silu()?,
+        Activation::Gelu => g.gelu_erf()?,
+        Activation::GeluTanh => g.gelu()?,
+    };
     let u = linear(x, &blk.up, fused)?;
     linear(&(g * u)?, &blk.down, fused)
 }
 
-/// Last-slot logits to host rows (f32).
-pub(crate) fn logits_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+/// Last-slot logits (`[batch, vocab]`, as [`Llama::forward`] returns them) to host rows in f32.
+pub fn logits_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
     logits
         .to_dtype(CDType::F32)
         .and_then(|l| l.to_vec2::<f32>())

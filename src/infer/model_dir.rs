@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::config::{LlamaConfig, TokenIds};
+use super::chat::{render_chat, ChatMessage, TokenizerConfig};
+use super::config::{Activation, Family, LlamaConfig, TokenIds};
+use super::rope::{Rope, RopeKind};
 use super::tokenizer::{byte_level_tokenizer_json, TextTokenizer};
 use crate::error::{Error, Result};
 use crate::load::{self, LoadOptions};
@@ -23,6 +25,11 @@ pub struct ModelDir {
     pub config: LlamaConfig,
     /// Its `tokenizer.json`.
     pub tokenizer: TextTokenizer,
+    /// Its `tokenizer_config.json` (and `chat_template.jinja`); empty when it has none.
+    pub tokenizer_config: TokenizerConfig,
+    /// End-of-sequence ids as transformers' `generate` reads them: `generation_config.json`'s
+    /// `eos_token_id` when the directory has that file, else `config.json`'s.
+    pub eos_ids: Vec<u32>,
 }
 
 impl ModelDir {
@@ -35,11 +42,45 @@ impl ModelDir {
             )));
         }
         let config = LlamaConfig::from_file(&path.join("config.json"))?;
+        let tokenizer_config = TokenizerConfig::from_dir(path)?;
         let tokenizer = TextTokenizer::from_file(&path.join("tokenizer.json"))?;
+        let gen_path = path.join("generation_config.json");
+        let eos_ids = match std::fs::read_to_string(&gen_path) {
+            Ok(text) => {
+                #[derive(serde::Deserialize)]
+                struct GenerationConfig {
+                    eos_token_id: Option<TokenIds>,
+                }
+                let g: GenerationConfig =
+                    serde_json::from_str(&text).map_err(|e| Error::Malformed {
+                        path: gen_path.clone(),
+                        problem: format!("not a generation_config.json: {e}"),
+                    })?;
+                g.eos_token_id.map(|t| t.to_vec()).unwrap_or_default()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => config.eos_ids(),
+            Err(source) => {
+                return Err(Error::Io {
+                    path: gen_path,
+                    source,
+                })
+            }
+        };
+        if let Some(bad) = eos_ids.iter().find(|&&t| t as usize >= config.vocab_size) {
+            return Err(Error::Malformed {
+                path: gen_path,
+                problem: format!(
+                    "eos_token_id {bad} is outside the vocabulary ({})",
+                    config.vocab_size
+                ),
+            });
+        }
         Ok(ModelDir {
             path: path.to_path_buf(),
             config,
             tokenizer,
+            tokenizer_config,
+            eos_ids,
         })
     }
 
@@ -48,10 +89,39 @@ impl ModelDir {
         engine.register_path(name, &self.path, LoadOptions::default())
     }
 
-    /// Prompt ids: BOS (when the config has one) then the text's tokens.
+    /// Prompt ids as transformers' tokenizer gives them: `tokenizer.json`'s post-processor
+    /// decides the special tokens ([`TextTokenizer::encode_prompt`]); the config's
+    /// `bos_token_id` adds nothing.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
-        let mut ids: Vec<u32> = self.config.bos_token_id.into_iter().collect();
-        ids.extend(self.tokenizer.encode(text)?);
+        let ids = self.tokenizer.encode_prompt(text)?;
+        self.check_ids(ids)
+    }
+
+    /// Prompt ids of `text` as the user message of a chat, as transformers'
+    /// `apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)`
+    /// gives them: the model's chat template rendered, then tokenized without added specials.
+    pub fn encode_chat(&self, text: &str) -> Result<Vec<u32>> {
+        let template = self
+            .tokenizer_config
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{} has no chat template (tokenizer_config.json's `chat_template` or \
+                 chat_template.jinja)",
+                    self.path.display()
+                ))
+            })?;
+        let messages = [ChatMessage {
+            role: "user".into(),
+            content: text.into(),
+        }];
+        let rendered = render_chat(template, &messages, true, &self.tokenizer_config)?;
+        let ids = self.tokenizer.encode(&rendered)?;
+        self.check_ids(ids)
+    }
+
+    fn check_ids(&self, ids: Vec<u32>) -> Result<Vec<u32>> {
         if let Some(bad) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
             return Err(Error::InvalidArgument(format!(
                 "the tokenizer gave id {bad}, outside the model's vocabulary ({})",
@@ -115,13 +185,24 @@ impl TinyModelSpec {
             self.intermediate
         };
         LlamaConfig {
+            family: Family::Llama,
+            head_dim: self.hidden / self.heads.max(1),
+            rope: Rope {
+                theta: 10_000.0,
+                kind: RopeKind::Default,
+                partial_rotary_factor: 1.0,
+            },
+            hidden_act: Activation::Silu,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            layer_windows: vec![None; self.layers],
             hidden_size: self.hidden,
             intermediate_size: intermediate,
             num_hidden_layers: self.layers,
             num_attention_heads: self.heads,
             num_key_value_heads: Some(self.kv_heads),
             rms_norm_eps: 1e-5,
-            rope_theta: 10_000.0,
             vocab_size: self.vocab,
             max_position_embeddings: self.max_positions,
             tie_word_embeddings: self.tie_embeddings,
@@ -212,14 +293,7 @@ pub fn new_model(dir: &Path, spec: &TinyModelSpec) -> Result<LlamaConfig> {
         .map(|(n, s, b)| (n.as_str(), DType::F32, s.as_slice(), b.as_slice()))
         .collect();
     load::save(&dir.join("model.safetensors"), &views)?;
-    let cfg_json = serde_json::to_string_pretty(&ConfigFile {
-        architectures: vec!["LlamaForCausalLM"],
-        model_type: "llama",
-        torch_dtype: "float32",
-        hidden_act: "silu",
-        config: &cfg,
-    })
-    .expect("a config serialises");
+    let cfg_json = serde_json::to_string_pretty(&cfg.to_json()).expect("a config serialises");
     let cfg_path = dir.join("config.json");
     std::fs::write(&cfg_path, cfg_json).map_err(io(&cfg_path))?;
     let tok_path = dir.join("tokenizer.json");
@@ -231,15 +305,4 @@ pub fn new_model(dir: &Path, spec: &TinyModelSpec) -> Result<LlamaConfig> {
 enum Fill {
     Ones,
     Uniform(f32),
-}
-
-/// `config.json` as transformers writes it: the fields plus the ones that name the model type.
-#[derive(serde::Serialize)]
-struct ConfigFile<'a> {
-    architectures: Vec<&'static str>,
-    model_type: &'static str,
-    torch_dtype: &'static str,
-    hidden_act: &'static str,
-    #[serde(flatten)]
-    config: &'a LlamaConfig,
 }

@@ -27,20 +27,52 @@ pub fn load_model(dir: &ModelDir, guard: &WeightGuard, device: &Device) -> Resul
     Llama::new(dir.config.clone(), params, device)
 }
 
-/// Generates a continuation of every prompt in one batch. The config's end-of-sequence ids are
-/// added to `opts.stop_tokens`.
+/// Generates a continuation of every prompt in one batch. The model's end-of-sequence ids
+/// ([`ModelDir::eos_ids`]) are added to `opts.stop_tokens`.
 pub fn generate_text(
     dir: &ModelDir,
     model: &Llama,
     prompts: &[String],
     opts: &GenerateOptions,
 ) -> Result<Vec<TextGeneration>> {
+    generate_text_as(dir, model, prompts, PromptForm::Plain, opts)
+}
+
+/// How a prompt's text becomes token ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PromptForm {
+    /// The text itself, with the special tokens the tokenizer adds
+    /// ([`ModelDir::encode_prompt`]).
+    Plain,
+    /// The text as a user message through the model's chat template
+    /// ([`ModelDir::encode_chat`]).
+    Chat,
+}
+
+impl PromptForm {
+    /// The prompt ids of `text` in this form.
+    pub fn encode(self, dir: &ModelDir, text: &str) -> Result<Vec<u32>> {
+        match self {
+            PromptForm::Plain => dir.encode_prompt(text),
+            PromptForm::Chat => dir.encode_chat(text),
+        }
+    }
+}
+
+/// [`generate_text`] with the prompts encoded in `form`.
+pub fn generate_text_as(
+    dir: &ModelDir,
+    model: &Llama,
+    prompts: &[String],
+    form: PromptForm,
+    opts: &GenerateOptions,
+) -> Result<Vec<TextGeneration>> {
     let ids = prompts
         .iter()
-        .map(|p| dir.encode_prompt(p))
+        .map(|p| form.encode(dir, p))
         .collect::<Result<Vec<_>>>()?;
     let mut opts = opts.clone();
-    opts.stop_tokens.extend(dir.config.eos_ids());
+    opts.stop_tokens.extend(dir.eos_ids.iter().copied());
     let out = generate(model, &ids, &opts)?;
     prompts
         .iter()

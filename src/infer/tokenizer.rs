@@ -39,7 +39,24 @@ impl TextTokenizer {
         Ok(TextTokenizer { inner })
     }
 
-    /// Token ids of `text`, without special tokens (the caller adds BOS).
+    /// Id of a token string, when the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Prompt ids as transformers 5's `tokenizer(text).input_ids` gives them: the text's tokens
+    /// with the special tokens `tokenizer.json`'s post-processor adds (none without one).
+    /// transformers 5 decides by the post-processor alone when there is a `tokenizer.json`: it
+    /// drops `tokenizer_config.json`'s `add_bos_token` / `add_eos_token` when loading one
+    /// (`tokenization_utils_base`), so those flags are not read here either.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        self.inner
+            .encode(text, true)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| Error::InvalidArgument(format!("cannot tokenize {text:?}: {e}")))
+    }
+
+    /// Token ids of `text`, without special tokens.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         self.inner
             .encode(text, false)
@@ -85,7 +102,7 @@ fn byte_chars() -> Vec<char> {
 
 /// A byte-level BPE `tokenizer.json` with no merges: token `b` is byte `b` (0..256), then the
 /// specials `<s>`, `</s>` and `<pad>` (256-258), then `<extra_N>` specials up to `vocab`
-/// tokens. Any text round-trips.
+/// tokens. Its post-processor puts `<s>` before a prompt. Any text round-trips.
 pub fn byte_level_tokenizer_json(vocab: usize) -> Result<String> {
     let min = 256 + BYTE_SPECIALS.len();
     if vocab < min {
@@ -117,7 +134,13 @@ pub fn byte_level_tokenizer_json(vocab: usize) -> Result<String> {
         "added_tokens": added,
         "normalizer": null,
         "pre_tokenizer": byte_level,
-        "post_processor": null,
+        "post_processor": {"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                       {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                     {"Sequence": {"id": "A", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [256], "tokens": ["<s>"]}}},
         "decoder": byte_level,
         "model": {"type": "BPE", "dropout": null, "unk_token": null,
             "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
@@ -143,6 +166,8 @@ mod tests {
         assert_eq!(t.decode(&ids).unwrap(), text);
         // Specials are skipped when decoding.
         assert_eq!(t.decode(&[256, 104, 105, 257, 299]).unwrap(), "hi");
+        // The post-processor adds BOS to prompts.
+        assert_eq!(t.encode_prompt("hi").unwrap(), vec![256, 104, 105]);
     }
 
     #[test]

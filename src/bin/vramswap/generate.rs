@@ -35,6 +35,14 @@ pub struct Args {
     /// Print a JSON array of {prompt, text, token_ids}.
     #[arg(long)]
     json: bool,
+    /// Chat: each prompt is a user message rendered through the model's chat template (as
+    /// transformers' `apply_chat_template(..., add_generation_prompt=True)`).
+    #[arg(long)]
+    chat: bool,
+    /// With --json: add each prompt's token ids and the logits of its first generated token
+    /// (the prompt run alone, in f32) to its entry, for comparison with a reference.
+    #[arg(long, requires = "json")]
+    first_logits: bool,
     /// Benchmark instead: greedy tokens/s at batch 1, 4, 8, 16 beside one prompt at a time.
     #[arg(long)]
     bench: bool,
@@ -85,11 +93,32 @@ pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
         sampling,
         ..GenerateOptions::default()
     };
-    let out = infer::generate_text(&dir, &model, &args.prompts, &opts)?;
+    let form = if args.chat {
+        infer::PromptForm::Chat
+    } else {
+        infer::PromptForm::Plain
+    };
+    let out = infer::generate_text_as(&dir, &model, &args.prompts, form, &opts)?;
     if args.json {
+        let mut v = serde_json::to_value(&out).expect("serialisable");
+        if args.first_logits {
+            for (entry, prompt) in v
+                .as_array_mut()
+                .expect("a list")
+                .iter_mut()
+                .zip(&args.prompts)
+            {
+                let ids = form.encode(&dir, prompt)?;
+                let logits =
+                    model.forward(std::slice::from_ref(&ids), &[0], &mut infer::KvCache::new())?;
+                let rows = infer::logits_rows(&logits)?;
+                entry["prompt_ids"] = serde_json::json!(ids);
+                entry["first_logits"] = serde_json::json!(rows[0]);
+            }
+        }
         return crate::print(&format!(
             "{}\n",
-            serde_json::to_string_pretty(&out).expect("serialisable")
+            serde_json::to_string_pretty(&v).expect("serialisable")
         ));
     }
     let mut s = String::new();
