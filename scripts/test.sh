@@ -12,7 +12,8 @@
 #      committed header is what cbindgen generates) and tests/capi_consumers.rs (the C and C++
 #      programs of ffi/examples/ compiled against libvramswap.a and run on sim);
 #   5. the Python package: a fresh virtual environment, `pip install ./python` (maturin builds
-#      the PyO3 extension), then its pytest suite and examples on the `sim` backend.
+#      the PyO3 extension), then its pytest suite and examples on the `sim` backend;
+#   6. inference against Hugging Face transformers in that environment (scripts/hf-reference.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -163,4 +164,6 @@ CARGO_TARGET_DIR="$PWD/target/python" MATURIN_PEP517_ARGS="--profile dev" \
 # The shipped type stubs match the extension module (names, signatures, classes).
 "$VENV/bin/python" -m mypy.stubtest vramswap._vramswap
 HF_HUB_OFFLINE=1 VRAMSWAP_BACKEND=sim "$VENV/bin/python" -m pytest python/tests -q -p no:cacheprovider
+echo "== Inference against Hugging Face transformers (every family and rope type, token for token)"
+HF_HUB_OFFLINE=1 scripts/hf-reference.sh "$VENV/bin/python"
 echo "== all test stages passed"

@@ -106,6 +106,11 @@ typedef enum {
 } vramswap_status;
 
 /*
+ The model families this layer implements: variations of one decoder (see [`FamilyTraits`]).
+ */
+typedef struct Family Family;
+
+/*
  A backend, a caching allocator and a swap engine sharing one device (opaque). The engine
  has the allocator attached: when the allocator runs out of memory, idle weight sets are
  offloaded, and swap-ins release the allocator's unused cache. Thread-safe: one context may
@@ -119,6 +124,37 @@ typedef struct vramswap_context vramswap_context;
  */
 typedef struct vramswap_guard vramswap_guard;
 
+/*
+ The numbers of the allocator's out-of-memory error, for `vramswap_last_error_oom`: what a
+ caller needs to decide whether to free cache, lower a batch size or give up.
+ */
+typedef struct {
+  /*
+   Bytes asked for (after rounding).
+   */
+  uint64_t requested;
+  /*
+   Bytes in live blocks.
+   */
+  uint64_t allocated;
+  /*
+   Bytes the allocator holds from the device (live blocks and its cache).
+   */
+  uint64_t reserved;
+  /*
+   Bytes free on the device when the allocation failed.
+   */
+  uint64_t device_free;
+  /*
+   The allocator's memory limit; `UINT64_MAX` when it has none.
+   */
+  uint64_t limit;
+  /*
+   Reserved bytes that are free but in pieces too small for the request.
+   */
+  uint64_t fragmented;
+} vramswap_oom_info;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -129,6 +165,19 @@ extern "C" {
  the same thread; copy it to keep it.
  */
 const char *vramswap_last_error_message(void);
+
+/*
+ When the last call on this thread that failed ran out of memory in the caching allocator
+ (`VRAMSWAP_OUT_OF_MEMORY` from `vramswap_malloc`, `vramswap_torch_malloc`, ...), writes its
+ numbers to `*out` and returns `VRAMSWAP_OK`; otherwise (the last call succeeded, or failed
+ another way) returns `VRAMSWAP_NOT_FOUND` and leaves `*out` alone. `VRAMSWAP_NULL_POINTER`
+ for a NULL `out`. Like `vramswap_last_error_message`, it does not itself reset the last
+ error.
+
+ # Safety
+ `out` is NULL or valid for writing one `vramswap_oom_info`.
+ */
+vramswap_status vramswap_last_error_oom(vramswap_oom_info *out);
 
 /*
  The name of a status as a static NUL-terminated string, e.g. `"VRAMSWAP_NOT_FOUND"`;
@@ -145,9 +194,11 @@ const char *vramswap_version(void);
  Creates a context on `backend` (a `vramswap_backend_kind`) and device `device`, with the
  allocator configured by `VRAMSWAP_ALLOC_CONF` and the engine by `VRAMSWAP_SWAP_CONF`.
  `sim_capacity_bytes` is the simulated device's memory (0: `VRAMSWAP_SIM_CONF` or 8 GiB);
- other backends ignore it. On the simulated device `device` must be below
- `VRAMSWAP_SIM_DEVICES` (default 1), as a CUDA ordinal must name a device; another is
- `VRAMSWAP_INVALID_ARGUMENT`. On success `*out` holds the context, to be released with
+ the argument comes before the environment, and the rest of `VRAMSWAP_SIM_CONF` and the
+ fault plan of `VRAMSWAP_SIM_FAULTS` apply either way; other backends ignore it. On the
+ simulated device `device` must be below `VRAMSWAP_SIM_DEVICES` (default 1), as a CUDA
+ ordinal must name a device; another is `VRAMSWAP_INVALID_ARGUMENT`. On success `*out` holds
+ the context, to be released with
  `vramswap_context_destroy`; on failure `*out` is NULL.
 
  # Safety

@@ -67,13 +67,7 @@ fn parse_config_kv(spec: &str, base: SimConfig) -> Result<SimConfig, KvError> {
                     }
                 }
             }
-            "host_visible" => {
-                c.host_visible = match v {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(format!("host_visible: `{v}` is not true or false")),
-                }
-            }
+            "host_visible" => c.host_visible = kv::parse_bool(k, v)?,
             "name" => c.name = v.to_string(),
             _ => {
                 return Err(KvError::new(
