@@ -95,7 +95,7 @@ struct State {
 /// alloc.free(q).unwrap();
 /// drop(alloc);
 /// backend.stream_destroy(stream).unwrap();
-/// assert!(backend.sim_device().unwrap().leaks().is_clean());
+/// assert!(backend.device().leaks().is_clean());
 /// ```
 pub struct CachingAllocator {
     backend: SharedBackend,
