@@ -63,6 +63,30 @@ def main():
             b = bw.get(k, {}).get("best")
             if b:
                 p(f"\nbest {k}: {b['chunk_bytes'] >> 20} MiB chunks x {b['streams']} streams, {b['gbps']:.2f} GB/s ({b['ratio']:.2f} of the ceiling)")
+    vmm = bw.get("vmm") if bw else None
+    if vmm:
+        p(f"\n## Virtual-memory calls, {vmm['granule_bytes'] >> 20} MiB each (mean of {vmm['calls']}, host clock)\n")
+        p("| call | µs | calls/s |\n| --- | --- | --- |")
+        for k, label in [("reserve_us", "cuMemAddressReserve"), ("create_us", "cuMemCreate"),
+                         ("map_us", "cuMemMap + cuMemSetAccess"), ("unmap_us", "cuMemUnmap"),
+                         ("release_us", "cuMemRelease"), ("free_reservation_us", "cuMemAddressFree"),
+                         ("alloc_us", "cuMemAlloc"), ("free_us", "cuMemFree")]:
+            us = vmm.get(k, 0)
+            p(f"| {label} | {us:.2f} | {1e6 / us if us else 0:.0f} |")
+    rc = load(d, "replay-compare.json")
+    if isinstance(rc, list) and rc:
+        p("\n## Allocator modes on the serving trace (`vramswap replay --generate serving --seed 1 --compare`)\n")
+        p("| mode | peak allocated MiB | peak reserved MiB | reserved/allocated | maps/1k ops | unmaps/1k ops | ops/s | driver time per 1k ops (µs, from the VMM prices) |")
+        p("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in rc:
+            if r.get("error"):
+                p(f"| {r['mode']} | error: {r['error']} | | | | | | |")
+                continue
+            ops = max(r.get("ops", 1), 1)
+            maps, unmaps = r.get("maps", 0) * 1000 / ops, r.get("unmaps", 0) * 1000 / ops
+            cost = maps * vmm["map_us"] + unmaps * vmm["unmap_us"] if vmm else 0
+            p(f"| {r['mode']} | {r['peak_allocated_bytes'] / 2**20:.1f} | {r['peak_reserved_bytes'] / 2**20:.1f} | "
+              f"{r['fragmentation']:.3f} | {maps:.1f} | {unmaps:.1f} | {r.get('ops_per_sec', 0):.0f} | {cost:.0f} |")
     if sb:
         p("\n## Whole-model swaps (`vramswap swap-bench --backend cuda`) beside PyTorch\n")
         p(f"set: {sb.get('set_bytes', 0) / 2**30:.2f} GiB, stable addresses: {sb.get('stable_addresses')}\n")

@@ -105,6 +105,8 @@ pub struct BandwidthReport {
     pub bidir: Figure,
     /// Device to device.
     pub d2d: Figure,
+    /// The price of the virtual-memory calls at one granule (absent without VMM).
+    pub vmm: Option<crate::bench::vmm::VmmPrice>,
 }
 
 /// The simulator's bandwidth model, as the report shows it.
@@ -381,6 +383,8 @@ pub fn run(
         b.copy_dtod_async(buf.dev2, buf.dev, n, buf.stream)?;
         b.stream_synchronize(buf.stream)
     })?;
+    progress("virtual-memory calls");
+    let vmm = crate::bench::vmm::run(b, VMM_CALLS)?;
     let p = b.properties();
     let model = match clock {
         Clock::Model(sim) => sim.config().bandwidth.map(|m| LinkModel {
@@ -409,8 +413,12 @@ pub fn run(
             gbps: gbps(n, d2d_t),
             ratio: 1.0,
         },
+        vmm,
     })
 }
+
+/// Calls of each virtual-memory operation the bench times (512 MiB at 2 MiB granules).
+const VMM_CALLS: usize = 256;
 
 impl BandwidthReport {
     /// A table like nvbandwidth's.
@@ -445,6 +453,32 @@ impl BandwidthReport {
         row(&mut s, "d2h pageable", &self.d2h.pageable);
         row(&mut s, "bidir pinned (aggregate)", &self.bidir);
         row(&mut s, "d2d", &self.d2d);
+        if let Some(v) = &self.vmm {
+            let _ = writeln!(
+                s,
+                "\nvirtual-memory calls, {} MiB each, mean of {} (host clock{}):",
+                v.granule_bytes >> 20,
+                v.calls,
+                if self.emulated {
+                    "; emulated: bookkeeping, not a driver's price"
+                } else {
+                    ""
+                }
+            );
+            let _ = writeln!(s, "{:<28} {:>10} {:>10}", "call", "µs", "calls/s");
+            for (name, us) in [
+                ("reserve", v.reserve_us),
+                ("create", v.create_us),
+                ("map + set access", v.map_us),
+                ("unmap", v.unmap_us),
+                ("release", v.release_us),
+                ("free reservation", v.free_reservation_us),
+                ("alloc (cuMemAlloc)", v.alloc_us),
+                ("free (cuMemFree)", v.free_us),
+            ] {
+                let _ = writeln!(s, "{:<28} {:>10.2} {:>10.0}", name, us, 1e6 / us.max(1e-9));
+            }
+        }
         for (name, d) in [("h2d", &self.h2d), ("d2h", &self.d2h)] {
             let _ = writeln!(
                 s,

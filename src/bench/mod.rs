@@ -5,3 +5,4 @@
 
 pub mod bandwidth;
 pub mod swap;
+pub mod vmm;
