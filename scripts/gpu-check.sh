@@ -37,8 +37,9 @@ for l in sys.stdin:
 
 rm -rf "$BUNDLE"
 mkdir -p "$BUNDLE/tests" "$BUNDLE/scripts" "$BUNDLE/examples"
-cp target/release/vramswap "$BUNDLE/"
-[ -f target/release/libvramswap.so ] && cp target/release/libvramswap.so "$BUNDLE/"
+TD="${CARGO_TARGET_DIR:-target}"
+cp "$TD/release/vramswap" "$BUNDLE/"
+[ -f "$TD/release/libvramswap.so" ] && cp "$TD/release/libvramswap.so" "$BUNDLE/"
 for t in "${TESTS[@]}"; do
   name="${t%% *}"; exe="${t#* }"
   cp "$exe" "$BUNDLE/tests/$name"
@@ -50,9 +51,14 @@ cp scripts/torch_baseline.py scripts/gpu_report.py scripts/gpu_torch_adopt.py "$
 echo "== building the vramswap wheel (release)" >&2
 mkdir -p "$BUNDLE/wheels"
 CARGO_TARGET_DIR="$PWD/target/python" python3 -m pip wheel --quiet --no-deps -w "$BUNDLE/wheels" ./python
+# The Python suites whose GPU-only tests run only there (they skip on CPU machines).
+mkdir -p "$BUNDLE/pytests"
+cp python/tests/conftest.py python/tests/test_torch.py python/tests/test_dlpack.py "$BUNDLE/pytests/"
 [ -f examples/torch_pluggable.py ] && cp examples/torch_pluggable.py "$BUNDLE/examples/"
 cp scripts/gpu-run.sh "$BUNDLE/run.sh"
 git rev-parse --short HEAD > "$BUNDLE/COMMIT" 2>/dev/null || true
+# The portable build: libcuda loaded at run time, candle computing on the CPU only.
+echo "candle-cuda: no" > "$BUNDLE/FEATURES"
 
 size=$(du -sm "$BUNDLE" | cut -f1)
 echo "== bundle $BUNDLE: ${size} MiB" >&2
