@@ -91,11 +91,71 @@ fn misuses(b: &dyn Backend) -> Vec<(&'static str, String)> {
     b.event_destroy(e2).unwrap();
     out.push(("destroy destroyed event", sig(b.event_destroy(e1))));
     out.push(("query unknown event", sig(b.event_query(Event(0x4242)))));
+    // A made-up stream is not used: a backend cannot tell it from a stream another library
+    // made (PyTorch's), so it goes to the driver, where it is undefined. Destroying one is
+    // refused: only a backend's own streams are its to destroy.
+    let s = b.stream_create().unwrap();
+    b.stream_destroy(s).unwrap();
+    out.push(("destroy destroyed stream", sig(b.stream_destroy(s))));
     out.push((
-        "sync unknown stream",
-        sig(b.stream_synchronize(Stream(0x4242))),
+        "destroy unknown stream",
+        sig(b.stream_destroy(Stream(0x4242))),
     ));
     out
+}
+
+/// Every handle misuse of [`misuses`] that the real driver would crash on (SIGSEGV on an H200,
+/// driver 580, 2026-12-04: the Driver API leaves invalid handles undefined), as (case, misuse).
+fn handle_misuses(b: &dyn Backend) -> Vec<(&'static str, vramswap::Result<()>)> {
+    let g = b.properties().vmm_granularity;
+    let mut out = Vec::new();
+    let e = b.event_create(false).unwrap();
+    b.event_destroy(e).unwrap();
+    out.push(("destroy destroyed event", b.event_destroy(e)));
+    out.push(("record destroyed event", b.event_record(e, Stream::DEFAULT)));
+    out.push((
+        "query unknown event",
+        b.event_query(Event(0x4242)).map(|_| ()),
+    ));
+    out.push(("sync unknown event", b.event_synchronize(Event(0x4242))));
+    out.push((
+        "wait on unknown event",
+        b.stream_wait_event(Stream::DEFAULT, Event(0x4242)),
+    ));
+    let h = b.create_physical(g).unwrap();
+    b.release_physical(h).unwrap();
+    out.push(("release handle twice", b.release_physical(h)));
+    let va = b.reserve(g).unwrap();
+    out.push(("map released handle", b.map(va, g, h)));
+    b.free_reservation(va, g).unwrap();
+    let s = b.stream_create().unwrap();
+    b.stream_destroy(s).unwrap();
+    out.push(("destroy destroyed stream", b.stream_destroy(s)));
+    out
+}
+
+#[test]
+fn handle_misuses_are_refused_before_the_driver_sees_them() {
+    let tested = common::test_backend();
+    let sim = SimBackend::with_capacity(tested.properties().total_memory);
+    let want = handle_misuses(&sim);
+    for ((case, r), (_, w)) in handle_misuses(tested.as_ref()).into_iter().zip(want) {
+        let e = r.expect_err(case);
+        let w = w.expect_err(case);
+        assert_eq!(e.driver_name(), w.driver_name(), "{case}: {e}; sim: {w}");
+        // On `cuda` the refusal is vramswap's own (the driver never saw the handle): the
+        // emulated driver would answer too, but the real one crashes.
+        if tested.kind() == vramswap::backend::BackendKind::Cuda {
+            assert!(
+                e.to_string().contains("before the driver sees it"),
+                "{case}: the driver was called: {e}"
+            );
+        }
+    }
+    if let Some(dev) = tested.sim_device() {
+        let leaks = dev.leaks();
+        assert!(leaks.is_clean(), "{leaks:?}");
+    }
 }
 
 #[test]

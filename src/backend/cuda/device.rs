@@ -26,6 +26,8 @@ pub struct CudaBackend {
     pub(super) elapsed_time: Option<(&'static str, ElapsedTimeFn)>,
     /// The kernels' module, loaded in this backend's context at the first kernel launch.
     kernels: OnceLock<KernelModule>,
+    /// The handles it made and has not destroyed (see `handles`).
+    pub(super) live: super::handles::LiveHandles,
 }
 
 // SAFETY: the primary context handle may be used from any thread once made current there,
@@ -87,6 +89,7 @@ impl CudaBackend {
                 },
                 elapsed_time: elapsed_time_fn(version),
                 kernels: OnceLock::new(),
+                live: Default::default(),
             };
             let _bound = b.bind()?;
             b.props = b.query_properties(ordinal, preloaded.is_some(), version)?;

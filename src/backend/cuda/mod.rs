@@ -23,9 +23,12 @@
 //! - `version`: the version probe and [`MIN_DRIVER_VERSION`];
 //! - `result`: checked calls, `CUresult` to [`crate::Error`];
 //! - `device`: [`CudaBackend`], its primary context and the per-call binding;
+//! - `handles`: the streams, events and physical allocations it made, checked before the
+//!   driver sees a handle (the driver crashes on an invalid one);
 //! - `ops`: the [`crate::Backend`] implementation, one method per driver operation.
 
 mod device;
+mod handles;
 mod loader;
 mod ops;
 mod result;

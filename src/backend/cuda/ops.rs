@@ -6,6 +6,7 @@ use std::ptr;
 
 use cudarc::driver::sys::{self, CUresult};
 
+use super::handles::Kind;
 use super::result::{check, check_alloc};
 use super::version::version_text;
 use super::CudaBackend;
@@ -89,18 +90,25 @@ impl Backend for CudaBackend {
         // SAFETY: `prop` is a valid pinned-device description; valid out-pointer.
         let r = unsafe { sys::cuMemCreate(&mut h, bytes as usize, &prop, 0) };
         check_alloc(self, "cuMemCreate", bytes, r)?;
+        self.live.insert(Kind::Physical, h);
         Ok(PhysHandle(h))
     }
 
     fn release_physical(&self, handle: PhysHandle) -> Result<()> {
         let _bound = self.bind()?;
-        // SAFETY: the driver validates the handle.
-        check("cuMemRelease", unsafe { sys::cuMemRelease(handle.0) })
+        self.live.remove("cuMemRelease", Kind::Physical, handle.0)?;
+        // SAFETY: the handle is live: this backend made it and has not released it.
+        let r = check("cuMemRelease", unsafe { sys::cuMemRelease(handle.0) });
+        if r.is_err() {
+            self.live.insert(Kind::Physical, handle.0);
+        }
+        r
     }
 
     fn map(&self, va: DevicePtr, bytes: u64, handle: PhysHandle) -> Result<()> {
         let _bound = self.bind()?;
-        // SAFETY: the driver validates the range and handle; offset must be 0.
+        self.live.check("cuMemMap", Kind::Physical, handle.0)?;
+        // SAFETY: the handle is live; the driver validates the range; offset must be 0.
         check("cuMemMap", unsafe {
             sys::cuMemMap(va.0, bytes as usize, 0, handle.0, 0)
         })?;
@@ -185,20 +193,27 @@ impl Backend for CudaBackend {
         check("cuStreamCreate", unsafe {
             sys::cuStreamCreate(&mut s, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32)
         })?;
+        self.live.insert(Kind::Stream, s as u64);
         Ok(Stream(s as u64))
     }
 
     fn stream_destroy(&self, stream: Stream) -> Result<()> {
         let _bound = self.bind()?;
-        // SAFETY: the driver validates the handle.
-        check("cuStreamDestroy_v2", unsafe {
+        self.live
+            .remove("cuStreamDestroy_v2", Kind::Stream, stream.0)?;
+        // SAFETY: the stream is live and this backend's own.
+        let r = check("cuStreamDestroy_v2", unsafe {
             sys::cuStreamDestroy_v2(Self::stream(stream))
-        })
+        });
+        if r.is_err() {
+            self.live.insert(Kind::Stream, stream.0);
+        }
+        r
     }
 
     fn stream_synchronize(&self, stream: Stream) -> Result<()> {
         let _bound = self.bind()?;
-        // SAFETY: the driver validates the handle.
+        // SAFETY: the stream is this backend's or the caller's own (the caller keeps it valid).
         check("cuStreamSynchronize", unsafe {
             sys::cuStreamSynchronize(Self::stream(stream))
         })
@@ -206,7 +221,7 @@ impl Backend for CudaBackend {
 
     fn stream_query(&self, stream: Stream) -> Result<bool> {
         let _bound = self.bind()?;
-        // SAFETY: the driver validates the handle.
+        // SAFETY: the stream is this backend's or the caller's own (the caller keeps it valid).
         let r = unsafe { sys::cuStreamQuery(Self::stream(stream)) };
         if r == CUresult::CUDA_ERROR_NOT_READY {
             return Ok(false);
@@ -227,20 +242,28 @@ impl Backend for CudaBackend {
         check("cuEventCreate", unsafe {
             sys::cuEventCreate(&mut e, flags)
         })?;
+        self.live.insert(Kind::Event, e as u64);
         Ok(Event(e as u64))
     }
 
     fn event_destroy(&self, event: Event) -> Result<()> {
         let _bound = self.bind()?;
-        // SAFETY: the driver validates the handle.
-        check("cuEventDestroy_v2", unsafe {
+        self.live
+            .remove("cuEventDestroy_v2", Kind::Event, event.0)?;
+        // SAFETY: the event is live: this backend made it and has not destroyed it.
+        let r = check("cuEventDestroy_v2", unsafe {
             sys::cuEventDestroy_v2(Self::event(event))
-        })
+        });
+        if r.is_err() {
+            self.live.insert(Kind::Event, event.0);
+        }
+        r
     }
 
     fn event_record(&self, event: Event, stream: Stream) -> Result<()> {
         let _bound = self.bind()?;
-        // SAFETY: the driver validates the handles.
+        self.live.check("cuEventRecord", Kind::Event, event.0)?;
+        // SAFETY: the event is live; the stream is this backend's or the caller's own.
         check("cuEventRecord", unsafe {
             sys::cuEventRecord(Self::event(event), Self::stream(stream))
         })
@@ -248,7 +271,8 @@ impl Backend for CudaBackend {
 
     fn event_query(&self, event: Event) -> Result<bool> {
         let _bound = self.bind()?;
-        // SAFETY: the driver validates the handle.
+        self.live.check("cuEventQuery", Kind::Event, event.0)?;
+        // SAFETY: the event is live.
         let r = unsafe { sys::cuEventQuery(Self::event(event)) };
         if r == CUresult::CUDA_ERROR_NOT_READY {
             return Ok(false);
@@ -259,7 +283,9 @@ impl Backend for CudaBackend {
 
     fn event_synchronize(&self, event: Event) -> Result<()> {
         let _bound = self.bind()?;
-        // SAFETY: the driver validates the handle.
+        self.live
+            .check("cuEventSynchronize", Kind::Event, event.0)?;
+        // SAFETY: the event is live.
         check("cuEventSynchronize", unsafe {
             sys::cuEventSynchronize(Self::event(event))
         })
@@ -267,7 +293,8 @@ impl Backend for CudaBackend {
 
     fn stream_wait_event(&self, stream: Stream, event: Event) -> Result<()> {
         let _bound = self.bind()?;
-        // SAFETY: the driver validates the handles.
+        self.live.check("cuStreamWaitEvent", Kind::Event, event.0)?;
+        // SAFETY: the event is live; the stream is this backend's or the caller's own.
         check("cuStreamWaitEvent", unsafe {
             sys::cuStreamWaitEvent(Self::stream(stream), Self::event(event), 0)
         })
@@ -282,9 +309,11 @@ impl Backend for CudaBackend {
             )));
         };
         let _bound = self.bind()?;
+        self.live.check(name, Kind::Event, start.0)?;
+        self.live.check(name, Kind::Event, end.0)?;
         let mut ms = 0f32;
         // SAFETY: `f` is the driver's cuEventElapsedTime(_v2), looked up with its C signature;
-        // valid out-pointer; the driver validates the handles.
+        // valid out-pointer; both events are live.
         check(name, unsafe {
             f(&mut ms, Self::event(start), Self::event(end))
         })?;
