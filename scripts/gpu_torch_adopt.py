@@ -5,7 +5,7 @@ bundle's Python step).
 For random-init Llama models of about --sizes-gb GB each (bf16), in one run and side by side:
   - swap-out (``engine.offload``) and swap-in (``engine.acquire``) time and GB/s of the adopted
     model, against ``model.to("cpu")`` and ``model.to("cuda")`` of the same model un-adopted,
-    and against re-instantiation (``from_config`` on the CPU, the weights copied in, ``.to("cuda")``);
+    and against re-instantiation (``from_pretrained`` of a saved copy onto the GPU);
   - the logits of the adopted model before and after swaps, equal to the un-adopted model's.
 
 Prints a table and writes JSON (--json). Where torch, transformers, CUDA or vramswap is missing
@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 
 
@@ -91,16 +92,14 @@ def main():
         for _ in range(a.repeats):
             to_cuda.append(timed(lambda: model.to("cuda")))
             to_cpu.append(timed(lambda: model.to("cpu")))
-        state = model.state_dict()
-
-        def reinstantiate():
-            with torch.device("meta"):
-                fresh = LlamaForCausalLM(cfg).to(torch.bfloat16)
-            fresh.load_state_dict(state, assign=True)
-            fresh.to("cuda")
-            return fresh
-
-        reinst = timed(reinstantiate)
+        # Re-instantiation as a user reloading the model does it: from_pretrained of a saved
+        # copy straight onto the GPU (page cache warm: the copy was just written). (Building it
+        # on `meta` and loading the state dict leaves non-persistent buffers such as the rotary
+        # inv_freq on `meta`: the first H200 run stopped there.)
+        with tempfile.TemporaryDirectory() as saved:
+            model.save_pretrained(saved)
+            reinst = timed(lambda: LlamaForCausalLM.from_pretrained(
+                saved, dtype=torch.bfloat16, device_map="cuda"))
         with vramswap.Engine(backend="cuda") as engine, torch.no_grad():
             vt.adopt(engine, "m", model)  # model is on the CPU: its bytes go to the set
             same_before = torch.equal(model(ids).logits.float().cpu(), ref)
@@ -110,7 +109,7 @@ def main():
                 in_t.append(timed(lambda: engine.acquire("m").release()))
             engine.offload("m")
             same_after = torch.equal(model(ids).logits.float().cpu(), ref)  # woken by the hook
-        del model, state
+        del model
         torch.cuda.empty_cache()
         med = statistics.median
         r = {
