@@ -1,8 +1,8 @@
 """vramswap.torch on CPU PyTorch over the host-visible simulated device: two measurements, each
 beside its peer in the same run (issue 16).
 
-1. The adopt hooks' cost per forward: an adopted model (resident, so each forward's pre-hook
-   acquires a resident set and its post-hook releases it) against the same architecture un-adopted.
+1. The adopt wrappers' cost per forward: an adopted model (resident, so each forward's outermost
+   wrapped call acquires a resident set and releases it) against the same architecture un-adopted.
    Goal: at most 10 µs added per forward call.
 2. Swap-in on the host-visible device (``acquire`` of an offloaded set: the pinned host copy
    copied into fresh device memory and mapped) against a plain ``memcpy`` of the same bytes
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         vt.adopt(engine, "m", adopted)
         x = torch.randn(1, 64)
         assert torch.equal(bare(x), adopted(x))
-        pin = engine.acquire("m")  # keep it resident: the hooks' cost, not a swap
+        pin = engine.acquire("m")  # keep it resident: the wrappers' cost, not a swap
         b, h = [], []
         for _ in range(a.repeats):
             b.append(per_call_us(lambda: bare(x), a.iters))
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         pin.release()
         bare_us, hooked_us = statistics.median(b), statistics.median(h)
         rows.append(("forward, bare (4x Linear 64)", f"{bare_us:.2f} µs", ""))
-        rows.append(("forward, adopted (hooks)", f"{hooked_us:.2f} µs",
+        rows.append(("forward, adopted (wrappers)", f"{hooked_us:.2f} µs",
                      f"+{hooked_us - bare_us:.2f} µs per forward (goal <= 10)"))
 
         n = a.mb << 20

@@ -68,7 +68,7 @@ def test_an_adopted_module_computes_the_same_after_offload_and_lazy_swap_in():
         assert torch.equal(model(x.cuda()).cpu(), ref)
         engine.offload("m")
         assert next(s for s in engine.status()["sets"] if s["name"] == "m")["state"] == "in_host"
-        assert torch.equal(model(x.cuda()).cpu(), ref)  # the pre-hook brought it back
+        assert torch.equal(model(x.cuda()).cpu(), ref)  # the forward wrapper brought it back
         assert len(adopted.tensors) == 4
 
 

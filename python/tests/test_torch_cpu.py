@@ -184,7 +184,7 @@ def test_a_module_with_buffers_is_bit_identical_through_offload_and_wake(hv):
         assert same(m(x), ref)
         e.offload("bn")
         assert state(e, "bn") == "in_host"
-        assert same(m(x), ref)  # the pre-hook woke it
+        assert same(m(x), ref)  # the forward wrapper woke it
     assert e.status()["device_used"] > 0
 
 
@@ -268,7 +268,7 @@ def test_diffusers_components_adopted_as_one_set(hv):
     assert any(k.startswith("unet.") for k in a.tensors) and any(k.startswith("vae.") for k in a.tensors)
     assert same(go(), ref)
     e.offload("pipe")
-    assert same(go(), ref)  # vae.decode is not forward: the submodules' hooks hold the set
+    assert same(go(), ref)  # vae.decode is not forward: the submodules' wrappers hold the set
 
 
 def test_accelerate_offload_hooks_are_refused_clearly(hv):
@@ -316,3 +316,89 @@ def test_8bit_float_buffers_keep_their_bits_through_offload(hv):
         assert m.a.data_ptr() == h.device_ptr("a")
         for k, v in m.named_buffers():
             assert torch.equal(v.view(torch.uint8), bits[k]), k
+
+
+# ----- the forward wrappers --------------------------------------------------------------------
+
+
+def guards(engine, name):
+    return next(s for s in engine.status()["sets"] if s["name"] == name)["guards"]
+
+
+class Boom(torch.nn.Module):
+    """A layer with weights that raises on demand."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+        self.fail = False
+
+    def forward(self, x):
+        if self.fail:
+            raise RuntimeError("boom")
+        return self.lin(x)
+
+
+def test_a_forward_that_raises_lets_the_set_go(hv):
+    e = hv()
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8), Boom()).eval()
+    vt.adopt(e, "m", m)
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        m(x)
+        assert guards(e, "m") == 0
+        m[1].fail = True
+        with pytest.raises(RuntimeError, match="boom"):
+            m(x)  # raised two wrapped calls deep
+        assert guards(e, "m") == 0, "the set stayed held after the exception"
+        e.offload("m")
+        assert state(e, "m") == "in_host"
+        m[1].fail = False
+        assert m(x).shape == (2, 8)  # and the next call wakes it as usual
+
+
+def test_wrapped_forwards_keep_their_signature_and_direct_calls_wake_the_set(hv):
+    import inspect
+
+    e = hv()
+    model = tiny_llama()
+    before = inspect.signature(model.forward)
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        ref = model(ids).logits
+        vt.adopt(e, "llama", model)
+        assert inspect.signature(model.forward) == before  # transformers reads it
+        e.offload("llama")
+        # forward called directly (no __call__): the wrapper still wakes the set
+        assert same(model.forward(ids).logits, ref)
+
+
+def test_a_deep_copy_of_an_adopted_model_computes_with_its_own_weights(hv):
+    import copy
+
+    e = hv()
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)).eval()
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        vt.adopt(e, "m", m)
+        ref = m(x)
+        c = copy.deepcopy(m)
+        with torch.no_grad():
+            c[1].weight.zero_()
+            c[1].bias.zero_()
+        assert torch.equal(c(x), torch.zeros(2, 8))  # the copy's weights, not the original's
+        assert same(m(x), ref)
+        assert guards(e, "m") == 0
+
+
+def test_remove_hooks_restores_the_modules_own_forward(hv):
+    e = hv()
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8)).eval()
+    a = vt.adopt(e, "m", m)
+    assert "forward" in m.__dict__ and "forward" in m[0].__dict__
+    a.remove_hooks()
+    assert "forward" not in m.__dict__ and "forward" not in m[0].__dict__
+    assert "_vramswap_forward" not in m[0].__dict__
+    with e.acquire("m"), torch.no_grad():
+        assert m(torch.randn(1, 8)).shape == (1, 8)

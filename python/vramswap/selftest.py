@@ -3,7 +3,7 @@
 1. a weight set's round trip through the device (bytes equal after offload and swap-in) with the
    engine's swap-in figures;
 2. with PyTorch: a model adopted by ``vramswap.torch.adopt``, offloaded and brought back by its
-   forward pre-hook, with outputs equal to the original model's, and the swap-in GB/s beside
+   wrapped forward, with outputs equal to the original model's, and the swap-in GB/s beside
    PyTorch's ``.to("cuda")`` of the same weights from pageable and from pinned memory;
 3. ``vramswap.torch.use_allocator()`` in a child process (PyTorch cannot switch allocators once
    it has allocated).
@@ -83,7 +83,7 @@ def check_torch(engine: vramswap.Engine, mb: int) -> List[str]:
             engine.offload("selftest-torch")
             torch.cuda.synchronize()
             t = time.perf_counter()
-            again = model(x.cuda()).cpu()  # the pre-hook swaps the weights back in
+            again = model(x.cuda()).cpu()  # the forward wrapper swaps the weights back in
             swaps.append(time.perf_counter() - t)
             if not torch.equal(again, reference):
                 raise AssertionError("outputs differ after an offload and swap-in")

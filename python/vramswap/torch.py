@@ -3,18 +3,19 @@
 Runs on a CUDA engine (the model's tensors become CUDA tensors over the set's device memory) and,
 with the same code, on CPU PyTorch over the simulated device with host-visible memory
 (``VRAMSWAP_SIM_CONF=host_visible:true``, ``Engine(backend="sim")``): the tensors become CPU
-tensors over the set's memory, and a read of an offloaded model's weights outside the hooks
+tensors over the set's memory, and a read of an offloaded model's weights outside the wrapped forwards
 faults (SIGSEGV), as an illegal address does on a GPU. Recording the current CUDA stream is the
 only CUDA-only step.
 
 ``adopt(engine, name, obj)`` moves every parameter and buffer of a model into one weight set and
-rebinds them, zero-copy through DLPack, to tensors over the set's stable device addresses. Forward
-pre-hooks acquire the set (the first call after an offload brings the weights back) and forward
-hooks release it once the forward returns, so ``engine.offload(name)`` frees the device memory
-between calls while the module objects stay untouched. The hooks sit on every top-level module
-and on every submodule that owns parameters or buffers itself, so entry points that are not the
-top-level ``forward`` (``SentenceTransformer.encode``, a VAE's ``decode``) still hold the set
-while any of its layers runs. What runs outside any module call does not: a backward pass
+rebinds them, zero-copy through DLPack, to tensors over the set's stable device addresses. Each
+module's ``forward`` is wrapped (as accelerate's hooks wrap it): the outermost wrapped call
+acquires the set (the first call after an offload brings the weights back) and releases it once
+the call returns or raises, so ``engine.offload(name)`` frees the device memory between calls
+while the module objects stay untouched. The wrappers sit on every top-level module and on every
+submodule that owns parameters or buffers itself, so entry points that are not the top-level
+``forward`` (``SentenceTransformer.encode``, a VAE's ``decode``) still hold the set while any of
+its layers runs. What runs outside any module call does not: a backward pass
 (training), or code that reads ``module.weight`` directly; acquire the set around such code
 (``with engine.acquire(name): ...``)::
 
@@ -22,7 +23,7 @@ while any of its layers runs. What runs outside any module call does not: a back
     model = vramswap.torch.adopt(engine, "sdxl", pipe)   # a diffusers pipeline, or any module
     image = pipe(prompt).images[0]                        # weights on the device
     engine.offload("sdxl")                                # device memory freed; pipe unchanged
-    image = pipe(prompt).images[0]                        # swapped back in by the pre-hook
+    image = pipe(prompt).images[0]                        # swapped back in by the wrapper
 
 ``use_allocator()`` routes PyTorch's CUDA allocations through vramswap's caching allocator
 (``torch.cuda.memory.CUDAPluggableAllocator`` over the C ABI's ``vramswap_torch_malloc`` and
@@ -34,6 +35,7 @@ engine a ``device_budget`` that leaves PyTorch room, or offload explicitly.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
 from pathlib import Path
@@ -146,8 +148,81 @@ def _host_array(t, torch):
     return c.numpy(), None
 
 
+class _Wake:
+    """What the forward wrappers of one adopted model share: the engine, the set's name and, per
+    thread, how deep in wrapped calls the thread is (only the outermost call acquires).
+
+    Copies of a module (``copy.deepcopy``) share it: the copy's wrappers hold the same set."""
+
+    __slots__ = ("engine", "name", "cuda", "device", "torch", "local")
+
+    def __init__(self, engine, name, device, torch):
+        self.engine = engine
+        self.name = name
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.torch = torch
+        self.local = threading.local()
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def _wrapped_forward(wake: _Wake, module, *args, **kwargs):
+    """A wrapped module's ``forward``: the outermost wrapped call on a thread acquires the set and
+    releases it when the call returns or raises; the calls nested in it run under its handle, so
+    a forward costs one acquire, not one per layer."""
+    local = wake.local
+    depth = getattr(local, "depth", 0)
+    if depth:
+        local.depth = depth + 1
+        try:
+            return module._vramswap_forward(*args, **kwargs)
+        finally:
+            local.depth = depth
+    h = wake.engine.acquire(wake.name)
+    local.depth = 1
+    try:
+        return module._vramswap_forward(*args, **kwargs)
+    finally:
+        local.depth = 0
+        try:
+            if wake.cuda:
+                # Offloads wait for the kernels this forward queued on the engine's device's
+                # current stream. (On the CPU the forward has finished when this runs.)
+                h.record_stream(wake.torch.cuda.current_stream(wake.device).cuda_stream)
+        finally:
+            h.release()
+
+
+class _ForwardWrap:
+    """One module's ``forward`` replaced by :func:`_wrapped_forward`, as accelerate's hooks do
+    (``functools.partial`` over the module, so ``copy.deepcopy`` rebinds it to the copy, and
+    ``functools.update_wrapper``, so ``inspect.signature(module.forward)`` is the original's:
+    transformers reads it). A wrapper costs a Python call per module call; forward hooks cost
+    PyTorch's slow call path, about 1.6 µs per hooked module (python/bench/torch_cpu.py)."""
+
+    def __init__(self, module, wake: _Wake):
+        self.module = module
+        self.own = module.__dict__.get("forward")  # an instance-level forward, kept to restore
+        original = module.forward
+        module._vramswap_forward = original
+        module.forward = functools.update_wrapper(functools.partial(_wrapped_forward, wake, module), original)
+
+    def remove(self) -> None:
+        m = self.module
+        if "forward" in m.__dict__:
+            del m.__dict__["forward"]
+        if self.own is not None:
+            m.forward = self.own
+        m.__dict__.pop("_vramswap_forward", None)
+
+
 class AdoptedModel:
-    """What ``adopt`` did: the set's name, the tensors it rebound, the hooks it added."""
+    """What ``adopt`` did: the set's name, the tensors it rebound, the forward wrappers it added."""
 
     def __init__(self, engine: Engine, name: str, modules, tensors: Dict[str, Any], hooks):
         self.engine = engine
@@ -201,45 +276,20 @@ def adopt(engine: Engine, name: str, obj: Any) -> AdoptedModel:
     with engine.acquire(name) as h:
         for key, t in tensors.items():
             # hold=False: the parameters live as long as the model, and must not keep the set
-            # on the device; the hooks below hold it whenever the model runs.
+            # on the device; the forward wrappers below hold it whenever the model runs.
             dev = torch.from_dlpack(h.tensor(key, hold=False))
             if dev.dtype != t.dtype:
                 dev = dev.view(t.dtype)  # 8-bit floats travel as uint8
             t.data = dev  # the same Parameter/buffer object, now over the set's memory
+    wake = _Wake(engine, name, device, torch)
     hooks = []
-    local = threading.local()
-    cuda = device.type == "cuda"
-
-    def pre(module, args):
-        stack = getattr(local, "stack", None)
-        if stack is None:
-            stack = local.stack = []
-        # Only the outermost module call on this thread acquires: the calls nested in it run
-        # under its handle (None marks them), so a forward costs one acquire, not one per layer.
-        stack.append(None if stack else engine.acquire(name))
-
-    def post(module, args, output):
-        stack = getattr(local, "stack", None)
-        if stack:
-            h = stack.pop()
-            if h is None:
-                return
-            try:
-                if cuda:
-                    # Offloads wait for the kernels this forward queued on the engine's device's
-                    # current stream. (On the CPU the forward has finished when this runs.)
-                    h.record_stream(torch.cuda.current_stream(device).cuda_stream)
-            finally:
-                h.release()
-
-    hooked = set()
+    wrapped = set()
     for _, m in modules:
         for sub in m.modules():
             owns = any(True for _ in sub.parameters(recurse=False)) or any(True for _ in sub.buffers(recurse=False))
-            if (sub is m or owns) and id(sub) not in hooked:
-                hooked.add(id(sub))
-                hooks.append(sub.register_forward_pre_hook(pre))
-                hooks.append(sub.register_forward_hook(post, always_call=True))
+            if (sub is m or owns) and id(sub) not in wrapped:
+                wrapped.add(id(sub))
+                hooks.append(_ForwardWrap(sub, wake))
     return AdoptedModel(engine, name, modules, tensors, hooks)
 
 
