@@ -10,7 +10,8 @@ pub enum Error {
     /// A driver call (CUDA, or the simulated device standing in for it) failed.
     #[error("{call} failed: {name} ({code}){}", if .detail.is_empty() { String::new() } else { format!(": {}", .detail) })]
     Driver {
-        /// The driver function, e.g. `cuMemMap`.
+        /// The driver function, e.g. `cuMemMap`; on `sim`, the simulated operation it stands for
+        /// (`simulated map`, see [`crate::backend::sim::sim_operation`]).
         call: &'static str,
         /// Numeric `CUresult`.
         code: u32,

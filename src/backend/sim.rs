@@ -18,8 +18,51 @@ pub struct SimBackend {
     props: DeviceProperties,
 }
 
-/// Converts a simulator error into the crate's error, naming the driver call it stands for.
+/// The operation a driver call stands for, as errors on `sim` name it: a user who asked for the
+/// simulated device reads `simulated map`, not `cuMemMap` (the error's CUDA name and code stay:
+/// the simulator models them). Calls not listed keep their name.
+pub fn sim_operation(call: &'static str) -> &'static str {
+    match call {
+        "cuCtxSynchronize" => "simulated device synchronize",
+        "cuEventCreate" => "simulated event creation",
+        "cuEventDestroy_v2" => "simulated event destruction",
+        "cuEventElapsedTime_v2" => "simulated elapsed time",
+        "cuEventQuery" => "simulated event query",
+        "cuEventRecord" => "simulated event record",
+        "cuEventSynchronize" => "simulated event synchronize",
+        "cuLaunchKernel" => "simulated kernel",
+        "cuMemAddressFree" => "simulated address release",
+        "cuMemAddressReserve" => "simulated address reservation",
+        "cuMemAllocAsync" => "simulated stream-ordered alloc",
+        "cuMemAlloc_v2" => "simulated alloc",
+        "cuMemCreate" => "simulated physical allocation",
+        "cuMemFreeAsync" => "simulated stream-ordered free",
+        "cuMemFreeHost" => "simulated pinned host free",
+        "cuMemFree_v2" => "simulated free",
+        "cuMemHostAlloc" => "simulated pinned host alloc",
+        "cuMemHostRegister_v2" => "simulated host registration",
+        "cuMemHostUnregister" => "simulated host unregistration",
+        "cuMemMap" => "simulated map",
+        "cuMemRelease" => "simulated physical release",
+        "cuMemSetAccess" => "simulated access change",
+        "cuMemUnmap" => "simulated unmap",
+        "cuMemcpyDtoDAsync_v2" => "simulated device-to-device copy",
+        "cuMemcpyDtoHAsync_v2" => "simulated device-to-host copy",
+        "cuMemcpyHtoDAsync_v2" => "simulated host-to-device copy",
+        "cuMemsetD8Async" => "simulated memset",
+        "cuStreamCreate" => "simulated stream creation",
+        "cuStreamDestroy_v2" => "simulated stream destruction",
+        "cuStreamQuery" => "simulated stream query",
+        "cuStreamSynchronize" => "simulated stream synchronize",
+        "cuStreamWaitEvent" => "simulated stream wait",
+        other => other,
+    }
+}
+
+/// Converts a simulator error into the crate's error, naming the simulated operation that
+/// `call`, the driver call it stands for, does ([`sim_operation`]).
 pub fn sim_error(call: &'static str, e: SimError) -> Error {
+    let call = sim_operation(call);
     match e {
         SimError::OutOfMemory {
             requested,
