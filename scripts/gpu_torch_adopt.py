@@ -14,6 +14,7 @@ gpu-run.sh reports as skipped, never as passed.
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -29,11 +30,12 @@ def skip(reason, path):
 
 
 def llama_config(gb, LlamaConfig):
-    """A Llama config of about `gb` GB of bf16 parameters (hidden 2048..8192, 16 layers+)."""
+    """A Llama config of about `gb` GB of bf16 parameters (hidden 2048 to 5120; hidden 256 and a
+    1024-token vocabulary under 0.1 GB, for dry runs)."""
     target = gb * 1e9 / 2
-    h = 2048 if gb <= 2 else 4096 if gb <= 8 else 5120
+    h = 256 if gb < 0.1 else 2048 if gb <= 2 else 4096 if gb <= 8 else 5120
     inter = -(-(h * 8 // 3) // 256) * 256
-    vocab = 32000
+    vocab = 1024 if gb < 0.1 else 32000
     per_layer = 4 * h * h + 3 * h * inter
     layers = max(1, round((target - 2 * vocab * h) / per_layer))
     return LlamaConfig(vocab_size=vocab, hidden_size=h, intermediate_size=inter,
@@ -46,29 +48,37 @@ def main():
     p.add_argument("--sizes-gb", default="1,4,16")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="cpu: the same steps on CPU PyTorch over the host-visible simulated device "
+                        "(a dry run of this script that CI can do; no .to() baselines)")
     a = p.parse_args()
+    cuda = a.device == "cuda"
+    if not cuda:
+        os.environ.setdefault("VRAMSWAP_SIM_CONF", "host_visible:true,capacity_gb:4")
     try:
         import torch
         import transformers
         from transformers import LlamaConfig, LlamaForCausalLM
     except ImportError as e:
         skip(f"PyTorch or transformers is not installed ({e})", a.json)
-    if not torch.cuda.is_available():
+    if cuda and not torch.cuda.is_available():
         skip("torch.cuda.is_available() is False (no GPU, or the emulated driver)", a.json)
     try:
         import vramswap
         import vramswap.torch as vt
     except ImportError as e:
         skip(f"the vramswap wheel is not installed ({e})", a.json)
+    backend = "cuda" if cuda else "sim"
     try:
-        info = vramswap.info(backend="cuda")
+        info = vramswap.info(backend=backend)
     except vramswap.Error as e:
-        skip(f"vramswap's cuda backend does not open: {e}", a.json)
-    if info.get("emulated") or info.get("properties", {}).get("emulated"):
+        skip(f"vramswap's {backend} backend does not open: {e}", a.json)
+    if cuda and (info.get("emulated") or info.get("device", {}).get("emulated")):
         skip("the cuda backend is the emulated driver: PyTorch cannot use its memory", a.json)
 
     def sync():
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
 
     def timed(fn):
         sync()
@@ -78,20 +88,21 @@ def main():
         return time.perf_counter() - t
 
     rows, results = [], []
-    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]], device="cuda")
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]], device=a.device)
     for gb in [float(x) for x in a.sizes_gb.split(",")]:
         cfg = llama_config(gb, LlamaConfig)
-        with torch.device("cuda"):
+        with torch.device(a.device):
             torch.manual_seed(0)
             model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
         nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         with torch.no_grad():
             ref = model(ids).logits.float().cpu()
-        to_cpu = [timed(lambda: model.to("cpu")) for _ in range(1)]
-        to_cuda = []
-        for _ in range(a.repeats):
-            to_cuda.append(timed(lambda: model.to("cuda")))
+        to_cpu, to_cuda = [], []
+        if cuda:  # the baselines of a GPU: un-adopted moves of the same model
             to_cpu.append(timed(lambda: model.to("cpu")))
+            for _ in range(a.repeats):
+                to_cuda.append(timed(lambda: model.to("cuda")))
+                to_cpu.append(timed(lambda: model.to("cpu")))
         # Re-instantiation as a user reloading the model does it: from_pretrained of a saved
         # copy straight onto the GPU (page cache warm: the copy was just written). (Building it
         # on `meta` and loading the state dict leaves non-persistent buffers such as the rotary
@@ -99,8 +110,8 @@ def main():
         with tempfile.TemporaryDirectory() as saved:
             model.save_pretrained(saved)
             reinst = timed(lambda: LlamaForCausalLM.from_pretrained(
-                saved, dtype=torch.bfloat16, device_map="cuda"))
-        with vramswap.Engine(backend="cuda") as engine, torch.no_grad():
+                saved, dtype=torch.bfloat16, device_map=a.device))
+        with vramswap.Engine(backend=backend) as engine, torch.no_grad():
             vt.adopt(engine, "m", model)  # model is on the CPU: its bytes go to the set
             same_before = torch.equal(model(ids).logits.float().cpu(), ref)
             out_t, in_t = [], []
@@ -108,22 +119,29 @@ def main():
                 out_t.append(timed(lambda: engine.offload("m")))
                 in_t.append(timed(lambda: engine.acquire("m").release()))
             engine.offload("m")
-            same_after = torch.equal(model(ids).logits.float().cpu(), ref)  # woken by the hook
+            same_after = torch.equal(model(ids).logits.float().cpu(), ref)  # woken by the wrapper
+        # On the simulated device the engine's leak report after close must be clean.
+        clean = engine.leaks()["clean"] if not cuda else True
         del model
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
         med = statistics.median
         r = {
             "size_gb": round(nbytes / 1e9, 2),
             "swap_in_s": med(in_t), "swap_out_s": med(out_t),
-            "to_cuda_s": med(to_cuda), "to_cpu_s": med(to_cpu), "reinstantiate_s": reinst,
+            "to_cuda_s": med(to_cuda) if to_cuda else None,
+            "to_cpu_s": med(to_cpu) if to_cpu else None, "reinstantiate_s": reinst,
             "outputs_equal_before_swaps": same_before, "outputs_equal_after_swaps": same_after,
+            "device": a.device,
         }
+        if not clean:
+            print(f"LEAK: the engine's leak report after {r['size_gb']} GB is not clean")
         results.append(r)
-        gbs = lambda s: nbytes / s / 1e9  # noqa: E731
+        gbs = lambda s: nbytes / s / 1e9 if s else float("nan")  # noqa: E731
         rows.append((r["size_gb"], gbs(r["swap_in_s"]), gbs(r["to_cuda_s"]), gbs(r["swap_out_s"]),
-                     gbs(r["to_cpu_s"]), r["reinstantiate_s"], same_before and same_after))
-    print(f"machine: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}")
+                     gbs(r["to_cpu_s"]), r["reinstantiate_s"], same_before and same_after and clean))
+    where = torch.cuda.get_device_name(0) if cuda else f"CPU, the host-visible simulated device"
+    print(f"machine: {where}, torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"command: python3 {' '.join(sys.argv)}")
     print(f"{'GB':>6} {'swap-in GB/s':>13} {'.to(cuda) GB/s':>15} {'swap-out GB/s':>14} "
           f"{'.to(cpu) GB/s':>14} {'reinst s':>9} {'equal':>6}")
