@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 /// Lanes of one partial sum: one 8-lane vector.
 const LANES: usize = 8;
 /// Multiply-adds below which the product runs on the calling thread.
-const PARALLEL_WORK: usize = 1 << 22;
+const PARALLEL_WORK: usize = 1 << 18;
 
 /// [`matmul_t`] as a candle op on the CPU: `x` `[m, k]` and `w` `[n, k]`, contiguous f32.
 pub(crate) struct CpuLinear;
@@ -161,7 +161,8 @@ fn band_fma(x: &[f32], w: &[f32], m: usize, k: usize, c0: usize, c1: usize, out:
 
 /// Walks the band column tile by column tile, and within a tile over every row group, so a
 /// tile's weight rows are read from memory once and then served from L1 to all the rows of
-/// `x`. Tiles are 2 rows x 4 columns (a last row alone when `m` is odd, the last `n % 4`
+/// `x`. Tiles are 4 rows x 3 columns, 12 accumulators, which with 3 weight vectors and one row
+/// vector fill AVX2's 16 registers (then 2 rows, then 1, for what `m` leaves; the last `n % 3`
 /// columns one at a time).
 #[inline(always)]
 fn band_generic<const FUSED: bool>(
@@ -173,7 +174,7 @@ fn band_generic<const FUSED: bool>(
     c1: usize,
     out: &mut [f32],
 ) {
-    const C: usize = 4;
+    const C: usize = 3;
     let o = Out { width: c1 - c0, c0 };
     let mut c = c0;
     while c + C <= c1 {
@@ -192,7 +193,7 @@ struct Out {
     c0: usize,
 }
 
-/// Columns `c..c + C` against every row of `x`, 2 rows at a time, then the last one.
+/// Columns `c..c + C` against every row of `x`, 4 rows at a time, then 2, then the last one.
 #[inline(always)]
 fn rows<const FUSED: bool, const C: usize>(
     x: &[f32],
@@ -204,7 +205,11 @@ fn rows<const FUSED: bool, const C: usize>(
     o: &Out,
 ) {
     let mut r = 0;
-    while r + 2 <= m {
+    while r + 4 <= m {
+        tile::<FUSED, 4, C>(x, w, k, r, c, out, o);
+        r += 4;
+    }
+    if r + 2 <= m {
         tile::<FUSED, 2, C>(x, w, k, r, c, out, o);
         r += 2;
     }
