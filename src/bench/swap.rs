@@ -272,11 +272,18 @@ pub fn run(
         drop(engine.acquire("set0")?);
         engine.mark_dirty("set0")?;
         let t = Instant::now();
-        let e2 = engine.clone();
-        let h = std::thread::spawn(move || e2.offload("set0"));
-        let g = engine.acquire("set1")?;
-        h.join()
-            .map_err(|_| Error::InvalidState("offload thread panicked".into()))??;
+        // A scoped thread: joined before this returns, also when the acquire fails (a thread
+        // left running would hold the engine and its device memory past the bench's end).
+        let (offloaded, acquired) = std::thread::scope(|s| {
+            let h = s.spawn(|| engine.offload("set0"));
+            let g = engine.acquire("set1");
+            let offloaded = h
+                .join()
+                .map_err(|_| Error::InvalidState("offload thread panicked".into()));
+            (offloaded, g)
+        });
+        let g = acquired?;
+        offloaded??;
         conc.push(t.elapsed());
         drop(g);
         engine.offload("set1")?;
