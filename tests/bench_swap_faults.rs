@@ -37,5 +37,8 @@ fn a_fault_at_any_point_leaves_nothing_behind() {
             assert!(leaks.is_clean(), "{op:?} #{nth} ({r:?}): {leaks:?}");
         }
     }
-    assert!(failed > 0, "no injected fault made the bench fail: the sweep tests nothing");
+    assert!(
+        failed > 0,
+        "no injected fault made the bench fail: the sweep tests nothing"
+    );
 }

@@ -112,26 +112,23 @@ impl Drop for CachingAllocator {
             let r = if let Backing::Paged { page } = s.backing {
                 let handles = st.pages.of_segment.remove(&seg).unwrap_or_default();
                 let mapped = s.size.div_ceil(page) as usize;
-                let mut r = Ok(());
-                for (i, &h) in handles.iter().enumerate() {
-                    if i < mapped && r.is_ok() {
-                        r = backend.unmap(DevicePtr(s.base + i as u64 * page), page);
-                    }
-                    // A handle released while mapped keeps its page until the unmap.
-                    let _ = backend.release_physical(h);
+                let pages = (0..handles.len().min(mapped)).map(|i| s.base + i as u64 * page);
+                let r = unmap_each(backend.as_ref(), pages, page);
+                for &h in &handles {
+                    // A handle released while mapped keeps its page until the unmap. A failed
+                    // release is tried once more, as a failed unmap is.
+                    let _ = backend
+                        .release_physical(h)
+                        .or_else(|_| backend.release_physical(h));
                 }
                 r.and_then(|_| backend.free_reservation(DevicePtr(s.base), s.capacity))
             } else if s.backing == Backing::Expandable {
                 let g = self.granularity;
-                let mut r = Ok(());
-                for (start, bytes) in mapped {
-                    let mut off = 0;
-                    while off < bytes && r.is_ok() {
-                        r = backend.unmap(DevicePtr(start + off), g);
-                        off += g;
-                    }
-                }
-                r.and_then(|_| backend.free_reservation(DevicePtr(s.base), s.capacity))
+                let pages = mapped
+                    .into_iter()
+                    .flat_map(|(start, bytes)| (0..bytes / g).map(move |i| start + i * g));
+                unmap_each(backend.as_ref(), pages, g)
+                    .and_then(|_| backend.free_reservation(DevicePtr(s.base), s.capacity))
             } else {
                 backend.free(DevicePtr(s.base))
             };
@@ -157,4 +154,26 @@ impl Drop for CachingAllocator {
             let _ = backend.event_destroy(e);
         }
     }
+}
+
+/// Unmaps every page of `pages` (each `page` bytes) at teardown, trying a failed unmap once
+/// more and going on past a page that still fails, so that one failure does not abandon the
+/// rest of a segment (issue 19: one failed `cuMemUnmap` used to leave a whole segment mapped
+/// and reserved). Ok when every page is unmapped; else the first error (the reservation is then
+/// kept: freeing it under a mapping is an error too).
+fn unmap_each(
+    backend: &dyn crate::backend::Backend,
+    pages: impl Iterator<Item = u64>,
+    page: u64,
+) -> crate::error::Result<()> {
+    let mut first = Ok(());
+    for va in pages {
+        let r = backend
+            .unmap(DevicePtr(va), page)
+            .or_else(|_| backend.unmap(DevicePtr(va), page));
+        if let (Err(e), Ok(())) = (r, &first) {
+            first = Err(e);
+        }
+    }
+    first
 }
