@@ -489,3 +489,19 @@ fn a_bad_copy_that_cannot_be_unmapped_stays_uploading_and_the_next_acquire_retri
     assert_eq!(e.acquire("m").unwrap().read(0, 16).unwrap(), vec![5u8; 16]);
     finish(b, e);
 }
+
+#[test]
+fn a_release_that_fails_once_while_offloading_is_tried_again_and_nothing_leaks() {
+    // `VRAMSWAP_SIM_FAULTS=release:1` through the C ABI used to lose the set's physical memory
+    // (unmapped, then forgotten) with no error reaching the caller.
+    let (b, e, w) = setup();
+    drop(e.acquire("m").unwrap());
+    b.sim_device()
+        .unwrap()
+        .inject_fault(FaultOp::PhysRelease, 1);
+    e.offload("m").unwrap();
+    assert_eq!(state(&e), Residency::InHost);
+    assert_eq!(b.sim_device().unwrap().leaks().physical_handles, 0);
+    assert_eq!(e.acquire("m").unwrap().read(0, 16).unwrap(), w[..16]);
+    finish(b, e);
+}

@@ -107,7 +107,9 @@ impl DeviceSpace {
                 if let Some(h) = *phys {
                     b.unmap(*va, *size)?;
                     *phys = None;
-                    b.release_physical(h)?;
+                    // Unmapped, the handle is reachable from here only: a failed release is
+                    // tried once more, or the memory would be lost for the process's life.
+                    b.release_physical(h).or_else(|_| b.release_physical(h))?;
                 }
                 Ok(())
             }
