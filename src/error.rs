@@ -83,6 +83,16 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A device ordinal the backend does not have (`CUDA_ERROR_INVALID_DEVICE` on CUDA).
+    #[error("device {ordinal} does not exist: the {backend} backend has {count} device(s){}", if *.count > 0 { format!(", ordinals 0 to {}", .count - 1) } else { String::new() })]
+    InvalidDevice {
+        /// `cuda` or `sim`.
+        backend: &'static str,
+        /// The ordinal asked for.
+        ordinal: i32,
+        /// How many devices there are.
+        count: u32,
+    },
     /// A caller passed something out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -158,6 +168,8 @@ pub enum ErrorKind {
     BackendUnavailable,
     /// Bad argument or configuration.
     InvalidArgument,
+    /// A device ordinal the backend does not have.
+    InvalidDevice,
     /// Malformed input file.
     Malformed,
     /// I/O error.
@@ -188,6 +200,7 @@ impl Error {
             | Error::DeviceBudgetExceeded { .. } => ErrorKind::OutOfMemory,
             Error::BackendUnavailable { .. } => ErrorKind::BackendUnavailable,
             Error::InvalidArgument(_) | Error::Config { .. } => ErrorKind::InvalidArgument,
+            Error::InvalidDevice { .. } => ErrorKind::InvalidDevice,
             Error::Malformed { .. } => ErrorKind::Malformed,
             Error::Io { .. } => ErrorKind::Io,
             Error::NotFound { .. } => ErrorKind::NotFound,

@@ -103,6 +103,11 @@ typedef enum {
    inconsistent state and is best destroyed.
    */
   VRAMSWAP_PANIC = 15,
+  /*
+   A device ordinal the backend does not have (as `CUDA_ERROR_INVALID_DEVICE`): on `sim`,
+   one at or above `VRAMSWAP_SIM_DEVICES` (default 1).
+   */
+  VRAMSWAP_INVALID_DEVICE = 16,
 } vramswap_status;
 
 /*

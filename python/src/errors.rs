@@ -11,7 +11,7 @@ use pyo3::types::{PyDict, PyTuple, PyType};
 use vramswap::{Error, ErrorKind};
 
 /// (kind, class name, built-in base besides `vramswap.Error`, doc).
-const CLASSES: [(ErrorKind, &str, Option<&str>, &str); 11] = [
+const CLASSES: [(ErrorKind, &str, Option<&str>, &str); 12] = [
     (
         ErrorKind::Driver,
         "DriverError",
@@ -35,6 +35,12 @@ const CLASSES: [(ErrorKind, &str, Option<&str>, &str); 11] = [
         "InvalidArgumentError",
         Some("ValueError"),
         "An argument or configuration value is wrong.",
+    ),
+    (
+        ErrorKind::InvalidDevice,
+        "InvalidDeviceError",
+        Some("ValueError"),
+        "A device ordinal the backend does not have.",
     ),
     (
         ErrorKind::Malformed,
@@ -222,6 +228,11 @@ pub fn example(kind: &str) -> Option<Error> {
             reason: "example".into(),
         },
         "invalid_argument" => Error::InvalidArgument("example".into()),
+        "invalid_device" => Error::InvalidDevice {
+            backend: "sim",
+            ordinal: 3,
+            count: 1,
+        },
         "malformed" => Error::Malformed {
             path: "example.safetensors".into(),
             problem: "example".into(),

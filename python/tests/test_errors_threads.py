@@ -14,6 +14,7 @@ CLASSES = {
     "out_of_memory": (vramswap.OutOfMemoryError, MemoryError),
     "backend_unavailable": (vramswap.BackendUnavailableError, RuntimeError),
     "invalid_argument": (vramswap.InvalidArgumentError, ValueError),
+    "invalid_device": (vramswap.InvalidDeviceError, ValueError),
     "malformed": (vramswap.MalformedFileError, ValueError),
     "io": (vramswap.IoError, OSError),
     "not_found": (vramswap.NotFoundError, KeyError),

@@ -11,7 +11,7 @@ __version__: str
 __all__ = [
     "Error", "DriverError", "OutOfMemoryError", "BackendUnavailableError", "InvalidArgumentError",
     "MalformedFileError", "IoError", "NotFoundError", "AlreadyExistsError", "InvalidStateError",
-    "ChecksumMismatchError", "UnsupportedError", "Engine", "Handle", "DeviceTensor", "info",
+    "ChecksumMismatchError", "UnsupportedError", "InvalidDeviceError", "Engine", "Handle", "DeviceTensor", "info",
     "check_free", "save_safetensors", "_bench_rust", "_status_json", "_raise_example",
     "_error_kinds", "__version__",
 ]
@@ -44,6 +44,7 @@ class AlreadyExistsError(Error, ValueError): ...
 class InvalidStateError(Error, RuntimeError): ...
 class ChecksumMismatchError(Error): ...
 class UnsupportedError(Error, NotImplementedError): ...
+class InvalidDeviceError(Error, ValueError): ...
 
 @final
 class DeviceTensor:

@@ -11,6 +11,7 @@ use crate::backend::{self, BackendChoice, BackendKind};
 use crate::backend::{DevicePtr, SharedBackend, Stream};
 use crate::setup::EngineSetup;
 use crate::swap::SwapEngine;
+use crate::Error;
 
 /// Which backend a context uses: `VRAMSWAP_BACKEND_AUTO` (0: CUDA when a device answers, the
 /// simulated device otherwise; `VRAMSWAP_BACKEND=cuda|sim` overrides), `VRAMSWAP_BACKEND_CUDA`
@@ -145,12 +146,16 @@ fn sim_device_count() -> CResult<u32> {
 /// A simulated context, like a CUDA one, exists only for the ordinals of existing devices.
 fn check_sim_ordinal(device: c_int) -> CResult {
     let n = sim_device_count()?;
-    if device as u64 >= u64::from(n) {
-        return Err(Failure::invalid(format!(
-            "device {device}: the simulated backend has {n} device(s), ordinals 0 to {} \
-             (VRAMSWAP_SIM_DEVICES sets the count)",
-            n - 1
-        )));
+    if device < 0 || device as u64 >= u64::from(n) {
+        let e = Error::InvalidDevice {
+            backend: "sim",
+            ordinal: device,
+            count: n,
+        };
+        return Err(Failure::new(
+            vramswap_status::VRAMSWAP_INVALID_DEVICE,
+            format!("{e} (VRAMSWAP_SIM_DEVICES sets the count)"),
+        ));
     }
     Ok(())
 }

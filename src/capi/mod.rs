@@ -85,11 +85,14 @@ pub enum vramswap_status {
     /// An internal error: vramswap panicked. The message says where; the handle may be in an
     /// inconsistent state and is best destroyed.
     VRAMSWAP_PANIC = 15,
+    /// A device ordinal the backend does not have (as `CUDA_ERROR_INVALID_DEVICE`): on `sim`,
+    /// one at or above `VRAMSWAP_SIM_DEVICES` (default 1).
+    VRAMSWAP_INVALID_DEVICE = 16,
 }
 
 impl vramswap_status {
     /// Every status, in order of value.
-    pub const ALL: [vramswap_status; 16] = [
+    pub const ALL: [vramswap_status; 17] = [
         vramswap_status::VRAMSWAP_OK,
         vramswap_status::VRAMSWAP_INVALID_ARGUMENT,
         vramswap_status::VRAMSWAP_NULL_POINTER,
@@ -106,6 +109,7 @@ impl vramswap_status {
         vramswap_status::VRAMSWAP_BUFFER_TOO_SMALL,
         vramswap_status::VRAMSWAP_INVALID_UTF8,
         vramswap_status::VRAMSWAP_PANIC,
+        vramswap_status::VRAMSWAP_INVALID_DEVICE,
     ];
 
     /// The status for an error class.
@@ -116,6 +120,7 @@ impl vramswap_status {
             ErrorKind::OutOfMemory => VRAMSWAP_OUT_OF_MEMORY,
             ErrorKind::BackendUnavailable => VRAMSWAP_BACKEND_UNAVAILABLE,
             ErrorKind::InvalidArgument => VRAMSWAP_INVALID_ARGUMENT,
+            ErrorKind::InvalidDevice => VRAMSWAP_INVALID_DEVICE,
             ErrorKind::Malformed => VRAMSWAP_MALFORMED_FILE,
             ErrorKind::Io => VRAMSWAP_IO,
             ErrorKind::NotFound => VRAMSWAP_NOT_FOUND,
@@ -146,6 +151,7 @@ impl vramswap_status {
             VRAMSWAP_BUFFER_TOO_SMALL => c"VRAMSWAP_BUFFER_TOO_SMALL",
             VRAMSWAP_INVALID_UTF8 => c"VRAMSWAP_INVALID_UTF8",
             VRAMSWAP_PANIC => c"VRAMSWAP_PANIC",
+            VRAMSWAP_INVALID_DEVICE => c"VRAMSWAP_INVALID_DEVICE",
         }
     }
 }
@@ -472,6 +478,7 @@ mod tests {
             ErrorKind::OutOfMemory,
             ErrorKind::BackendUnavailable,
             ErrorKind::InvalidArgument,
+            ErrorKind::InvalidDevice,
             ErrorKind::Malformed,
             ErrorKind::Io,
             ErrorKind::NotFound,

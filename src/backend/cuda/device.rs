@@ -58,9 +58,11 @@ impl CudaBackend {
                 return Err(unavailable("the CUDA driver reports no device"));
             }
             if ordinal < 0 || ordinal >= count {
-                return Err(unavailable(format!(
-                    "device {ordinal} requested, but the driver reports {count} device(s)"
-                )));
+                return Err(crate::Error::InvalidDevice {
+                    backend: "cuda",
+                    ordinal,
+                    count: count as u32,
+                });
             }
             let mut device = 0;
             check("cuDeviceGet", sys::cuDeviceGet(&mut device, ordinal))?;
