@@ -335,6 +335,14 @@ pub fn open(choice: BackendChoice, device: i32) -> Result<(SharedBackend, String
     }
 }
 
+/// Releases a physical allocation, trying once more where the first call fails: the handle of
+/// a page just mapped, or of a set just unmapped, is reachable from nowhere else, so giving up
+/// at once would lose its memory for the life of the process (issue 19). The second failure is
+/// returned.
+pub fn release_physical_retrying(b: &dyn Backend, h: PhysHandle) -> Result<()> {
+    b.release_physical(h).or_else(|_| b.release_physical(h))
+}
+
 /// Computes the checksum of a device range, waiting for the result. Uses 8 bytes of scratch
 /// device memory and `stream`.
 pub fn checksum(backend: &dyn Backend, src: DevicePtr, bytes: u64, stream: Stream) -> Result<u64> {

@@ -83,7 +83,7 @@ impl DeviceSpace {
                 if phys.is_none() {
                     let h = b.create_physical(*size)?;
                     if let Err(e) = b.map(*va, *size, h) {
-                        let _ = b.release_physical(h);
+                        let _ = crate::backend::release_physical_retrying(b, h);
                         return Err(e);
                     }
                     *phys = Some(h);
@@ -109,7 +109,7 @@ impl DeviceSpace {
                     *phys = None;
                     // Unmapped, the handle is reachable from here only: a failed release is
                     // tried once more, or the memory would be lost for the process's life.
-                    b.release_physical(h).or_else(|_| b.release_physical(h))?;
+                    crate::backend::release_physical_retrying(b, h)?;
                 }
                 Ok(())
             }

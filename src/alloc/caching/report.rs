@@ -117,9 +117,7 @@ impl Drop for CachingAllocator {
                 for &h in &handles {
                     // A handle released while mapped keeps its page until the unmap. A failed
                     // release is tried once more, as a failed unmap is.
-                    let _ = backend
-                        .release_physical(h)
-                        .or_else(|_| backend.release_physical(h));
+                    let _ = crate::backend::release_physical_retrying(backend.as_ref(), h);
                 }
                 r.and_then(|_| backend.free_reservation(DevicePtr(s.base), s.capacity))
             } else if s.backing == Backing::Expandable {
@@ -137,7 +135,7 @@ impl Drop for CachingAllocator {
             }
         }
         for h in st.pages.free.drain(..) {
-            if let Err(e) = backend.release_physical(h) {
+            if let Err(e) = crate::backend::release_physical_retrying(backend.as_ref(), h) {
                 tracing::warn!("caching allocator drop: releasing a pooled page failed: {e}");
             }
         }

@@ -191,7 +191,7 @@ impl CachingAllocator {
             let mapped = self.backend.map(DevicePtr(va + done), g, h);
             // The mapping keeps the memory; the handle is not needed after it (or, unmapped,
             // at all).
-            let released = self.backend.release_physical(h);
+            let released = crate::backend::release_physical_retrying(self.backend.as_ref(), h);
             match (mapped, released) {
                 (Ok(()), released) => {
                     st.stats.num_maps += 1;
