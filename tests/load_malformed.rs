@@ -202,6 +202,33 @@ fn header_that_is_not_an_object_is_rejected() {
     rejects(&raw("[1, 2]", 0), "header is not a JSON object");
 }
 
+/// A header of more tensors than one file may hold (1.4 million one-byte tensors fit under the
+/// 100 MB header cap and cost 2.4 GB of RAM to parse) is refused at the limit, naming it; one at
+/// the limit loads.
+#[test]
+fn a_header_of_too_many_tensors_is_refused_naming_the_limit() {
+    use vramswap::load::MAX_TENSORS;
+    let header = |n: usize| {
+        let entries: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    r#""t{i}":{{"dtype":"U8","shape":[1],"data_offsets":[{i},{}]}}"#,
+                    i + 1
+                )
+            })
+            .collect();
+        format!("{{{}}}", entries.join(","))
+    };
+    rejects(
+        &raw(&header(MAX_TENSORS + 1), MAX_TENSORS + 1),
+        &format!("more than {MAX_TENSORS} tensors"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.safetensors");
+    std::fs::write(&file, raw(&header(MAX_TENSORS), MAX_TENSORS)).unwrap();
+    assert_eq!(inspect(&file).unwrap().sources.len(), MAX_TENSORS);
+}
+
 #[test]
 fn entry_missing_its_offsets_is_rejected() {
     rejects(

@@ -19,6 +19,13 @@ use crate::weights::{byte_len, DType};
 /// Largest header accepted: 100 MB, as the `safetensors` crate does.
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 
+/// Most tensors one file's header may describe. The reference reader has no such limit, only
+/// the 100 MB header cap, under which 1.4 million one-byte tensors fit and cost 2.4 GB of RAM
+/// to parse (issue 19); at this limit `vramswap inspect` of such a file peaked at 154 MB of RSS
+/// (100,000 one-byte tensors, a debug build, 2026-12-04). Real checkpoints stay
+/// far below it (a shard of the largest mixture-of-experts models holds a few thousand).
+pub const MAX_TENSORS: usize = 100_000;
+
 /// One tensor as a header describes it; offsets relative to the data section.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeaderTensor {
@@ -62,6 +69,9 @@ pub enum HeaderError {
         /// File length.
         len: u64,
     },
+    /// The header describes more than [`MAX_TENSORS`] tensors.
+    #[error("the header describes more than {MAX_TENSORS} tensors, the most vramswap reads from one file")]
+    TooManyTensors,
     /// The header length is over [`MAX_HEADER_BYTES`].
     #[error("header length {header_len} bytes exceeds the limit of {MAX_HEADER_BYTES} bytes")]
     HeaderTooLarge {
@@ -243,6 +253,10 @@ impl<'de> Deserialize<'de> for Unique {
     }
 }
 
+/// The message the entries' visitor stops with past [`MAX_TENSORS`], told apart from other
+/// errors by [`parse_header_prefix`].
+const TOO_MANY: &str = "vramswap: too many tensors";
+
 /// The header's top-level entries in file order, duplicates kept.
 struct Entries(Vec<(String, Value)>);
 
@@ -256,7 +270,14 @@ impl<'de> Deserialize<'de> for Entries {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Entries, A::Error> {
                 let mut v = Vec::new();
+                let mut tensors = 0usize;
                 while let Some((k, Unique(e))) = m.next_entry::<String, Unique>()? {
+                    if k != "__metadata__" {
+                        tensors += 1;
+                        if tensors > MAX_TENSORS {
+                            return Err(serde::de::Error::custom(TOO_MANY));
+                        }
+                    }
                     v.push((k, e));
                 }
                 Ok(Entries(v))
@@ -315,6 +336,7 @@ pub(crate) fn parse_header_prefix(file: &[u8], file_len: u64) -> Result<Header, 
     let mut de = serde_json::Deserializer::from_slice(json);
     let entries = match Entries::deserialize(&mut de).and_then(|e| de.end().map(|_| e)) {
         Ok(e) => e.0,
+        Err(e) if e.to_string().starts_with(TOO_MANY) => return Err(HeaderError::TooManyTensors),
         Err(e) if e.classify() == serde_json::error::Category::Data => {
             return Err(HeaderError::NotAnObject(e.to_string()))
         }

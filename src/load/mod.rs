@@ -48,6 +48,7 @@ mod source;
 
 pub use header::{
     encode_header, parse_header, Bytes, Header, HeaderError, HeaderTensor, MAX_HEADER_BYTES,
+    MAX_TENSORS,
 };
 pub use save::save;
 pub use source::{INDEX_FILE, MAX_INDEX_BYTES};
