@@ -7,6 +7,7 @@ use std::sync::{Arc, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use super::layout::{group_checksums, pieces, Layout};
+use super::policy;
 use super::{DeviceSpace, Inner, Origin, Residency, State, WeightGuard};
 use crate::alloc::CachingAllocator;
 use crate::backend::Stream;
@@ -214,29 +215,9 @@ impl Inner {
                 }
                 Err(e @ Error::HostBudgetExceeded { .. }) => {
                     let mut st = self.lock();
-                    let reloadable = |e: &super::Entry| {
-                        e.guards == 0
-                            && !e.busy
-                            && !e.dirty
-                            && !e.host_modified
-                            && e.host.is_some()
-                            && matches!(e.origin, Origin::Path(..))
-                    };
-                    let lru = |on_device: bool| {
-                        st.sets
-                            .iter()
-                            .filter(|(_, e)| {
-                                reloadable(e)
-                                    && if on_device {
-                                        e.resident()
-                                    } else {
-                                        e.state == Residency::InHost && !e.resident()
-                                    }
-                            })
-                            .min_by_key(|(_, e)| e.tick)
-                            .map(|(n, _)| n.clone())
-                    };
-                    let Some(v) = lru(false).or_else(|| lru(true)) else {
+                    let Some(v) =
+                        policy::host_victim(&st.facts(Instant::now())).map(str::to_string)
+                    else {
                         return Err(e);
                     };
                     // Clean, so the offload is an unmap with no copy; if it fails, the load
@@ -286,12 +267,8 @@ impl Inner {
             if fits {
                 return freed;
             }
-            let victim = st
-                .sets
-                .iter()
-                .filter(|(n, e)| n.as_str() != except && e.evictable())
-                .min_by_key(|(_, e)| e.tick)
-                .map(|(n, _)| n.clone());
+            let victim =
+                policy::device_victim(&st.facts(Instant::now()), except).map(str::to_string);
             let Some(v) = victim else { return freed };
             let size = st.sets[&v].space.as_ref().map_or(0, |s| s.size());
             match self.offload_locked(st, &v) {
@@ -674,11 +651,9 @@ pub(super) fn idle_loop(weak: Weak<Inner>, timeout: Duration) {
         }
         let mut st = inner.lock();
         let now = Instant::now();
-        let idle: Vec<String> = st
-            .sets
-            .iter()
-            .filter(|(_, e)| e.evictable() && now - e.last_use >= timeout)
-            .map(|(n, _)| n.clone())
+        let idle: Vec<String> = policy::idle_sets(&st.facts(now), Some(timeout))
+            .into_iter()
+            .map(str::to_string)
             .collect();
         for n in idle {
             if let Err(e) = inner.offload_locked(&mut st, &n) {

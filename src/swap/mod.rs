@@ -25,6 +25,7 @@ mod device;
 mod guard;
 mod inner;
 mod layout;
+mod policy;
 mod status;
 
 use std::collections::BTreeMap;
@@ -119,6 +120,25 @@ impl State {
             kind: "weight set",
             name: name.to_string(),
         })
+    }
+
+    /// What the policy (`policy.rs`) needs to know of each set, in name order.
+    fn facts(&self, now: Instant) -> Vec<policy::SetFacts<'_>> {
+        self.sets
+            .iter()
+            .map(|(name, e)| policy::SetFacts {
+                name,
+                tick: e.tick,
+                idle_for: now.saturating_duration_since(e.last_use),
+                held: e.guards > 0 || e.busy,
+                resident: e.resident(),
+                in_host_only: e.state == Residency::InHost && !e.resident(),
+                reloadable: !e.dirty
+                    && !e.host_modified
+                    && e.host.is_some()
+                    && matches!(e.origin, Origin::Path(..)),
+            })
+            .collect()
     }
 
     fn device_used(&self) -> u64 {
@@ -524,11 +544,9 @@ impl SwapEngine {
     /// Offloads every idle resident set (no guard); returns how many.
     pub fn offload_idle(&self) -> Result<usize> {
         let mut st = self.inner.lock();
-        let names: Vec<String> = st
-            .sets
-            .iter()
-            .filter(|(_, e)| e.evictable())
-            .map(|(n, _)| n.clone())
+        let names: Vec<String> = policy::idle_sets(&st.facts(Instant::now()), None)
+            .into_iter()
+            .map(str::to_string)
             .collect();
         for n in &names {
             self.inner.offload_locked(&mut st, n)?;
