@@ -23,10 +23,11 @@
 mod config;
 mod device;
 mod guard;
-mod inner;
 mod layout;
 mod policy;
+mod state;
 mod status;
+mod transitions;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,7 +40,7 @@ use crate::arena::{ArenaConfig, PinnedArena};
 use crate::backend::{Event, SharedBackend, Stream};
 use crate::error::{Error, Result};
 use crate::load::LoadOptions;
-use crate::transfer::{CopyEngine, Transfer};
+use crate::transfer::CopyEngine;
 use crate::weights::{DType, HostWeights};
 
 pub use config::{parse_bytes, parse_bytes_for, SwapConfig};
@@ -47,8 +48,9 @@ pub use guard::WeightGuard;
 pub use status::{gbps, Counters, EngineStatus, Residency, SetStatus};
 
 use device::DeviceSpace;
-use inner::{idle_loop, Bring};
 use layout::Layout;
+use state::{Loaded, SetState};
+use transitions::{idle_loop, Bring};
 
 /// Where a set comes from.
 #[derive(Debug)]
@@ -60,12 +62,11 @@ enum Origin {
 #[derive(Debug)]
 struct Entry {
     origin: Origin,
-    host: Option<Arc<HostWeights>>,
-    layout: Option<Arc<Layout>>,
-    state: Residency,
+    /// Where the set is, with what each place needs (`state.rs`).
+    state: SetState,
+    /// The set's bytes, once known (kept after a release, for status).
+    bytes: u64,
     space: Option<DeviceSpace>,
-    transfer: Option<Arc<Transfer>>,
-    upload_started: Option<Instant>,
     guards: usize,
     last_use: Instant,
     tick: u64,
@@ -82,12 +83,9 @@ impl Entry {
     fn new(origin: Origin) -> Entry {
         Entry {
             origin,
-            host: None,
-            layout: None,
-            state: Residency::OnDisk,
+            state: SetState::OnDisk,
+            bytes: 0,
             space: None,
-            transfer: None,
-            upload_started: None,
             guards: 0,
             last_use: Instant::now(),
             tick: 0,
@@ -132,10 +130,10 @@ impl State {
                 idle_for: now.saturating_duration_since(e.last_use),
                 held: e.guards > 0 || e.busy,
                 resident: e.resident(),
-                in_host_only: e.state == Residency::InHost && !e.resident(),
+                in_host_only: matches!(e.state, SetState::InHost(_)) && !e.resident(),
                 reloadable: !e.dirty
                     && !e.host_modified
-                    && e.host.is_some()
+                    && e.state.loaded().is_some()
                     && matches!(e.origin, Origin::Path(..)),
             })
             .collect()
@@ -331,9 +329,11 @@ impl SwapEngine {
             self.inner.config.transfer.verify,
         )?;
         let mut e = Entry::new(Origin::Memory);
-        e.host = Some(Arc::new(host));
-        e.layout = Some(Arc::new(layout));
-        e.state = Residency::InHost;
+        e.bytes = layout.desc.total_bytes;
+        e.state = SetState::InHost(Loaded {
+            host: Arc::new(host),
+            layout: Arc::new(layout),
+        });
         self.insert(name, e)
     }
 
@@ -426,8 +426,8 @@ impl SwapEngine {
                 return Ok(());
             }
             match e.state {
-                Residency::OnDisk => true,
-                Residency::InHost => {
+                SetState::OnDisk => true,
+                SetState::InHost(_) => {
                     if let Err(err) = self.inner.start_upload(&mut st, name) {
                         st.entry(name)?.last_error = Some(err.to_string());
                         return Err(err);
@@ -531,7 +531,7 @@ impl SwapEngine {
                 "weight set `{name}` is not on the device"
             )));
         }
-        if e.host.as_ref().is_some_and(|h| h.is_direct()) {
+        if e.state.loaded().is_some_and(|l| l.host.is_direct()) {
             return Err(Error::InvalidState(format!(
                 "weight set `{name}` was loaded in direct mode: its host copy is the read-only file \
                  mapping, so device changes cannot be copied back"
@@ -572,8 +572,8 @@ impl SwapEngine {
             .iter()
             .map(|(name, e)| SetStatus {
                 name: name.clone(),
-                state: e.state,
-                bytes: e.layout.as_ref().map_or(0, |l| l.desc.total_bytes),
+                state: e.state.residency(),
+                bytes: e.bytes,
                 device_bytes: e.space.as_ref().map_or(0, |s| s.size()),
                 idle_secs: if e.guards > 0 {
                     0.0

@@ -1,6 +1,7 @@
-//! The engine's internals: bringing sets to the device, eviction under budgets and pressure,
-//! uploads and offloads, and the idle-timeout loop. Everything here runs under the engine's
-//! lock except loads from disk and waits for copies.
+//! The engine's moves between states (`state.rs`): bringing sets to the device, eviction under
+//! budgets and pressure (as `policy.rs` decides), uploads and offloads, and the idle-timeout
+//! loop. Everything here runs under the engine's lock except loads from disk and waits for
+//! copies.
 
 use std::path::Path;
 use std::sync::{Arc, MutexGuard, Weak};
@@ -8,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use super::layout::{group_checksums, pieces, Layout};
 use super::policy;
-use super::{DeviceSpace, Inner, Origin, Residency, State, WeightGuard};
+use super::state::{Loaded, SetState};
+use super::{DeviceSpace, Inner, Origin, State, WeightGuard};
 use crate::alloc::CachingAllocator;
 use crate::backend::Stream;
 use crate::error::{Error, Result};
@@ -71,8 +73,8 @@ impl Inner {
                 st = self.changed.wait(st).expect("engine lock poisoned");
                 continue;
             }
-            match e.state {
-                Residency::OnDisk => {
+            match &e.state {
+                SetState::OnDisk => {
                     let Origin::Path(path, opts) = &e.origin else {
                         return Err(Error::InvalidState(format!(
                             "weight set `{name}` has no host copy and no source"
@@ -92,9 +94,11 @@ impl Inner {
                     self.changed.notify_all();
                     match loaded {
                         Ok((host, layout)) => {
-                            e.host = Some(Arc::new(host));
-                            e.layout = Some(Arc::new(layout));
-                            e.state = Residency::InHost;
+                            e.bytes = layout.desc.total_bytes;
+                            e.state = SetState::InHost(Loaded {
+                                host: Arc::new(host),
+                                layout: Arc::new(layout),
+                            });
                             e.last_error = None;
                             st.counters.loads += 1;
                             st.counters.last_load_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -105,19 +109,20 @@ impl Inner {
                         }
                     }
                 }
-                Residency::InHost => {
+                SetState::InHost(_) => {
                     if let Err(err) = self.start_upload(&mut st, name) {
                         st.entry(name)?.last_error = Some(err.to_string());
                         return Err(err);
                     }
                 }
-                Residency::Uploading => {
+                SetState::Uploading {
+                    loaded, transfer, ..
+                } => {
                     let Bring::Guard { wait } = mode else {
                         return Ok(None);
                     };
+                    let (t, layout) = (transfer.clone(), loaded.layout.clone());
                     e.guards += 1;
-                    let t = e.transfer.clone().expect("uploading sets have a transfer");
-                    let layout = e.layout.clone().expect("uploading sets have a layout");
                     st.touch(name);
                     if !wait {
                         drop(st);
@@ -141,7 +146,7 @@ impl Inner {
                         return Err(err);
                     }
                     let e = st.entry(name)?;
-                    if !(e.resident() && e.state == Residency::OnDevice) {
+                    if !(e.resident() && matches!(e.state, SetState::OnDevice(_))) {
                         // Another thread's attempt failed and took the set back off the device
                         // while this one waited: give up this guard and start over.
                         e.guards -= 1;
@@ -151,7 +156,7 @@ impl Inner {
                     drop(st);
                     return Ok(Some(self.guard(name, None)?));
                 }
-                Residency::OnDevice => {
+                SetState::OnDevice(_) => {
                     let Bring::Guard { .. } = mode else {
                         return Ok(None);
                     };
@@ -160,7 +165,7 @@ impl Inner {
                     drop(st);
                     return Ok(Some(self.guard(name, None)?));
                 }
-                Residency::Downloading => {
+                SetState::Downloading(_) => {
                     st = self.changed.wait(st).expect("engine lock poisoned");
                 }
             }
@@ -174,14 +179,21 @@ impl Inner {
     ) -> Result<WeightGuard> {
         let st = self.lock();
         let e = st.sets.get(name).expect("guarded sets stay registered");
-        let layout = e.layout.clone().expect("resident sets have a layout");
+        let Loaded { host, layout } = match &e.state {
+            SetState::Uploading { loaded, .. } | SetState::OnDevice(loaded) => loaded.clone(),
+            other => {
+                return Err(Error::InvalidState(format!(
+                    "weight set `{name}` is {:?}, not on the device",
+                    other.residency()
+                )))
+            }
+        };
         let base = e
             .space
             .as_ref()
             .and_then(|s| s.base())
             .expect("resident sets are backed");
         let stable = e.space.as_ref().is_some_and(|s| s.stable());
-        let host = e.host.clone().expect("resident sets have a host copy");
         drop(st);
         Ok(WeightGuard::new(
             self.clone(),
@@ -234,11 +246,9 @@ impl Inner {
         if let Some(e) = st.sets.get_mut(name) {
             // A release of a set already released (nothing on the device or in host memory)
             // changes nothing and is not counted again.
-            let held_memory = e.state != Residency::OnDisk || e.host.is_some();
-            e.transfer = None;
-            e.host = None;
+            let held_memory = !matches!(e.state, SetState::OnDisk);
             e.host_modified = false;
-            e.state = Residency::OnDisk;
+            e.state = SetState::OnDisk;
             if held_memory {
                 st.counters.releases += 1;
             }
@@ -325,11 +335,17 @@ impl Inner {
     /// Backs device memory for an in-host set and queues the upload.
     pub(super) fn start_upload(&self, st: &mut State, name: &str) -> Result<()> {
         let b = self.backend.as_ref();
-        let (bytes, has_space) = {
+        let (loaded, has_space) = {
             let e = st.entry(name)?;
-            let layout = e.layout.clone().expect("in-host sets have a layout");
-            (layout.desc.total_bytes, e.space.is_some())
+            let SetState::InHost(loaded) = &e.state else {
+                return Err(Error::InvalidState(format!(
+                    "weight set `{name}` is {:?}, not in host memory only",
+                    e.state.residency()
+                )));
+            };
+            (loaded.clone(), e.space.is_some())
         };
+        let bytes = loaded.layout.desc.total_bytes;
         if !has_space {
             let space = DeviceSpace::new(b, bytes, self.vmm)?;
             st.entry(name)?.space = Some(space);
@@ -374,19 +390,24 @@ impl Inner {
             }
         };
         let e = st.entry(name)?;
-        let host = e.host.clone().expect("in-host sets have a host copy");
-        let layout = e.layout.clone().expect("in-host sets have a layout");
-        // SAFETY: the host copy is kept alive by the entry until the transfer is dropped
-        // (release and offload drop the transfer first), and nothing writes it meanwhile.
+        // SAFETY: the host copy is kept alive by the entry's state until the transfer is
+        // dropped (the transfer lives in the same state, and every change of state drops it
+        // with or before the host copy), and nothing writes it meanwhile.
         let started = unsafe {
-            self.copy
-                .start(Direction::HostToDevice, &pieces(&host), base, &layout.plan)
+            self.copy.start(
+                Direction::HostToDevice,
+                &pieces(&loaded.host),
+                base,
+                &loaded.layout.plan,
+            )
         };
         match started {
             Ok(t) => {
-                e.transfer = Some(Arc::new(t));
-                e.upload_started = Some(Instant::now());
-                e.state = Residency::Uploading;
+                e.state = SetState::Uploading {
+                    loaded,
+                    transfer: Arc::new(t),
+                    started: Instant::now(),
+                };
                 e.dirty = false;
                 // A set just brought in (a prefetch too) is the most recently used: neither
                 // the idle offloader nor LRU eviction should take it straight back out.
@@ -415,12 +436,14 @@ impl Inner {
     ) -> Result<()> {
         let b = self.backend.as_ref();
         let e = st.entry(name)?;
-        if e.state != Residency::Uploading
-            || !e.transfer.as_ref().is_some_and(|x| Arc::ptr_eq(x, t))
-        {
-            return Ok(()); // another thread finished it
-        }
-        let layout = e.layout.clone().expect("uploading sets have a layout");
+        let (layout, started) = match &e.state {
+            SetState::Uploading {
+                loaded,
+                transfer,
+                started,
+            } if Arc::ptr_eq(transfer, t) => (loaded.layout.clone(), *started),
+            _ => return Ok(()), // another thread finished it
+        };
         // A set changed on the device under a streaming guard (marked dirty) differs from its
         // host copy on purpose: there is nothing to verify it against, and discarding it would
         // lose the change.
@@ -440,8 +463,7 @@ impl Inner {
                 // stays `Uploading` with its transfer (an `Uploading` set always has one), and
                 // the next acquire tries again.
                 if !e.resident() {
-                    e.transfer = None;
-                    e.state = Residency::InHost;
+                    e.state.become_(SetState::InHost);
                 }
             }
             return Err(err);
@@ -451,9 +473,8 @@ impl Inner {
             .ok()
             .flatten()
             .and_then(|ms| Duration::try_from_secs_f64(ms as f64 / 1e3).ok())
-            .unwrap_or_else(|| e.upload_started.map_or(Duration::ZERO, |s| s.elapsed()));
-        e.transfer = None;
-        e.state = Residency::OnDevice;
+            .unwrap_or_else(|| started.elapsed());
+        e.state.become_(SetState::OnDevice);
         st.counters.swap_in(layout.desc.total_bytes, elapsed);
         Ok(())
     }
@@ -466,7 +487,7 @@ impl Inner {
             return Ok(());
         }
         let t0 = Instant::now();
-        if let Some(t) = e.transfer.clone() {
+        if let Some(t) = e.state.transfer().cloned() {
             // An upload nobody waited for (a prefetch, or a streaming acquire whose guard was
             // dropped early): let it land before unmapping, and finish it so that it is
             // counted. Not verified: the device copy is about to go (or, dirty, to be copied
@@ -481,9 +502,12 @@ impl Inner {
         sync_uses(b, &mut e.uses)?;
         let mut copied = 0;
         if e.dirty {
-            e.state = Residency::Downloading;
-            let host = e.host.clone().expect("resident sets have a host copy");
-            let layout = e.layout.clone().expect("resident sets have a layout");
+            let Some(Loaded { host, layout }) = e.state.loaded().cloned() else {
+                return Err(Error::InvalidState(format!(
+                    "weight set `{name}` changed on the device has no host copy to go back to"
+                )));
+            };
+            e.state.become_(SetState::Downloading);
             let base = e.space.as_ref().and_then(|s| s.base()).expect("resident");
             // SAFETY: no guard holds the set, so nothing reads the host copy while the device
             // writes it; the transfer is waited for before `host` can go away.
@@ -494,7 +518,7 @@ impl Inner {
             .and_then(|t| t.wait());
             if let Err(err) = r {
                 // The device copy is still good; keep the set resident and dirty.
-                e.state = Residency::OnDevice;
+                e.state.become_(SetState::OnDevice);
                 e.last_error = Some(err.to_string());
                 return Err(err);
             }
@@ -503,11 +527,14 @@ impl Inner {
             e.host_modified = true;
             if layout.checksums.is_some() {
                 // The host copy changed: later verified swap-ins compare against its new sums.
-                e.layout = Some(Arc::new(Layout {
+                let fresh = Arc::new(Layout {
                     desc: layout.desc.clone(),
                     plan: layout.plan.clone(),
                     checksums: Some(group_checksums(&host, &layout.plan.groups)),
-                }));
+                });
+                if let Some(l) = e.state.loaded_mut() {
+                    l.layout = fresh;
+                }
             }
         }
         if let Err(err) = e.space.as_mut().expect("resident").unback(b) {
@@ -516,16 +543,16 @@ impl Inner {
             // backed, whatever leaked in the driver: `InHost`). The state follows what is
             // mapped, so no guard is ever handed out over unmapped memory and nobody waits on
             // a `Downloading` that will not end.
-            e.state = if e.resident() {
-                Residency::OnDevice
+            e.state.become_(if e.resident() {
+                SetState::OnDevice
             } else {
-                Residency::InHost
-            };
+                SetState::InHost
+            });
             e.last_error = Some(err.to_string());
             self.changed.notify_all();
             return Err(err);
         }
-        e.state = Residency::InHost;
+        e.state.become_(SetState::InHost);
         st.counters.swap_out(copied, t0.elapsed());
         self.changed.notify_all();
         Ok(())
@@ -539,12 +566,16 @@ impl Inner {
             // The last guard of a streaming acquire: if its upload has landed, finish it now
             // (verify, count, mark `OnDevice`) rather than leave the set `Uploading` until the
             // next acquire or offload. One still in flight is finished by whoever waits next.
-            if e.guards == 0 && e.state == Residency::Uploading {
-                done = e
-                    .transfer
-                    .clone()
+            if let (
+                0,
+                SetState::Uploading {
+                    loaded, transfer, ..
+                },
+            ) = (e.guards, &e.state)
+            {
+                done = Some(transfer.clone())
                     .filter(|t| t.is_complete().unwrap_or(false))
-                    .zip(e.layout.clone());
+                    .map(|t| (t, loaded.layout.clone()));
             }
         }
         if let Some((t, layout)) = done {
@@ -603,7 +634,7 @@ impl Drop for Inner {
         let b = self.backend.clone();
         let st = self.state.get_mut().expect("engine lock poisoned");
         for (_, mut e) in std::mem::take(&mut st.sets) {
-            e.transfer = None;
+            e.state = SetState::OnDisk; // drops an upload's transfer before its range goes
             for ev in e.uses.drain(..) {
                 let _ = b.event_synchronize(ev);
                 let _ = b.event_destroy(ev);
