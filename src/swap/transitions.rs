@@ -178,7 +178,10 @@ impl Inner {
         transfer: Option<Arc<Transfer>>,
     ) -> Result<WeightGuard> {
         let st = self.lock();
-        let e = st.sets.get(name).expect("guarded sets stay registered");
+        let e = st.sets.get(name).ok_or_else(|| Error::NotFound {
+            kind: "weight set",
+            name: name.to_string(),
+        })?;
         let Loaded { host, layout } = match &e.state {
             SetState::Uploading { loaded, .. } | SetState::OnDevice(loaded) => loaded.clone(),
             other => {
@@ -188,11 +191,16 @@ impl Inner {
                 )))
             }
         };
-        let base = e
+        let Some(base) = e
             .space
             .as_ref()
+            .filter(|s| s.is_backed())
             .and_then(|s| s.base())
-            .expect("resident sets are backed");
+        else {
+            return Err(Error::InvalidState(format!(
+                "weight set `{name}` has no device memory to guard"
+            )));
+        };
         let stable = e.space.as_ref().is_some_and(|s| s.stable());
         drop(st);
         Ok(WeightGuard::new(
@@ -371,7 +379,12 @@ impl Inner {
         // Back the range, evicting idle sets while the device itself is out of memory.
         let base = loop {
             let e = st.entry(name)?;
-            let r = e.space.as_mut().expect("made above").back(b);
+            let Some(space) = e.space.as_mut() else {
+                return Err(Error::InvalidState(format!(
+                    "weight set `{name}` lost its device range while it was being backed"
+                )));
+            };
+            let r = space.back(b);
             match r {
                 Ok(p) => break p,
                 Err(err) if err.is_out_of_memory() => {
@@ -416,7 +429,9 @@ impl Inner {
             }
             Err(err) => {
                 // Never half-valid: the partly written range goes back to the device.
-                let _ = e.space.as_mut().expect("made above").unback(b);
+                if let Some(space) = e.space.as_mut() {
+                    let _ = space.unback(b);
+                }
                 e.last_error = Some(err.to_string());
                 Err(err)
             }
@@ -454,11 +469,9 @@ impl Inner {
             // stay mapped under them: the set stays `Uploading` with this transfer, so every
             // acquire fails verification until the last guard is gone and the copy can go.
             if e.guards <= held && sync_uses(b, &mut e.uses).is_ok() {
-                let _ = e
-                    .space
-                    .as_mut()
-                    .expect("uploading sets have space")
-                    .unback(b);
+                if let Some(space) = e.space.as_mut() {
+                    let _ = space.unback(b);
+                }
                 // An unback that failed before unmapping leaves the bad copy mapped: the set
                 // stays `Uploading` with its transfer (an `Uploading` set always has one), and
                 // the next acquire tries again.
@@ -508,7 +521,13 @@ impl Inner {
                 )));
             };
             e.state.become_(SetState::Downloading);
-            let base = e.space.as_ref().and_then(|s| s.base()).expect("resident");
+            // Resident (checked above), so the range is there and backed.
+            let Some(base) = e.space.as_ref().and_then(|s| s.base()) else {
+                e.state.become_(SetState::OnDevice);
+                return Err(Error::InvalidState(format!(
+                    "weight set `{name}` has no device range to copy back from"
+                )));
+            };
             // SAFETY: no guard holds the set, so nothing reads the host copy while the device
             // writes it; the transfer is waited for before `host` can go away.
             let r = unsafe {
@@ -537,7 +556,11 @@ impl Inner {
                 }
             }
         }
-        if let Err(err) = e.space.as_mut().expect("resident").unback(b) {
+        let unbacked = match e.space.as_mut() {
+            Some(space) => space.unback(b),
+            None => Ok(()), // not resident: nothing to unmap (checked above)
+        };
+        if let Err(err) = unbacked {
             // `unback` fails either before unmapping (still resident: `OnDevice`, also after a
             // dirty copy-back, which set `Downloading`) or after (the range is no longer
             // backed, whatever leaked in the driver: `InHost`). The state follows what is
