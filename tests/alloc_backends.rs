@@ -91,10 +91,11 @@ fn page_pool_keeps_bytes_while_pages_move_between_blocks_and_returns_them() {
         let p = a.allocate(8 * MIB, s2).unwrap();
         b.memset_d8_async(p, 0x33, 8 * MIB, s2).unwrap();
         a.free(p).unwrap();
-        let q = a.allocate(6 * MIB, s1).unwrap();
-        let fill = pattern(6 * MIB as usize, 4);
+        // Larger than the freed block (a smaller request may take it whole, pages and all).
+        let q = a.allocate(12 * MIB, s1).unwrap();
+        let fill = pattern(12 * MIB as usize, 4);
         upload(b.as_ref(), q, &fill, s1).unwrap();
-        let mut back = vec![0u8; 6 * MIB as usize];
+        let mut back = vec![0u8; 12 * MIB as usize];
         download(b.as_ref(), &mut back, q, s1).unwrap();
         assert_eq!(back, fill);
         let mut back = vec![0u8; 3 * MIB as usize];
