@@ -207,12 +207,18 @@ fn a_cached_block_a_little_larger_serves_a_request_without_remapping() {
     a.free(big).unwrap();
     let maps = a.stats().num_maps;
     let near = a.allocate(12 * MIB, s).unwrap(); // 6 pages: 6 to 9 may serve it
-    assert_eq!(near, big, "the cached 8-page block served the 6-page request");
+    assert_eq!(
+        near, big,
+        "the cached 8-page block served the 6-page request"
+    );
     assert_eq!(a.stats().num_maps, maps, "no page was mapped for it");
     a.free(near).unwrap();
     let far = a.allocate(4 * MIB, s).unwrap(); // 2 pages: 2 to 3 may serve it, not 8
     assert_ne!(far, big);
-    assert!(a.stats().num_maps > maps, "the small request got pages of its own");
+    assert!(
+        a.stats().num_maps > maps,
+        "the small request got pages of its own"
+    );
     a.free(far).unwrap();
     assert_consistent(&a, &sb);
     teardown(a, &sb, &[]);
