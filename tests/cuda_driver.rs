@@ -8,8 +8,11 @@
 //! `VRAMSWAP_CUDA_DRIVER`, or else `target/<profile>/libvramswap_cuda_emu.so` (built by
 //! `cargo test --workspace`, or `cargo build -p vramswap-cuda-emu`).
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::Command;
+
+use common::emulator;
 
 use vramswap::backend::cuda::{CudaBackend, MIN_DRIVER_VERSION};
 use vramswap::backend::cuda_kernels::{embedded_kernel_image, KernelImage};
@@ -19,27 +22,6 @@ use vramswap::Error;
 
 /// Set in the child processes; the `_child` tests do nothing without it.
 const CHILD: &str = "VRAMSWAP_CUDA_DRIVER_TEST_CHILD";
-
-fn emulator() -> PathBuf {
-    if let Ok(p) = std::env::var("VRAMSWAP_CUDA_DRIVER") {
-        if !p.trim().is_empty() {
-            return p.into();
-        }
-    }
-    let exe = std::env::current_exe().unwrap();
-    let lib = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("libvramswap_cuda_emu.so");
-    assert!(
-        lib.is_file(),
-        "{} was not built: run `cargo build -p vramswap-cuda-emu` (`cargo test --workspace` \
-         builds it)",
-        lib.display()
-    );
-    lib
-}
 
 /// What a child process printed, and the emulator's exit report (empty when the driver was
 /// never initialised).

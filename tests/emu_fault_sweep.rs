@@ -4,30 +4,11 @@
 //! names the failed driver call, and in both cases the emulator's exit report is clean (no
 //! device memory, mapping, reservation or handle left behind; issue 19 item 7).
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::Command;
 
-/// The emulated driver: `VRAMSWAP_CUDA_DRIVER`, or the one the workspace build put beside the
-/// test binaries (`cargo test --workspace` builds it).
-fn emulator() -> PathBuf {
-    if let Ok(p) = std::env::var("VRAMSWAP_CUDA_DRIVER") {
-        if !p.trim().is_empty() {
-            return p.into();
-        }
-    }
-    let exe = std::env::current_exe().unwrap();
-    let lib = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("libvramswap_cuda_emu.so");
-    assert!(
-        lib.is_file(),
-        "{} was not built: run `cargo build -p vramswap-cuda-emu`",
-        lib.display()
-    );
-    lib
-}
+use common::emulator;
 
 /// Runs the tool with `args` over the emulator with `fault` planted; returns (success,
 /// stderr, the exit report's JSON).

@@ -60,3 +60,26 @@ pub fn json_output(cmd: &mut std::process::Command) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// The emulated CUDA driver: `VRAMSWAP_CUDA_DRIVER`, or the one the workspace build put beside
+/// the test binaries (`cargo test --workspace`, or `cargo build -p vramswap-cuda-emu`).
+pub fn emulator() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("VRAMSWAP_CUDA_DRIVER") {
+        if !p.trim().is_empty() {
+            return p.into();
+        }
+    }
+    let exe = std::env::current_exe().unwrap();
+    let lib = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("libvramswap_cuda_emu.so");
+    assert!(
+        lib.is_file(),
+        "{} was not built: run `cargo build -p vramswap-cuda-emu` (`cargo test --workspace` \
+         builds it)",
+        lib.display()
+    );
+    lib
+}
