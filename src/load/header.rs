@@ -7,10 +7,11 @@
 //! the tensor and the numbers at fault, it finds duplicate names (a JSON map silently keeps the
 //! last), and it accepts gaps in the data section.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -253,17 +254,21 @@ impl<'de> Deserialize<'de> for Unique {
     }
 }
 
-/// The message the entries' visitor stops with past [`MAX_TENSORS`], told apart from other
-/// errors by [`parse_header_prefix`].
-const TOO_MANY: &str = "vramswap: too many tensors";
-
 /// The header's top-level entries in file order, duplicates kept.
 struct Entries(Vec<(String, Value)>);
 
-impl<'de> Deserialize<'de> for Entries {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
+/// Reads [`Entries`], stopping past [`MAX_TENSORS`] tensors with `too_many` set, so that
+/// [`parse_header_prefix`] tells that stop from a JSON error without reading a message.
+struct EntriesSeed<'a> {
+    too_many: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for EntriesSeed<'_> {
+    type Value = Entries;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Entries, D::Error> {
+        struct V<'a>(&'a Cell<bool>);
+        impl<'de> Visitor<'de> for V<'_> {
             type Value = Entries;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON object")
@@ -275,7 +280,8 @@ impl<'de> Deserialize<'de> for Entries {
                     if k != "__metadata__" {
                         tensors += 1;
                         if tensors > MAX_TENSORS {
-                            return Err(serde::de::Error::custom(TOO_MANY));
+                            self.0.set(true);
+                            return Err(serde::de::Error::custom("too many tensors"));
                         }
                     }
                     v.push((k, e));
@@ -283,7 +289,7 @@ impl<'de> Deserialize<'de> for Entries {
                 Ok(Entries(v))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(self.too_many))
     }
 }
 
@@ -334,9 +340,14 @@ pub(crate) fn parse_header_prefix(file: &[u8], file_len: u64) -> Result<Header, 
         });
     };
     let mut de = serde_json::Deserializer::from_slice(json);
-    let entries = match Entries::deserialize(&mut de).and_then(|e| de.end().map(|_| e)) {
+    let too_many = Cell::new(false);
+    let read = EntriesSeed {
+        too_many: &too_many,
+    }
+    .deserialize(&mut de);
+    let entries = match read.and_then(|e| de.end().map(|_| e)) {
         Ok(e) => e.0,
-        Err(e) if e.to_string().starts_with(TOO_MANY) => return Err(HeaderError::TooManyTensors),
+        Err(_) if too_many.get() => return Err(HeaderError::TooManyTensors),
         Err(e) if e.classify() == serde_json::error::Category::Data => {
             return Err(HeaderError::NotAnObject(e.to_string()))
         }
