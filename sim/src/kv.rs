@@ -188,20 +188,7 @@ pub fn parse_positive(key: &str, v: &str) -> Result<f64, KvError> {
 /// assert!(parse_f64_in("h2d_gbps", "1e-30", 1e-3..=1e6).is_err());
 /// ```
 pub fn parse_f64_in(key: &str, v: &str, range: RangeInclusive<f64>) -> Result<f64, KvError> {
-    v.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|x| range.contains(x))
-        .ok_or_else(|| {
-            KvError::new(
-                key,
-                format!(
-                    "`{v}` is not a number from {} to {}",
-                    range.start(),
-                    range.end()
-                ),
-            )
-        })
+    parse_in(key, v, range, "a number")
 }
 
 /// A whole number within `range`, which the error quotes.
@@ -215,6 +202,14 @@ pub fn parse_int_in<T>(key: &str, v: &str, range: RangeInclusive<T>) -> Result<T
 where
     T: FromStr + PartialOrd + fmt::Display,
 {
+    parse_in(key, v, range, "a whole number")
+}
+
+/// A `T` within `range`; the error calls it `what` and quotes the range.
+fn parse_in<T>(key: &str, v: &str, range: RangeInclusive<T>, what: &str) -> Result<T, KvError>
+where
+    T: FromStr + PartialOrd + fmt::Display,
+{
     v.trim()
         .parse::<T>()
         .ok()
@@ -223,7 +218,7 @@ where
             KvError::new(
                 key,
                 format!(
-                    "`{v}` is not a whole number from {} to {}",
+                    "`{v}` is not {what} from {} to {}",
                     range.start(),
                     range.end()
                 ),
