@@ -154,10 +154,23 @@ pub enum Error {
     /// The backend or build does not support this.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// The shared host store (`vramswap store serve`) cannot be reached, does not speak this
+    /// client's protocol, or refused a request. `kind` is the class the store gave its refusal
+    /// (a set of that name holding other contents is [`ErrorKind::AlreadyExists`], a budget too
+    /// small [`ErrorKind::OutOfMemory`]); `None` when no store answered as one.
+    #[error("host store at {}: {problem}", .socket.display())]
+    Store {
+        /// The store's socket.
+        socket: PathBuf,
+        /// The class of the store's refusal, if it refused.
+        kind: Option<ErrorKind>,
+        /// What went wrong.
+        problem: String,
+    },
 }
 
 /// Broad classes of [`Error`], for C status codes and Python exception classes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// A driver call failed.
@@ -184,6 +197,8 @@ pub enum ErrorKind {
     ChecksumMismatch,
     /// Not supported.
     Unsupported,
+    /// The shared host store cannot be reached or does not speak this client's protocol.
+    Store,
 }
 
 impl Error {
@@ -208,6 +223,7 @@ impl Error {
             Error::InvalidState(_) => ErrorKind::InvalidState,
             Error::ChecksumMismatch { .. } => ErrorKind::ChecksumMismatch,
             Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::Store { kind, .. } => kind.unwrap_or(ErrorKind::Store),
         }
     }
 

@@ -68,6 +68,8 @@ pub mod load;
 #[cfg(feature = "cli")]
 pub mod selftest;
 pub mod setup;
+#[cfg(target_os = "linux")]
+pub mod store;
 #[cfg(feature = "cli")]
 pub mod svg;
 pub mod swap;

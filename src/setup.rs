@@ -10,8 +10,10 @@
 //! - the allocator: [`EngineSetup::alloc_conf`] when given, `VRAMSWAP_ALLOC_CONF` otherwise;
 //! - the engine: [`EngineSetup::swap_conf`] when given, `VRAMSWAP_SWAP_CONF` and
 //!   `VRAMSWAP_IDLE_TIMEOUT` otherwise; then [`EngineSetup::device_budget`],
-//!   [`EngineSetup::host_budget`] and [`EngineSetup::idle_timeout`] over either.
+//!   [`EngineSetup::host_budget`] and [`EngineSetup::idle_timeout`] over either;
+//! - the shared host store: [`EngineSetup::store`] when given, `VRAMSWAP_STORE` otherwise.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +44,8 @@ pub struct EngineSetup {
     pub host_budget: Option<u64>,
     /// The idle timeout, over the configuration's.
     pub idle_timeout: Option<Duration>,
+    /// The shared host store's socket (see [`crate::store`]), over `VRAMSWAP_STORE`.
+    pub store: Option<PathBuf>,
 }
 
 /// The pieces an [`EngineSetup`] builds, wired together (the allocator attached to the engine).
@@ -88,6 +92,11 @@ impl EngineSetup {
         if let Some(t) = self.idle_timeout {
             swap_conf.idle_timeout = Some(t);
         }
+        swap_conf.store = self
+            .store
+            .clone()
+            .or(swap_conf.store)
+            .or_else(crate::swap::store_from_env);
         let sim = || -> Result<SharedBackend> {
             Ok(Arc::new(SimBackend::from_env_with_capacity(
                 self.sim_capacity,

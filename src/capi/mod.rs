@@ -88,11 +88,15 @@ pub enum vramswap_status {
     /// A device ordinal the backend does not have (as `CUDA_ERROR_INVALID_DEVICE`): on `sim`,
     /// one at or above `VRAMSWAP_SIM_DEVICES` (default 1).
     VRAMSWAP_INVALID_DEVICE = 16,
+    /// The shared host store (`VRAMSWAP_STORE`) cannot be reached or does not speak this
+    /// library's protocol. Refusals of the store's own have the status of their class (a set of
+    /// that name with other contents is `VRAMSWAP_ALREADY_EXISTS`).
+    VRAMSWAP_STORE_ERROR = 17,
 }
 
 impl vramswap_status {
     /// Every status, in order of value.
-    pub const ALL: [vramswap_status; 17] = [
+    pub const ALL: [vramswap_status; 18] = [
         vramswap_status::VRAMSWAP_OK,
         vramswap_status::VRAMSWAP_INVALID_ARGUMENT,
         vramswap_status::VRAMSWAP_NULL_POINTER,
@@ -110,6 +114,7 @@ impl vramswap_status {
         vramswap_status::VRAMSWAP_INVALID_UTF8,
         vramswap_status::VRAMSWAP_PANIC,
         vramswap_status::VRAMSWAP_INVALID_DEVICE,
+        vramswap_status::VRAMSWAP_STORE_ERROR,
     ];
 
     /// The status for an error class.
@@ -128,6 +133,7 @@ impl vramswap_status {
             ErrorKind::InvalidState => VRAMSWAP_INVALID_STATE,
             ErrorKind::ChecksumMismatch => VRAMSWAP_CHECKSUM_MISMATCH,
             ErrorKind::Unsupported => VRAMSWAP_UNSUPPORTED,
+            ErrorKind::Store => VRAMSWAP_STORE_ERROR,
         }
     }
 
@@ -152,6 +158,7 @@ impl vramswap_status {
             VRAMSWAP_INVALID_UTF8 => c"VRAMSWAP_INVALID_UTF8",
             VRAMSWAP_PANIC => c"VRAMSWAP_PANIC",
             VRAMSWAP_INVALID_DEVICE => c"VRAMSWAP_INVALID_DEVICE",
+            VRAMSWAP_STORE_ERROR => c"VRAMSWAP_STORE_ERROR",
         }
     }
 }

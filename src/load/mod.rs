@@ -304,6 +304,19 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
 
 /// Loads a checkpoint into `arena` as one weight set (see the module docs).
 pub fn load(path: &Path, arena: &Arc<PinnedArena>, opts: &LoadOptions) -> Result<HostWeights> {
+    check_options(opts)?;
+    let opened = open(path)?;
+    if opts.direct {
+        return load_direct(opened, arena, opts);
+    }
+    let planned = Planned::new(path, opened, opts)?;
+    let mut range = arena.alloc(planned.desc.total_bytes)?;
+    // On a failed read the range is dropped (returned to the arena): the set stays unloaded.
+    let desc = planned.copy_into(range.as_mut_slice(), opts)?;
+    HostWeights::from_range(desc, range)
+}
+
+fn check_options(opts: &LoadOptions) -> Result<()> {
     if opts.threads > MAX_LOAD_THREADS {
         return Err(Error::InvalidArgument(format!(
             "{} copy threads: the most a load takes is {MAX_LOAD_THREADS}",
@@ -322,65 +335,112 @@ pub fn load(path: &Path, arena: &Arc<PinnedArena>, opts: &LoadOptions) -> Result
             ));
         }
     }
-    let opened = open(path)?;
-    if opts.direct {
-        return load_direct(opened, arena, opts);
-    }
-    let Opened {
-        inspection,
-        handles,
-        ..
-    } = opened;
-    let cast = |d: DType| match opts.cast {
-        Some(c) if d.is_castable_float() => c,
-        _ => d,
-    };
-    let specs = inspection
-        .desc
-        .tensors
-        .iter()
-        .map(|t| TensorSpec {
-            name: t.name.clone(),
-            dtype: cast(t.dtype),
-            shape: t.shape.clone(),
-        })
-        .collect();
-    let desc = WeightSetDesc::layout(specs).map_err(|e| malformed(path, e.to_string()))?;
-    let mut range = arena.alloc(desc.total_bytes)?;
-    let jobs = inspection
-        .desc
-        .tensors
-        .iter()
-        .zip(&inspection.sources)
-        .zip(&desc.tensors)
-        .map(|((src, at), dst)| copy::CopyJob {
-            src: copy::Src {
-                file: &handles[at.file].file,
-                path: &inspection.files[at.file].path,
-                offset: at.file_offset,
-                len: src.len,
-            },
-            from: src.dtype,
-            to: dst.dtype,
-            dst_offset: dst.offset,
-        })
-        .collect();
-    let total = desc.total_bytes;
-    let started = Instant::now();
-    let mut report = |bytes_done| {
-        if let Some(p) = &opts.progress {
-            p(LoadProgress {
-                bytes_done,
-                bytes_total: total,
-                elapsed: started.elapsed(),
+    Ok(())
+}
+
+/// A checkpoint opened and checked, with the layout a copying load gives it: the first half of
+/// [`load`], for callers that copy into memory of their own (the host store's shared memory).
+pub(crate) struct Planned {
+    path: PathBuf,
+    opened: Opened,
+    desc: WeightSetDesc,
+}
+
+impl Planned {
+    fn new(path: &Path, opened: Opened, opts: &LoadOptions) -> Result<Planned> {
+        let cast = |d: DType| match opts.cast {
+            Some(c) if d.is_castable_float() => c,
+            _ => d,
+        };
+        let specs = opened
+            .inspection
+            .desc
+            .tensors
+            .iter()
+            .map(|t| TensorSpec {
+                name: t.name.clone(),
+                dtype: cast(t.dtype),
+                shape: t.shape.clone(),
             })
+            .collect();
+        let desc = WeightSetDesc::layout(specs).map_err(|e| malformed(path, e.to_string()))?;
+        Ok(Planned {
+            path: path.to_path_buf(),
+            opened,
+            desc,
+        })
+    }
+
+    /// Opens and checks `path` for a copying load with `opts` (`opts.direct` is not looked at).
+    pub(crate) fn open(path: &Path, opts: &LoadOptions) -> Result<Planned> {
+        check_options(&LoadOptions {
+            direct: false,
+            ..opts.clone()
+        })?;
+        Planned::new(path, open(path)?, opts)
+    }
+
+    /// The set as it will be laid out.
+    pub(crate) fn desc(&self) -> &WeightSetDesc {
+        &self.desc
+    }
+
+    /// The checkpoint's files.
+    pub(crate) fn files(&self) -> &[FileHeader] {
+        &self.opened.inspection.files
+    }
+
+    /// Copies (and casts) every tensor into `dst` (at least `desc().total_bytes` long) with
+    /// `opts.threads` threads, reporting to `opts.progress`; returns the description. On error
+    /// `dst` is partly written and must be discarded.
+    pub(crate) fn copy_into(self, dst: &mut [u8], opts: &LoadOptions) -> Result<WeightSetDesc> {
+        let Planned { path, opened, desc } = self;
+        let Opened {
+            inspection,
+            handles,
+            ..
+        } = opened;
+        if (dst.len() as u64) < desc.total_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "{} bytes cannot hold a set of {} bytes",
+                dst.len(),
+                desc.total_bytes
+            )));
         }
-    };
-    report(0);
-    // On a failed read the range is dropped (returned to the arena): the set stays unloaded.
-    copy::copy_all(jobs, range.as_mut_slice(), opts.threads, &mut report)?;
-    tracing::debug!(bytes = total, took = ?started.elapsed(), "loaded {}", path.display());
-    HostWeights::from_range(desc, range)
+        let jobs = inspection
+            .desc
+            .tensors
+            .iter()
+            .zip(&inspection.sources)
+            .zip(&desc.tensors)
+            .map(|((src, at), dst)| copy::CopyJob {
+                src: copy::Src {
+                    file: &handles[at.file].file,
+                    path: &inspection.files[at.file].path,
+                    offset: at.file_offset,
+                    len: src.len,
+                },
+                from: src.dtype,
+                to: dst.dtype,
+                dst_offset: dst.offset,
+            })
+            .collect();
+        let total = desc.total_bytes;
+        let started = Instant::now();
+        let mut report = |bytes_done| {
+            if let Some(p) = &opts.progress {
+                p(LoadProgress {
+                    bytes_done,
+                    bytes_total: total,
+                    elapsed: started.elapsed(),
+                })
+            }
+        };
+        report(0);
+        copy::copy_all(jobs, dst, opts.threads, &mut report)?;
+        tracing::debug!(bytes = total, took = ?started.elapsed(), "loaded {}", path.display());
+        Ok(desc)
+    }
 }
 
 fn load_direct(

@@ -1,5 +1,6 @@
 //! Settings of the swap engine.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -26,6 +27,17 @@ pub struct SwapConfig {
     /// Use reserved virtual address ranges (stable addresses) when the device supports them;
     /// `false` forces the fallback to plain allocations.
     pub use_vmm: Option<bool>,
+    /// The shared host store's socket (`VRAMSWAP_STORE`; see [`crate::store`]): sets registered
+    /// from a path are attached from the store (which reads each from disk once for every
+    /// process), sets registered from arrays are put into it. `None`: the engine's own arena.
+    pub store: Option<PathBuf>,
+}
+
+/// `VRAMSWAP_STORE`, when set and not empty.
+pub fn store_from_env() -> Option<PathBuf> {
+    std::env::var_os("VRAMSWAP_STORE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 fn conf_err(key: &str, problem: impl Into<String>) -> Error {
@@ -50,10 +62,14 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
 impl SwapConfig {
     /// Reads `VRAMSWAP_SWAP_CONF` (`key:value` pairs separated by commas: `device_budget`,
     /// `host_budget` (sizes such as `24GiB`), `idle_timeout_s`, `chunk_mb`, `streams`,
-    /// `verify` (`true`/`false`), `vmm` (`true`/`false`)) and `VRAMSWAP_IDLE_TIMEOUT`
-    /// (seconds) over the defaults. Unknown keys are errors.
+    /// `verify` (`true`/`false`), `vmm` (`true`/`false`)), `VRAMSWAP_IDLE_TIMEOUT`
+    /// (seconds) and `VRAMSWAP_STORE` (a store's socket) over the defaults. Unknown keys are
+    /// errors.
     pub fn from_env() -> Result<SwapConfig> {
-        let mut c = SwapConfig::default();
+        let mut c = SwapConfig {
+            store: store_from_env(),
+            ..SwapConfig::default()
+        };
         if let Ok(spec) = std::env::var("VRAMSWAP_SWAP_CONF") {
             c.apply(&spec)?;
         }

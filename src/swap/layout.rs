@@ -135,8 +135,8 @@ fn clip_to_pieces(groups: Vec<Group>, pieces: &[HostPiece]) -> Vec<Group> {
 
 /// Checksums of each group of a host set (see [`host_checksums`]).
 pub(super) fn group_checksums(host: &HostWeights, groups: &[Group]) -> Vec<u64> {
-    if let Some(r) = host.host_range() {
-        return host_checksums(&r.as_slice()[..host.total_bytes() as usize], groups);
+    if let Some(bytes) = host.contiguous() {
+        return host_checksums(bytes, groups);
     }
     // Direct mode: a group may span files; gather it.
     let segs = host.segments();

@@ -43,7 +43,7 @@ use crate::load::LoadOptions;
 use crate::transfer::CopyEngine;
 use crate::weights::{DType, HostWeights};
 
-pub use config::{parse_bytes, parse_bytes_for, SwapConfig};
+pub use config::{parse_bytes, parse_bytes_for, store_from_env, SwapConfig};
 pub use guard::WeightGuard;
 pub use status::{gbps, Counters, EngineStatus, Residency, SetStatus};
 
@@ -168,6 +168,9 @@ pub(crate) struct Inner {
     stop: Mutex<bool>,
     stop_cv: Condvar,
     allocators: Mutex<Vec<(Weak<CachingAllocator>, PressureHandlerId)>>,
+    /// The shared host store, when the configuration names one.
+    #[cfg(target_os = "linux")]
+    store: Option<crate::store::StoreClient>,
     /// Background loads started by `prefetch`; joined when the last engine handle goes.
     prefetchers: Mutex<Vec<thread::JoinHandle<()>>>,
 }
@@ -231,6 +234,22 @@ impl SwapEngine {
         config: SwapConfig,
     ) -> Result<SwapEngine> {
         config.transfer.validate()?;
+        #[cfg(target_os = "linux")]
+        let store = match &config.store {
+            Some(socket) => {
+                // A store that does not answer is an error now, not at the first acquire.
+                let c = crate::store::StoreClient::new(socket);
+                c.ping()?;
+                Some(c)
+            }
+            None => None,
+        };
+        #[cfg(not(target_os = "linux"))]
+        if config.store.is_some() {
+            return Err(Error::Unsupported(
+                "the shared host store needs Linux (memfd and SCM_RIGHTS)".into(),
+            ));
+        }
         let copy = Arc::new(CopyEngine::new(backend.clone(), config.transfer)?);
         let vmm = config.use_vmm.unwrap_or(true) && backend.properties().vmm_supported;
         let inner = Arc::new(Inner {
@@ -248,6 +267,8 @@ impl SwapEngine {
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
             allocators: Mutex::new(Vec::new()),
+            #[cfg(target_os = "linux")]
+            store,
             prefetchers: Mutex::new(Vec::new()),
         });
         let idle = IdleThread {
@@ -337,7 +358,9 @@ impl SwapEngine {
         self.insert(name, e)
     }
 
-    /// Registers a set from named arrays (name, dtype, shape, bytes), copied into the arena.
+    /// Registers a set from named arrays (name, dtype, shape, bytes), copied into the arena, or,
+    /// with a [store](SwapConfig::store), into the store (where a set of that name with the same
+    /// contents is used as it is, and other contents under the name are refused).
     pub fn register_arrays(
         &self,
         name: &str,
@@ -355,6 +378,11 @@ impl SwapEngine {
                 kind: "weight set",
                 name: name.into(),
             });
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(store) = &self.inner.store {
+            let host = store.put(name, arrays, self.inner.backend.clone())?;
+            return self.register_host(name, host);
         }
         let host = HostWeights::from_arrays(&self.inner.arena, arrays)?;
         self.register_host(name, host)
@@ -529,6 +557,12 @@ impl SwapEngine {
         if !e.resident() {
             return Err(Error::InvalidState(format!(
                 "weight set `{name}` is not on the device"
+            )));
+        }
+        if e.state.loaded().is_some_and(|l| l.host.is_shared()) {
+            return Err(Error::InvalidState(format!(
+                "weight set `{name}` is held from the shared host store: its host copy is sealed \
+                 memory other processes read, so device changes cannot be copied back"
             )));
         }
         if e.state.loaded().is_some_and(|l| l.host.is_direct()) {

@@ -50,8 +50,11 @@ pub struct SetStatus {
 /// Counters of everything the engine has done.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Counters {
-    /// Loads from a source into the host arena.
+    /// Loads from a source into the host arena (this process's own reads from disk).
     pub loads: u64,
+    /// Host copies attached from the shared host store instead of loaded
+    /// ([`super::SwapConfig::store`]).
+    pub store_attaches: u64,
     /// Host-to-device swaps (uploads).
     pub h2d_swaps: u64,
     /// Device-to-host swaps (offloads, clean or dirty).

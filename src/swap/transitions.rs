@@ -86,7 +86,7 @@ impl Inner {
                     let t = Instant::now();
                     let loaded = {
                         let _unwinding = ClearBusyOnPanic { inner: self, name };
-                        self.load_with_room(&path, &opts)
+                        self.load_or_attach(name, &path, &opts)
                     };
                     st = self.lock();
                     let e = st.entry(name)?;
@@ -100,7 +100,11 @@ impl Inner {
                                 layout: Arc::new(layout),
                             });
                             e.last_error = None;
-                            st.counters.loads += 1;
+                            if self.stored() {
+                                st.counters.store_attaches += 1;
+                            } else {
+                                st.counters.loads += 1;
+                            }
                             st.counters.last_load_ms = t.elapsed().as_secs_f64() * 1e3;
                         }
                         Err(err) => {
@@ -218,6 +222,36 @@ impl Inner {
     /// reloaded when the host budget is in the way: first sets only in host memory, then idle
     /// sets on the device (offloaded, then released). Never a set held by a guard, being
     /// loaded, registered from memory, or holding device changes its source does not have.
+    /// Whether host copies come from the shared host store.
+    pub(super) fn stored(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        return self.store.is_some();
+        #[cfg(not(target_os = "linux"))]
+        false
+    }
+
+    /// A set's host copy: from the shared host store when the engine has one (which reads
+    /// it from disk only if no process asked for it before), else loaded into the arena.
+    fn load_or_attach(
+        &self,
+        name: &str,
+        path: &Path,
+        opts: &LoadOptions,
+    ) -> Result<(HostWeights, Layout)> {
+        #[cfg(target_os = "linux")]
+        if let Some(store) = &self.store {
+            let host = store.attach(name, path, opts.cast, self.backend.clone())?;
+            let layout = Layout::new(
+                &host,
+                self.config.transfer.chunk_bytes,
+                self.config.transfer.verify,
+            )?;
+            return Ok((host, layout));
+        }
+        let _ = name;
+        self.load_with_room(path, opts)
+    }
+
     pub(super) fn load_with_room(
         &self,
         path: &Path,

@@ -97,6 +97,13 @@ enum Bytes {
         starts: Vec<u64>,
         lens: Vec<u64>,
     },
+    /// Another process's sealed shared memory (the host store), mapped read-only and
+    /// registered; `keep` holds what keeps it shared (the store connection) for as long as the
+    /// bytes are used.
+    Shared {
+        file: MappedFile,
+        _keep: Box<dyn Send + Sync>,
+    },
 }
 
 /// A weight set on the host: its description and its pinned bytes.
@@ -111,6 +118,7 @@ impl std::fmt::Debug for HostWeights {
             .field("tensors", &self.desc.tensors.len())
             .field("total_bytes", &self.desc.total_bytes)
             .field("direct", &self.is_direct())
+            .field("shared", &self.is_shared())
             .finish()
     }
 }
@@ -148,6 +156,19 @@ impl HostWeights {
                 starts,
                 lens,
             },
+        }
+    }
+
+    /// A set whose bytes are `file`'s first `desc.total_bytes` bytes, shared with other
+    /// processes (the host store's memory); `keep` is dropped with the set, after the bytes.
+    pub(crate) fn from_shared(
+        desc: WeightSetDesc,
+        file: MappedFile,
+        keep: Box<dyn Send + Sync>,
+    ) -> HostWeights {
+        HostWeights {
+            desc,
+            bytes: Bytes::Shared { file, _keep: keep },
         }
     }
 
@@ -200,10 +221,24 @@ impl HostWeights {
         matches!(self.bytes, Bytes::Mapped { .. })
     }
 
-    /// The arena range holding the set, unless it was loaded in direct mode.
+    /// True when the bytes are shared with other processes (the host store's sealed memory).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.bytes, Bytes::Shared { .. })
+    }
+
+    /// The arena range holding the set, unless it was loaded in direct mode or is shared.
     pub fn host_range(&self) -> Option<&HostRange> {
         match &self.bytes {
             Bytes::Arena(r) => Some(r),
+            Bytes::Mapped { .. } | Bytes::Shared { .. } => None,
+        }
+    }
+
+    /// The set's bytes as one slice, when they are contiguous (an arena range, shared memory).
+    pub fn contiguous(&self) -> Option<&[u8]> {
+        match &self.bytes {
+            Bytes::Arena(r) => r.as_slice().get(..self.desc.total_bytes as usize),
+            Bytes::Shared { file, .. } => file.bytes().get(..self.desc.total_bytes as usize),
             Bytes::Mapped { .. } => None,
         }
     }
@@ -216,6 +251,11 @@ impl HostWeights {
                 offset: 0,
                 len: self.desc.total_bytes,
                 ptr: r.as_ptr(),
+            }],
+            Bytes::Shared { file, .. } => vec![HostSegment {
+                offset: 0,
+                len: self.desc.total_bytes,
+                ptr: file.bytes().as_ptr(),
             }],
             Bytes::Mapped {
                 files,
@@ -237,6 +277,7 @@ impl HostWeights {
         let t = self.desc.tensors.get(index)?;
         match &self.bytes {
             Bytes::Arena(r) => r.as_slice().get(t.offset as usize..t.end() as usize),
+            Bytes::Shared { file, .. } => file.bytes().get(t.offset as usize..t.end() as usize),
             Bytes::Mapped {
                 files,
                 bases,

@@ -18,6 +18,8 @@ mod load;
 mod new_model;
 mod replay;
 mod selftest;
+#[cfg(target_os = "linux")]
+mod store;
 mod swap_bench;
 
 /// GPU memory for many models on one GPU.
@@ -63,6 +65,10 @@ enum Command {
     Selftest(selftest::Args),
     /// Replays an allocation trace through the caching allocator: peaks, fragmentation, hits.
     Replay(replay::Args),
+    /// The shared host store: one host copy of each set for every process of a machine
+    /// (`serve`, `status`, `bench`).
+    #[cfg(target_os = "linux")]
+    Store(store::Args),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +90,8 @@ fn main() -> ExitCode {
         Command::Load(args) => open().and_then(|(b, _)| load::run(b, &args)),
         Command::Selftest(args) => open().and_then(|(b, _)| selftest::run(b, &args)),
         Command::Replay(args) => open().and_then(|(b, _)| replay::run(b, &args)),
+        #[cfg(target_os = "linux")]
+        Command::Store(args) => store::run(&args),
     };
     match result {
         Ok(code) => code,
