@@ -108,6 +108,12 @@ typedef enum {
    one at or above `VRAMSWAP_SIM_DEVICES` (default 1).
    */
   VRAMSWAP_INVALID_DEVICE = 16,
+  /*
+   The shared host store (`VRAMSWAP_STORE`) cannot be reached or does not speak this
+   library's protocol. Refusals of the store's own have the status of their class (a set of
+   that name with other contents is `VRAMSWAP_ALREADY_EXISTS`).
+   */
+  VRAMSWAP_STORE_ERROR = 17,
 } vramswap_status;
 
 /*

@@ -193,7 +193,7 @@ pub fn as_list(held: &[ArrayBytes]) -> Vec<(String, DType, Vec<u64>, &[u8])> {
 #[pymethods]
 impl Engine {
     #[new]
-    #[pyo3(signature = (backend="auto", device=0, device_budget=None, host_budget=None, idle_timeout=None, alloc_conf=None, swap_conf=None, sim_capacity=None))]
+    #[pyo3(signature = (backend="auto", device=0, device_budget=None, host_budget=None, idle_timeout=None, alloc_conf=None, swap_conf=None, sim_capacity=None, store=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -205,6 +205,7 @@ impl Engine {
         alloc_conf: Option<String>,
         swap_conf: Option<String>,
         sim_capacity: Option<&Bound<'_, PyAny>>,
+        store: Option<PathBuf>,
     ) -> PyResult<Engine> {
         // The crate's one setup (`vramswap::setup`): arguments over the environment.
         let mut setup = EngineSetup {
@@ -216,6 +217,7 @@ impl Engine {
             device_budget: bytes_arg(device_budget, "device_budget")?,
             host_budget: bytes_arg(host_budget, "host_budget")?,
             idle_timeout: None,
+            store,
         };
         if let Some(t) = idle_timeout {
             if !t.is_finite() || t <= 0.0 {

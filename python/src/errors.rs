@@ -11,7 +11,7 @@ use pyo3::types::{PyDict, PyTuple, PyType};
 use vramswap::{Error, ErrorKind};
 
 /// (kind, class name, built-in base besides `vramswap.Error`, doc).
-const CLASSES: [(ErrorKind, &str, Option<&str>, &str); 12] = [
+const CLASSES: [(ErrorKind, &str, Option<&str>, &str); 13] = [
     (
         ErrorKind::Driver,
         "DriverError",
@@ -83,6 +83,13 @@ const CLASSES: [(ErrorKind, &str, Option<&str>, &str); 12] = [
         "UnsupportedError",
         Some("NotImplementedError"),
         "The backend or build does not support this.",
+    ),
+    (
+        ErrorKind::Store,
+        "StoreError",
+        Some("ConnectionError"),
+        "The shared host store (`store=`, `VRAMSWAP_STORE`) cannot be reached or does not speak \
+         this version's protocol. Its refusals have the class of their kind.",
     ),
 ];
 
@@ -256,6 +263,11 @@ pub fn example(kind: &str) -> Option<Error> {
             actual: 2,
         },
         "unsupported" => Error::Unsupported("example".into()),
+        "store" => Error::Store {
+            socket: "/tmp/example.sock".into(),
+            kind: None,
+            problem: "example".into(),
+        },
         _ => return None,
     };
     Some(e)

@@ -22,6 +22,7 @@ CLASSES = {
     "invalid_state": (vramswap.InvalidStateError, RuntimeError),
     "checksum_mismatch": (vramswap.ChecksumMismatchError, vramswap.Error),
     "unsupported": (vramswap.UnsupportedError, NotImplementedError),
+    "store": (vramswap.StoreError, ConnectionError),
 }
 
 

@@ -11,7 +11,7 @@ __version__: str
 __all__ = [
     "Error", "DriverError", "OutOfMemoryError", "BackendUnavailableError", "InvalidArgumentError",
     "MalformedFileError", "IoError", "NotFoundError", "AlreadyExistsError", "InvalidStateError",
-    "ChecksumMismatchError", "UnsupportedError", "InvalidDeviceError", "Engine", "Handle", "DeviceTensor", "info",
+    "ChecksumMismatchError", "UnsupportedError", "InvalidDeviceError", "StoreError", "Engine", "Handle", "DeviceTensor", "info",
     "check_free", "save_safetensors", "_bench_rust", "_status_json", "_raise_example",
     "_error_kinds", "__version__",
 ]
@@ -45,6 +45,7 @@ class InvalidStateError(Error, RuntimeError): ...
 class ChecksumMismatchError(Error): ...
 class UnsupportedError(Error, NotImplementedError): ...
 class InvalidDeviceError(Error, ValueError): ...
+class StoreError(Error, ConnectionError): ...
 
 @final
 class DeviceTensor:
@@ -116,6 +117,7 @@ class Engine:
         alloc_conf: Optional[str] = None,
         swap_conf: Optional[str] = None,
         sim_capacity: Optional[_Bytes] = None,
+        store: Optional[Union[str, "PathLike[str]"]] = None,
     ) -> "Engine": ...
     def register(self, name: str, path: Union[str, "PathLike[str]"]) -> None: ...
     def register_arrays(

@@ -90,8 +90,8 @@ struct WorkerArgs {
     /// The store's socket (none: load from disk into the engine's own arena).
     #[arg(long)]
     store: Option<PathBuf>,
-    /// After acquiring, print the first tensor's checksum and wait for stdin to close while
-    /// holding the guard (tests kill it there).
+    /// After acquiring, hold the guard until stdin closes (tests kill it there); each line
+    /// `check` on stdin prints `host <checksum>` of the first tensor's host bytes.
     #[arg(long)]
     hold: bool,
 }
@@ -208,14 +208,31 @@ fn worker(args: &WorkerArgs) -> Result<ExitCode> {
     let sum = vramswap_sim::kernels::checksum(&guard.read_tensor(&first)?);
     println!("acquired {sum:#018x}");
     std::io::stdout().flush().ok();
-    if !args.hold {
+    let held = if args.hold {
+        Some(guard)
+    } else {
         drop(guard);
         engine.offload(&args.name)?;
         println!("offloaded");
         std::io::stdout().flush().ok();
-    }
+        None
+    };
     let mut line = String::new();
-    while std::io::stdin().read_line(&mut line).unwrap_or(0) > 0 {}
+    loop {
+        line.clear();
+        if std::io::stdin().read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        if line.trim() == "check" {
+            match held.as_ref().map(|g| g.host_tensor(&first)) {
+                Some(Ok(bytes)) => {
+                    println!("host {:#018x}", vramswap_sim::kernels::checksum(bytes))
+                }
+                _ => println!("host none"),
+            }
+            std::io::stdout().flush().ok();
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
