@@ -789,3 +789,214 @@ fn check_name(name: &str) -> Result<(), Refusal> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::{TensorSpec, WeightSetDesc};
+
+    fn serve(dir: &Path, budget: Option<u64>) -> PathBuf {
+        let socket = dir.join("s.sock");
+        let mut c = StoreConfig::new(&socket);
+        c.host_budget = budget;
+        let server = StoreServer::bind(c).unwrap();
+        std::thread::spawn(move || server.run());
+        socket
+    }
+
+    fn hello(socket: &Path) -> UnixStream {
+        let mut s = UnixStream::connect(socket).unwrap();
+        wire::send(
+            &mut s,
+            &Request::Hello {
+                magic: MAGIC.into(),
+                protocol: PROTOCOL_VERSION,
+            },
+            None,
+        )
+        .unwrap();
+        let (r, _): (Reply, _) = wire::recv(&mut s).unwrap().unwrap();
+        assert!(matches!(r, Reply::Hello { .. }));
+        s
+    }
+
+    fn ask(s: &mut UnixStream, req: Request) -> (Reply, Option<std::os::fd::OwnedFd>) {
+        wire::send(s, &req, None).unwrap();
+        wire::recv(s).unwrap().unwrap()
+    }
+
+    fn status(socket: &Path) -> StoreStatus {
+        match ask(&mut hello(socket), Request::Status).0 {
+            Reply::Status(s) => s,
+            r => panic!("{r:?}"),
+        }
+    }
+
+    fn one_tensor(bytes: &[u8]) -> (WeightSetDesc, u64) {
+        let desc = WeightSetDesc::layout(vec![TensorSpec {
+            name: "w".into(),
+            dtype: DType::U8,
+            shape: vec![bytes.len() as u64],
+        }])
+        .unwrap();
+        let sum = contents_checksum([("w", DType::U8, &[bytes.len() as u64][..], bytes)]);
+        (desc, sum)
+    }
+
+    fn wait_until(socket: &Path, pred: impl Fn(&StoreStatus) -> bool) -> StoreStatus {
+        let t = std::time::Instant::now();
+        loop {
+            let s = status(socket);
+            if pred(&s) || t.elapsed() > std::time::Duration::from_secs(10) {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_fill_whose_client_goes_before_committing_is_discarded_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = serve(dir.path(), None);
+        let (desc, sum) = one_tensor(&[7u8; 1000]);
+        let mut c = hello(&socket);
+        let (r, fd) = ask(
+            &mut c,
+            Request::Put {
+                name: "x".into(),
+                desc: desc.clone(),
+                checksum: sum,
+            },
+        );
+        assert!(matches!(r, Reply::Fill { bytes } if bytes == desc.total_bytes));
+        assert!(fd.is_some());
+        assert_eq!(status(&socket).sets[0].phase, "filling");
+        drop(c); // as a SIGKILL would: the kernel closes the socket
+        let s = wait_until(&socket, |s| s.sets.is_empty());
+        assert!(s.sets.is_empty(), "{s:?}");
+        assert_eq!(s.counters.discarded, 1);
+        assert_eq!(s.host_used, 0);
+    }
+
+    #[test]
+    fn a_fill_with_other_bytes_than_its_checksum_says_is_refused_and_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = serve(dir.path(), None);
+        let (desc, sum) = one_tensor(&[7u8; 1000]);
+        let mut c = hello(&socket);
+        let (_, fd) = ask(
+            &mut c,
+            Request::Put {
+                name: "x".into(),
+                desc,
+                checksum: sum,
+            },
+        );
+        {
+            let f = File::from(fd.unwrap());
+            let mut m = memfd::map_mut(&f).unwrap();
+            m[..1000].fill(8);
+        }
+        match ask(&mut c, Request::Commit).0 {
+            Reply::Error { kind, message } => {
+                assert_eq!(kind, ErrorKind::ChecksumMismatch);
+                assert!(message.contains("discarded"), "{message}");
+            }
+            r => panic!("{r:?}"),
+        }
+        let s = status(&socket);
+        assert!(s.sets.is_empty(), "{s:?}");
+        assert_eq!(s.counters.discarded, 1);
+        // The connection is still usable, and one set per connection holds.
+        assert!(matches!(
+            ask(&mut c, Request::Commit).0,
+            Reply::Error {
+                kind: ErrorKind::InvalidState,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_client_that_keeps_a_writable_mapping_cannot_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = serve(dir.path(), None);
+        let (desc, sum) = one_tensor(&[7u8; 1000]);
+        let mut c = hello(&socket);
+        let (_, fd) = ask(
+            &mut c,
+            Request::Put {
+                name: "x".into(),
+                desc,
+                checksum: sum,
+            },
+        );
+        let f = File::from(fd.unwrap());
+        let mut m = memfd::map_mut(&f).unwrap();
+        m[..1000].fill(7);
+        match ask(&mut c, Request::Commit).0 {
+            Reply::Error { kind, message } => {
+                assert_eq!(kind, ErrorKind::InvalidState);
+                assert!(message.contains("unmap"), "{message}");
+            }
+            r => panic!("{r:?}"),
+        }
+        drop(m);
+        assert!(status(&socket).sets.is_empty());
+    }
+
+    #[test]
+    fn concurrent_requests_for_one_set_load_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = serve(dir.path(), None);
+        let path = dir.path().join("m.safetensors");
+        let data = vec![3u8; 8 << 20];
+        crate::load::save(&path, &[("w", DType::U8, &[8 << 20], &data)]).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (socket, path) = (socket.clone(), path.clone());
+                std::thread::spawn(move || {
+                    let mut c = hello(&socket);
+                    let (r, fd) = ask(
+                        &mut c,
+                        Request::Attach {
+                            name: "m".into(),
+                            path,
+                            cast: None,
+                        },
+                    );
+                    let Reply::Set { desc, .. } = r else {
+                        panic!("{r:?}")
+                    };
+                    let f = File::from(fd.unwrap());
+                    assert!(memfd::is_sealed(&f));
+                    let m = memfd::map(&f).unwrap();
+                    let t = desc.find("w").unwrap();
+                    assert!(m[t.offset as usize..t.end() as usize]
+                        .iter()
+                        .all(|&b| b == 3));
+                    c
+                })
+            })
+            .collect();
+        let conns: Vec<UnixStream> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let s = status(&socket);
+        assert_eq!((s.counters.loads, s.counters.attaches), (1, 3), "{s:?}");
+        assert_eq!(s.sets[0].clients, 4);
+        drop(conns);
+        let s = wait_until(&socket, |s| s.sets[0].clients == 0);
+        assert_eq!(s.sets[0].clients, 0);
+    }
+
+    #[test]
+    fn a_second_store_on_a_live_socket_is_refused_and_a_stale_one_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = serve(dir.path(), None);
+        let e = StoreServer::bind(StoreConfig::new(&socket)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+        let stale = dir.path().join("stale.sock");
+        drop(UnixListener::bind(&stale).unwrap());
+        assert!(stale.exists());
+        StoreServer::bind(StoreConfig::new(&stale)).unwrap();
+    }
+}
