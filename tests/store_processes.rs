@@ -538,3 +538,47 @@ fn two_engines_on_two_simulated_devices_share_one_copy_in_one_process() {
     let err = e.mark_dirty("m").unwrap_err();
     assert!(err.to_string().contains("shared host store"), "{err}");
 }
+
+#[test]
+fn a_restarted_worker_registers_what_an_earlier_one_put_without_its_bytes() {
+    use vramswap::weights::TensorSpec;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::start(dir.path(), &[]);
+    let bytes: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+    {
+        let first = engine(&store.socket);
+        first
+            .register_arrays("m", vec![("w".into(), DType::F16, vec![4096], &bytes[..])])
+            .unwrap();
+    } // the first worker is gone; the store keeps the set
+    let spec = |dtype, shape: Vec<u64>| {
+        vec![TensorSpec {
+            name: "w".into(),
+            dtype,
+            shape,
+        }]
+    };
+    let e = engine(&store.socket);
+    let err = e
+        .register_stored("m", &spec(DType::BF16, vec![4096]))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("tensor `w` is F16"), "{err}");
+    assert!(e.names().is_empty(), "nothing registered on a mismatch");
+    let err = e
+        .register_stored("other", &spec(DType::F16, vec![4096]))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    e.register_stored("m", &spec(DType::F16, vec![4096]))
+        .unwrap();
+    assert_eq!(e.acquire("m").unwrap().read_tensor("w").unwrap(), bytes);
+    let c = e.status().counters;
+    assert_eq!((c.loads, c.store_attaches), (0, 1));
+    let plain = SwapEngine::new(
+        Arc::new(SimBackend::with_capacity(64 << 20)),
+        SwapConfig::default(),
+    )
+    .unwrap();
+    let err = plain.register_stored("m", &[]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+}

@@ -221,6 +221,16 @@ impl StoreClient {
         }
     }
 
+    /// The set `name` as the store holds it, put or loaded by an earlier process, without
+    /// saying where it came from; [`ErrorKind::NotFound`] if the store does not hold it.
+    pub fn open(&self, name: &str, backend: SharedBackend) -> Result<HostWeights> {
+        let mut c = self.connect()?;
+        match c.ask(&Request::Open { name: name.into() })? {
+            (Reply::Set { desc, .. }, fd) => c.take_set(name, desc, fd, backend),
+            (other, _) => Err(c.err(None, format!("unexpected answer {other:?}"))),
+        }
+    }
+
     /// Puts arrays (name, dtype, shape, bytes) into the store as the set `name`, laid out as
     /// [`WeightSetDesc::layout`] lays them out, and returns it as [`StoreClient::attach`] does.
     /// If the store holds a set of that name with the same contents, that copy is used and

@@ -505,6 +505,22 @@ impl Connection {
                 self.put(&name, desc, checksum)
             }
             Request::Commit => self.commit(),
+            Request::Open { name } => {
+                self.one_set_only()?;
+                let shared = self.shared.clone();
+                let (found, st) = self.attach_existing(shared.lock(), &name, None)?;
+                drop(st);
+                match found {
+                    Some(a) => Ok(a),
+                    None => Err(refuse(
+                        ErrorKind::NotFound,
+                        format!(
+                            "the store holds no set `{name}`: no process has put or loaded it \
+                             since the store started (or it was evicted)"
+                        ),
+                    )),
+                }
+            }
         }
     }
 
@@ -518,20 +534,21 @@ impl Connection {
         }
     }
 
-    /// Waits until `name` is absent or ready. A ready set of the same source is attached
-    /// (`Some`); a set of another source is refused; `None`: absent, with the lock held.
+    /// Waits until `name` is absent or ready. A ready set of the same source (or of any, when
+    /// `source` is `None`) is attached (`Some`); a set of another source is refused; `None`:
+    /// absent, with the lock held.
     fn attach_existing<'a>(
         &mut self,
         mut st: MutexGuard<'a, State>,
         name: &str,
-        source: &Source,
+        source: Option<&Source>,
     ) -> Result<(Option<Answer>, MutexGuard<'a, State>), Refusal> {
         loop {
             let tick = st.tick + 1;
             let Some(s) = st.sets.get_mut(name) else {
                 return Ok((None, st));
             };
-            if s.source != *source {
+            if let Some(source) = source.filter(|&src| s.source != *src) {
                 return Err(refuse(
                     ErrorKind::AlreadyExists,
                     format!(
@@ -585,7 +602,7 @@ impl Connection {
             cast,
         };
         let shared = self.shared.clone();
-        let (found, mut st) = self.attach_existing(shared.lock(), name, &source)?;
+        let (found, mut st) = self.attach_existing(shared.lock(), name, Some(&source))?;
         if let Some(a) = found {
             return Ok(a);
         }
@@ -668,7 +685,7 @@ impl Connection {
         }
         let source = Source::Client { checksum, desc };
         let shared = self.shared.clone();
-        let (found, mut st) = self.attach_existing(shared.lock(), name, &source)?;
+        let (found, mut st) = self.attach_existing(shared.lock(), name, Some(&source))?;
         if let Some(a) = found {
             return Ok(a);
         }

@@ -65,6 +65,12 @@ pub(crate) enum Request {
     },
     /// The memory of a [`Reply::Fill`] holds the set: check it and serve it.
     Commit,
+    /// The set `name` as the store holds it, whatever its source (an earlier process put or
+    /// loaded it); refused if the store does not hold it.
+    Open {
+        /// The set's name.
+        name: String,
+    },
     /// What the store holds.
     Status,
 }

@@ -52,6 +52,44 @@ use layout::Layout;
 use state::{Loaded, SetState};
 use transitions::{idle_loop, Bring};
 
+/// Refuses a stored set whose tensors are not exactly `expect` (names, dtypes, shapes).
+fn check_expected(
+    name: &str,
+    desc: &crate::weights::WeightSetDesc,
+    expect: &[crate::weights::TensorSpec],
+) -> Result<()> {
+    let mismatch = |what: String| {
+        Err(Error::InvalidArgument(format!(
+            "the store's set `{name}` does not match the model: {what}"
+        )))
+    };
+    for s in expect {
+        match desc.find(&s.name) {
+            None => return mismatch(format!("it has no tensor `{}`", s.name)),
+            Some(t) if t.dtype != s.dtype || t.shape != s.shape => {
+                return mismatch(format!(
+                    "tensor `{}` is {} {:?} there, {} {:?} here",
+                    s.name, t.dtype, t.shape, s.dtype, s.shape
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if desc.tensors.len() != expect.len() {
+        let extra = desc
+            .tensors
+            .iter()
+            .find(|t| !expect.iter().any(|s| s.name == t.name))
+            .map_or_else(String::new, |t| format!(", e.g. `{}`", t.name));
+        return mismatch(format!(
+            "it has {} tensors, the model {}{extra}",
+            desc.tensors.len(),
+            expect.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Where a set comes from.
 #[derive(Debug)]
 enum Origin {
@@ -386,6 +424,34 @@ impl SwapEngine {
         }
         let host = HostWeights::from_arrays(&self.inner.arena, arrays)?;
         self.register_host(name, host)
+    }
+
+    /// Registers the set `name` as the shared host store holds it (an earlier process put it
+    /// there with [`SwapEngine::register_arrays`] or loaded it from a path), reading nothing
+    /// from disk: how a restarted worker gets its weights in the time of a swap-in. `expect`
+    /// lists the tensors the caller will read (name, dtype, shape): a set that differs in any
+    /// of them is refused, naming the first difference, and nothing is registered. Needs a
+    /// [store](SwapConfig::store).
+    pub fn register_stored(&self, name: &str, expect: &[crate::weights::TensorSpec]) -> Result<()> {
+        #[cfg(target_os = "linux")]
+        if let Some(store) = &self.inner.store {
+            if self.inner.lock().sets.contains_key(name) {
+                return Err(Error::AlreadyExists {
+                    kind: "weight set",
+                    name: name.into(),
+                });
+            }
+            let host = store.open(name, self.inner.backend.clone())?;
+            check_expected(name, host.desc(), expect)?;
+            self.register_host(name, host)?;
+            self.inner.lock().counters.store_attaches += 1;
+            return Ok(());
+        }
+        let _ = expect;
+        Err(Error::InvalidState(format!(
+            "register_stored(`{name}`) needs a shared host store (SwapConfig::store, \
+             VRAMSWAP_STORE); this engine has none"
+        )))
     }
 
     fn insert(&self, name: &str, e: Entry) -> Result<()> {
