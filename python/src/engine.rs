@@ -269,6 +269,36 @@ impl Engine {
         Ok(())
     }
 
+    /// Registers the set `name` as the shared host store holds it (put there by an earlier
+    /// process's `register_arrays` or `vramswap.torch.adopt`), reading nothing from disk.
+    /// `tensors` maps each tensor name to `(dtype, shape)`; a stored set that differs in any of
+    /// them is refused. Needs an engine with a store (`store=`, `VRAMSWAP_STORE`).
+    fn register_stored(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        tensors: &Bound<'_, PyDict>,
+    ) -> PyResult<()> {
+        let swap = self.swap()?;
+        let mut specs = Vec::with_capacity(tensors.len());
+        for (k, v) in tensors.iter() {
+            let tname: String = k.extract()?;
+            let (dtype, shape): (Bound<'_, PyAny>, Vec<u64>) = v.extract()?;
+            let dname: String = dtype.str()?.extract()?;
+            let dtype = crate::convert::dtype_from_name(&dname).ok_or_else(|| {
+                to_py(Error::InvalidArgument(format!(
+                    "tensor `{tname}`: `{dname}` is not a dtype vramswap knows"
+                )))
+            })?;
+            specs.push(vramswap::weights::TensorSpec {
+                name: tname,
+                dtype,
+                shape,
+            });
+        }
+        py.allow_threads(|| swap.register_stored(name, &specs)).py()
+    }
+
     /// Brings the set to the device (loading it first if needed) and returns a handle that keeps
     /// it there until released.
     fn acquire(&self, py: Python<'_>, name: &str) -> PyResult<Handle> {

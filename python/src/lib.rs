@@ -42,6 +42,17 @@ fn info<'py>(py: Python<'py>, backend: &str, device: i32) -> PyResult<Bound<'py,
     convert::to_py(py, &v)
 }
 
+/// What the shared host store at `socket` holds: `host_used`, `host_budget`, `sets` (each
+/// `name`, `bytes`, `clients`, `phase`, `source`) and `counters` (`loads`, `puts`,
+/// `attaches`, `evictions`, `discarded`); raises StoreError when no store answers there.
+#[pyfunction]
+fn store_status<'py>(py: Python<'py>, socket: std::path::PathBuf) -> PyResult<Bound<'py, PyAny>> {
+    let s = py
+        .allow_threads(|| vramswap::store::StoreClient::new(socket).status())
+        .py()?;
+    convert::serde_to_py(py, &s)
+}
+
 /// True when `nbytes` of device memory are free now.
 #[pyfunction]
 #[pyo3(signature = (nbytes, backend="auto", device=0))]
@@ -153,6 +164,7 @@ fn _vramswap(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handle::Handle>()?;
     m.add_class::<dlpack::DeviceTensor>()?;
     m.add_function(wrap_pyfunction!(info, m)?)?;
+    m.add_function(wrap_pyfunction!(store_status, m)?)?;
     m.add_function(wrap_pyfunction!(check_free, m)?)?;
     m.add_function(wrap_pyfunction!(save_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(_bench_rust, m)?)?;

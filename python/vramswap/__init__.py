@@ -35,6 +35,7 @@ from ._vramswap import (
     __version__,
     check_free,
     info,
+    store_status,
     save_safetensors,
 )
 
@@ -59,5 +60,6 @@ __all__ = [
     "__version__",
     "check_free",
     "info",
+    "store_status",
     "save_safetensors",
 ]

@@ -2,7 +2,7 @@
 
 from os import PathLike
 from types import TracebackType
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union, final
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union, final
 
 import numpy as np
 import numpy.typing as npt
@@ -11,7 +11,7 @@ __version__: str
 __all__ = [
     "Error", "DriverError", "OutOfMemoryError", "BackendUnavailableError", "InvalidArgumentError",
     "MalformedFileError", "IoError", "NotFoundError", "AlreadyExistsError", "InvalidStateError",
-    "ChecksumMismatchError", "UnsupportedError", "InvalidDeviceError", "StoreError", "Engine", "Handle", "DeviceTensor", "info",
+    "ChecksumMismatchError", "UnsupportedError", "InvalidDeviceError", "StoreError", "Engine", "Handle", "DeviceTensor", "info", "store_status",
     "check_free", "save_safetensors", "_bench_rust", "_status_json", "_raise_example",
     "_error_kinds", "__version__",
 ]
@@ -126,6 +126,7 @@ class Engine:
         arrays: Mapping[str, npt.ArrayLike],
         dtypes: Optional[Mapping[str, str]] = None,
     ) -> None: ...
+    def register_stored(self, name: str, tensors: Mapping[str, Tuple[Any, Sequence[int]]]) -> None: ...
     def acquire(self, name: str) -> Handle: ...
     def prefetch(self, name: str) -> None: ...
     def offload(self, name: str) -> None: ...
@@ -162,6 +163,7 @@ class Engine:
 
 def info(backend: str = "auto", device: int = 0) -> Dict[str, Any]: ...
 def check_free(nbytes: _Bytes, backend: str = "auto", device: int = 0) -> bool: ...
+def store_status(socket: Union[str, "PathLike[str]"]) -> Dict[str, Any]: ...
 def save_safetensors(
     path: Union[str, "PathLike[str]"],
     arrays: Mapping[str, npt.ArrayLike],

@@ -248,7 +248,13 @@ class AdoptedModel:
 def adopt(engine: Engine, name: str, obj: Any) -> AdoptedModel:
     """Registers all parameters and buffers of ``obj`` (an ``nn.Module``, a dict with modules, a
     diffusers pipeline, a SentenceTransformer, ...) as the weight set ``name``, rebinds them to
-    the set's device memory and hooks every module's forward to acquire the set."""
+    the set's device memory and hooks every module's forward to acquire the set.
+
+    With a shared host store (``Engine(store=...)``, ``VRAMSWAP_STORE``), the set goes into the
+    store, and a later process can adopt the same model built on the meta device
+    (``with torch.device("meta"): model = Cls(config)``): its weights then come from the store's
+    copy, with nothing read from disk and nothing built on the CPU. A meta model's tensors must
+    match the stored set's names, dtypes and shapes."""
     torch, device = _engine_device(engine)
     if not engine.stable_addresses:
         raise UnsupportedError(
@@ -256,10 +262,8 @@ def adopt(engine: Engine, name: str, obj: Any) -> AdoptedModel:
             "device or configuration does not offer"
         )
     modules = _modules(obj, torch)
-    _refuse_foreign_placement(modules, device, torch)
     tensors: Dict[str, Any] = {}
     seen: Dict[int, str] = {}
-    arrays, dtypes = {}, {}
     for prefix, m in modules:
         named = list(m.named_parameters(remove_duplicate=False)) + list(m.named_buffers(remove_duplicate=False))
         for local, t in named:
@@ -268,19 +272,32 @@ def adopt(engine: Engine, name: str, obj: Any) -> AdoptedModel:
             key = f"{prefix}.{local}" if prefix else local
             seen[id(t)] = key
             tensors[key] = t
+    meta = [k for k, t in tensors.items() if t.is_meta]
+    if meta:
+        _adopt_from_store(engine, name, tensors, meta)
+    else:
+        _refuse_foreign_placement(modules, device, torch)
+        arrays, dtypes = {}, {}
+        for key, t in tensors.items():
             arrays[key], st = _host_array(t, torch)
             if st:
                 dtypes[key] = st
-    engine.register_arrays(name, arrays, dtypes or None)
-    del arrays
+        engine.register_arrays(name, arrays, dtypes or None)
+        del arrays
     with engine.acquire(name) as h:
+        over = {}
         for key, t in tensors.items():
             # hold=False: the parameters live as long as the model, and must not keep the set
             # on the device; the forward wrappers below hold it whenever the model runs.
             dev = torch.from_dlpack(h.tensor(key, hold=False))
             if dev.dtype != t.dtype:
                 dev = dev.view(t.dtype)  # 8-bit floats travel as uint8
-            t.data = dev  # the same Parameter/buffer object, now over the set's memory
+            over[id(t)] = dev
+        if meta:
+            tensors = _replace_meta(modules, tensors, over, torch)
+        else:
+            for t in tensors.values():
+                t.data = over[id(t)]  # the same Parameter/buffer object, now over the set's memory
     wake = _Wake(engine, name, device, torch)
     hooks = []
     wrapped = set()
@@ -291,6 +308,37 @@ def adopt(engine: Engine, name: str, obj: Any) -> AdoptedModel:
                 wrapped.add(id(sub))
                 hooks.append(_ForwardWrap(sub, wake))
     return AdoptedModel(engine, name, modules, tensors, hooks)
+
+
+def _adopt_from_store(engine: Engine, name: str, tensors: Dict[str, Any], meta: List[str]) -> None:
+    """A model built on the meta device gets its weights from the shared host store, where an
+    earlier process's ``adopt`` put them: nothing is read from disk or built on the CPU."""
+    if len(meta) != len(tensors):
+        real = next(k for k, t in tensors.items() if not t.is_meta)
+        raise _vramswap.InvalidArgumentError(
+            f"the model mixes meta tensors (`{meta[0]}`) with materialised ones (`{real}`): "
+            "build it wholly on the meta device to adopt it from the store, or not at all"
+        )
+    engine.register_stored(name, {k: (str(t.dtype), list(t.shape)) for k, t in tensors.items()})
+
+
+def _replace_meta(modules, tensors: Dict[str, Any], over: Dict[int, Any], torch) -> Dict[str, Any]:
+    """Puts a tensor over the set's memory in each place a meta parameter or buffer was (a meta
+    tensor's ``.data`` cannot be set to a real one), keeping tied weights tied, as accelerate's
+    ``set_module_tensor_to_device`` does."""
+    made: Dict[int, Any] = {}
+    for _, m in modules:
+        for sub in m.modules():
+            for pname, p in list(sub._parameters.items()):
+                if p is not None and id(p) in over:
+                    if id(p) not in made:
+                        made[id(p)] = type(p)(over[id(p)], requires_grad=p.requires_grad)
+                    sub._parameters[pname] = made[id(p)]
+            for bname, b in list(sub._buffers.items()):
+                if b is not None and id(b) in over:
+                    made.setdefault(id(b), over[id(b)])
+                    sub._buffers[bname] = made[id(b)]
+    return {k: made[id(t)] for k, t in tensors.items()}
 
 
 def _allocator_candidates(path: Optional[str]) -> List[Path]:
