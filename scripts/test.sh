@@ -147,7 +147,8 @@ echo "== Python package: fresh venv, pip install ./python, pytest on the sim bac
 # minutes on a small CI machine; `maturin build --release` (the wheel users get) is unchanged.
 # The cargo target dir persists under target/ so rebuilds are incremental. PyTorch (the index's
 # default wheel, which runs on the CPU), transformers, diffusers, sentence-transformers and
-# accelerate are installed too: python/tests/test_torch_cpu.py adopts real models on CPU PyTorch
+# accelerate are installed too (and Ray Serve, for examples/python/ray_serve_multiplex.py):
+# python/tests/test_torch_cpu.py adopts real models on CPU PyTorch
 # over the host-visible sim and fails (never skips) without them. pip's cache keeps later runs
 # quick; the first one downloads PyTorch's wheels (several GB). Only the GPU-only tests of
 # test_torch.py skip here; they run under scripts/gpu-check.sh.
@@ -160,10 +161,12 @@ rm -rf "$VENV"
 CARGO_TARGET_DIR="$PWD/target/python" MATURIN_PEP517_ARGS="--profile dev" \
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
   ./python pytest numpy fastapi httpx safetensors mypy \
-  torch transformers diffusers sentence-transformers accelerate
+  torch transformers diffusers sentence-transformers accelerate "ray[serve]"
 # The shipped type stubs match the extension module (names, signatures, classes).
 "$VENV/bin/python" -m mypy.stubtest vramswap._vramswap
-HF_HUB_OFFLINE=1 VRAMSWAP_BACKEND=sim "$VENV/bin/python" -m pytest python/tests -q -p no:cacheprovider
+# python/tests/test_store.py starts `vramswap store serve` from the debug build made above.
+HF_HUB_OFFLINE=1 VRAMSWAP_BACKEND=sim VRAMSWAP_EXE="$PWD/target/debug/vramswap" \
+  "$VENV/bin/python" -m pytest python/tests -q -p no:cacheprovider
 echo "== Inference against Hugging Face transformers (every family and rope type, token for token)"
 HF_HUB_OFFLINE=1 scripts/hf-reference.sh "$VENV/bin/python"
 echo "== all test stages passed"

@@ -115,3 +115,18 @@ def test_model_pool_serves_every_request_correctly_under_the_budget():
     assert int(counters["evictions"]) >= 1
     states = [l.split()[-1] for l in lines if l.startswith("lm")]
     assert states.count("on_device") <= 2 and len(states) == 4
+
+
+def test_ray_serve_multiplexing_reads_each_model_once_for_every_replica():
+    """examples/python/ray_serve_multiplex.py on a local Ray instance with two replicas (Ray
+    Serve from the package index, installed by scripts/test.sh: a missing Ray fails here)."""
+    import ray  # noqa: F401  (fails, not skips, without Ray)
+
+    exe = os.environ.get("VRAMSWAP_EXE") or str(EXAMPLES.parents[1] / "target" / "debug" / "vramswap")
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "ray_serve_multiplex.py"), "--vramswap", exe],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "VRAMSWAP_BACKEND": "sim"},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.rstrip().endswith("ok"), out.stdout
+    assert "2 replicas" in out.stdout and "'loads': 4" in out.stdout, out.stdout
