@@ -87,7 +87,7 @@ fi
 echo "== tests on the cuda backend over the emulated driver ($EMU)"
 # The suites that take a backend, one process each so each gets the emulator's exit report. One
 # test at a time: they share the one emulated device, and some assert on its free memory.
-for SUITE in conformance backend_parity swap_engine alloc_backends capi capi_engine reliability_handles; do
+for SUITE in conformance backend_parity swap_engine alloc_backends capi capi_engine capi_store reliability_handles; do
   REPORT="$PWD/target/emu-report-$SUITE.json"
   rm -f "$REPORT"
   VRAMSWAP_TEST_BACKEND=cuda VRAMSWAP_CUDA_DRIVER="$EMU" VRAMSWAP_EMU_REPORT="$REPORT" \

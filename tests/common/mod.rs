@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod capi;
+#[cfg(target_os = "linux")]
+pub mod store;
 
 use std::sync::Arc;
 
