@@ -18,7 +18,9 @@
 //!             infer [infer] (candle: batched generation; demo, bench [cli])
 //!                             |
 //!             swap (SwapEngine: residency, budgets, LRU, prefetch)
-//!            /                |                                \
+//!            /                |\___ store (one host copy for     \
+//!            |                |      many processes) |            \
+//!            |                |______________________/             |
 //!   transfer (chunked   load (safetensors -> arena)          alloc (caching
 //!   copies)                   |                              device allocator)
 //!       |               weights (sets, dtypes, host bytes)        |
@@ -39,7 +41,8 @@
 //! - [`alloc`], [`arena`]: device and pinned-host memory; bookkeeping is plain Rust over
 //!   offsets ([`alloc::pool`], `arena::freelist`), property-tested without a backend.
 //! - [`transfer`], [`load`], [`weights`]: moving bytes, reading checkpoints, describing sets.
-//! - [`swap`]: the engine deciding what lives where.
+//! - [`swap`]: the engine deciding what lives where; `store` (Linux): the shared host store
+//!   that holds host copies once for every process of a machine.
 //! - `infer`: a thin candle layer over the engine (feature `infer`).
 //! - [`setup`]: one builder of backend, allocator and engine that the C ABI and Python share.
 //! - [`capi`]: the C ABI (`ffi/include/vramswap.h`); the Python extension (`python/`) is a

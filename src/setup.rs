@@ -98,17 +98,19 @@ impl EngineSetup {
             .or(swap_conf.store)
             .or_else(crate::swap::store_from_env);
         let sim = || -> Result<SharedBackend> {
-            Ok(Arc::new(SimBackend::from_env_with_capacity(
-                self.sim_capacity,
-            )?))
+            check_sim_ordinal(self.device)?;
+            Ok(Arc::new(
+                SimBackend::from_env_with_capacity(self.sim_capacity)?.with_ordinal(self.device),
+            ))
         };
         let (backend, selected_because) = match self.backend {
             BackendChoice::Sim => (sim()?, "sim backend requested".to_string()),
             choice => {
                 let (b, why) = backend::open(choice, self.device)?;
                 match b.kind() {
-                    // Auto fell back to `sim`: the capacity argument applies to it too.
-                    BackendKind::Sim if self.sim_capacity.is_some() => (sim()?, why),
+                    // Auto fell back to `sim`: the same simulated device as asked for directly
+                    // (the capacity argument, the ordinal and its check apply to it too).
+                    BackendKind::Sim => (sim()?, why),
                     _ => (b, why),
                 }
             }
@@ -123,6 +125,35 @@ impl EngineSetup {
             engine,
         })
     }
+}
+
+/// How many simulated devices a process has: `VRAMSWAP_SIM_DEVICES` (default 1).
+pub fn sim_device_count() -> Result<u32> {
+    match std::env::var("VRAMSWAP_SIM_DEVICES") {
+        Err(_) => Ok(1),
+        Ok(v) => v
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| Error::Config {
+                key: "VRAMSWAP_SIM_DEVICES".into(),
+                problem: format!("`{v}` is not a device count (1 to {})", u32::MAX),
+            }),
+    }
+}
+
+/// A simulated device, like a CUDA one, exists only for the ordinals below the count.
+fn check_sim_ordinal(device: i32) -> Result<()> {
+    let count = sim_device_count()?;
+    if device < 0 || device as u64 >= u64::from(count) {
+        return Err(Error::InvalidDevice {
+            backend: "sim",
+            ordinal: device,
+            count,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -157,3 +157,22 @@ def test_a_pytorch_worker_restarts_from_a_meta_model_with_the_weights_of_the_sto
     out = subprocess.run([sys.executable, "-c", bad], env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "does not match the model" in out.stderr, out.stderr
+
+
+def test_one_engine_per_simulated_device_over_one_store(store, tmp_path, monkeypatch):
+    """Seed 003's manager per device: one process, one engine per device, one host copy."""
+    monkeypatch.setenv("VRAMSWAP_SIM_DEVICES", "2")
+    arrays = random_arrays(4)
+    path = write_safetensors(tmp_path / "m.safetensors", arrays)
+    engines = [vramswap.Engine(backend="sim", device=d, store=store) for d in (0, 1)]
+    for e in engines:
+        e.register("m", path)
+        with e.acquire("m") as h:
+            assert np.array_equal(h.to_numpy("layer.1.weight"), arrays["layer.1.weight"])
+    s = vramswap.store_status(store)
+    assert s["counters"]["loads"] == 1 and s["sets"][0]["clients"] == 2
+    assert s["host_used"] == s["sets"][0]["bytes"]
+    with pytest.raises(vramswap.InvalidDeviceError, match="device 2 does not exist"):
+        vramswap.Engine(backend="sim", device=2, store=store)
+    for e in engines:
+        e.close()

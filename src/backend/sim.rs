@@ -158,6 +158,13 @@ impl SimBackend {
         Ok(b)
     }
 
+    /// The same device, reporting `ordinal` as its device ordinal (one of several simulated
+    /// devices of a process, `VRAMSWAP_SIM_DEVICES`).
+    pub fn with_ordinal(mut self, ordinal: i32) -> SimBackend {
+        self.props.ordinal = ordinal;
+        self
+    }
+
     /// The simulated device.
     pub fn device(&self) -> &SimDevice {
         &self.dev

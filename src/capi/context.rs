@@ -11,7 +11,6 @@ use crate::backend::{self, BackendChoice, BackendKind};
 use crate::backend::{DevicePtr, SharedBackend, Stream};
 use crate::setup::EngineSetup;
 use crate::swap::SwapEngine;
-use crate::Error;
 
 /// Which backend a context uses: `VRAMSWAP_BACKEND_AUTO` (0: CUDA when a device answers, the
 /// simulated device otherwise; `VRAMSWAP_BACKEND=cuda|sim` overrides), `VRAMSWAP_BACKEND_CUDA`
@@ -68,10 +67,8 @@ impl Context {
             ..EngineSetup::default()
         }
         .build()?;
+        // A sim ordinal past `VRAMSWAP_SIM_DEVICES` was refused by the setup (InvalidDevice).
         let (engine, alloc, backend) = (built.engine, built.alloc, built.backend);
-        if backend.kind() == BackendKind::Sim {
-            check_sim_ordinal(device)?;
-        }
         Ok(Context {
             engine,
             alloc,
@@ -123,41 +120,6 @@ impl Drop for Context {
             }
         }
     }
-}
-
-/// How many simulated devices there are: `VRAMSWAP_SIM_DEVICES` (default 1).
-fn sim_device_count() -> CResult<u32> {
-    match std::env::var("VRAMSWAP_SIM_DEVICES") {
-        Err(_) => Ok(1),
-        Ok(v) => v
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|&n| n >= 1)
-            .ok_or_else(|| {
-                Failure::invalid(format!(
-                    "VRAMSWAP_SIM_DEVICES=`{v}` is not a device count (1 to {})",
-                    u32::MAX
-                ))
-            }),
-    }
-}
-
-/// A simulated context, like a CUDA one, exists only for the ordinals of existing devices.
-fn check_sim_ordinal(device: c_int) -> CResult {
-    let n = sim_device_count()?;
-    if device < 0 || device as u64 >= u64::from(n) {
-        let e = Error::InvalidDevice {
-            backend: "sim",
-            ordinal: device,
-            count: n,
-        };
-        return Err(Failure::new(
-            vramswap_status::VRAMSWAP_INVALID_DEVICE,
-            format!("{e} (VRAMSWAP_SIM_DEVICES sets the count)"),
-        ));
-    }
-    Ok(())
 }
 
 fn unknown_stream(s: Stream) -> Failure {
