@@ -214,18 +214,20 @@ fn a_client_killed_holding_a_guard_stops_counting_and_the_set_stays_served() {
 #[test]
 fn a_client_killed_in_the_middle_of_a_load_leaves_the_store_consistent() {
     let dir = tempfile::tempdir().unwrap();
-    // Large enough that the store is still reading when the client dies.
-    let path = checkpoint(dir.path(), "m.safetensors", 16, 8 << 10, 4);
+    let path = checkpoint(dir.path(), "m.safetensors", 4, 1024, 4);
     let (_, alone) = Worker::acquired(&path, None, false);
-    let store = Store::start(dir.path(), &[]);
+    // The store pauses before each load's copy: the client dies while its set loads.
+    let store = Store::start(dir.path(), &["--load-delay-ms", "1500"]);
     let w = Worker::spawn(&path, Some(&store.socket), false);
-    store.wait_for("the load starts", |s| !s.sets.is_empty());
+    let s = store.wait_for("the load starts", |s| !s.sets.is_empty());
+    assert_eq!(s.sets[0].phase, "loading", "{s:?}");
     w.kill();
-    // The store finishes (or discards) the load; it never serves a half-done one.
-    let s = store.wait_for("no load in flight", |s| {
-        s.sets.iter().all(|x| x.phase == "ready")
+    // The store finishes (or discards) the load; it never serves a half-done one, and the dead
+    // client does not count.
+    let s = store.wait_for("no load in flight, no client", |s| {
+        s.sets.iter().all(|x| x.phase == "ready" && x.clients == 0)
     });
-    assert!(s.sets.iter().all(|x| x.clients == 0), "{s:?}");
+    assert!(s.counters.loads + s.counters.discarded == 1, "{s:?}");
     let (w2, sum) = Worker::acquired(&path, Some(&store.socket), false);
     assert_eq!(sum, alone, "the bytes served are the checkpoint's");
     w2.finish();
@@ -239,11 +241,35 @@ fn the_store_killed_under_clients_leaves_their_memory_valid_and_fails_clearly() 
     let (mut w, _) = Worker::acquired(&path, Some(&store.socket), true);
     let before = w.check_host();
     assert!(before.starts_with("host 0x"), "{before}");
+    let here = engine(&store.socket);
+    here.register_path("m", &path, Default::default()).unwrap();
+    let bytes = here
+        .acquire("m")
+        .unwrap()
+        .read_tensor("model.layers.0.mlp.weight")
+        .unwrap();
+    here.offload("m").unwrap();
     store.signal(rustix::process::Signal::KILL);
     store.child.wait().unwrap();
     // What the worker mapped is still there, byte for byte.
     assert_eq!(w.check_host(), before);
     w.finish();
+    // An engine of this process swaps its set in again from the memory it mapped...
+    let again = here
+        .acquire("m")
+        .unwrap()
+        .read_tensor("model.layers.0.mlp.weight")
+        .unwrap();
+    assert_eq!(again, bytes);
+    // ...and its next store call is a clear error.
+    let err = here
+        .register_arrays(
+            "x",
+            vec![("x".into(), DType::U8, vec![4], &[1, 2, 3, 4][..])],
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Store, "{err}");
+    assert!(err.to_string().contains("cannot connect"), "{err}");
     // A new client gets a clear error at its first store call.
     let e = SwapEngine::new(
         Arc::new(SimBackend::with_capacity(64 << 20)),
@@ -455,7 +481,19 @@ fn two_engines_on_two_simulated_devices_share_one_copy_in_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let path = checkpoint(dir.path(), "m.safetensors", 4, 256, 10);
     let store = Store::start(dir.path(), &[]);
-    let engines: Vec<SwapEngine> = (0..2).map(|_| engine(&store.socket)).collect();
+    let engines: Vec<SwapEngine> = (0..2)
+        .map(|d| {
+            SwapEngine::new(
+                Arc::new(SimBackend::with_capacity(256 << 20).with_ordinal(d)),
+                SwapConfig {
+                    store: Some(store.socket.clone()),
+                    ..SwapConfig::default()
+                },
+            )
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(engines[1].backend().properties().ordinal, 1);
     let mut reads = Vec::new();
     for e in &engines {
         e.register_path("m", &path, Default::default()).unwrap();
@@ -523,4 +561,40 @@ fn a_restarted_worker_registers_what_an_earlier_one_put_without_its_bytes() {
     .unwrap();
     let err = plain.register_stored("m", &[]).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+}
+
+#[test]
+fn an_engine_lets_its_idle_sets_go_when_the_store_is_full_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            checkpoint(
+                dir.path(),
+                &format!("m{i}.safetensors"),
+                1,
+                1024,
+                20 + i as u8,
+            )
+        })
+        .collect();
+    let store = Store::start(dir.path(), &["--host-budget", "2600KiB"]);
+    let e = engine(&store.socket);
+    for (i, p) in paths.iter().enumerate() {
+        e.register_path(&format!("m{i}"), p, Default::default())
+            .unwrap();
+    }
+    drop(e.acquire("m0").unwrap());
+    drop(e.acquire("m1").unwrap());
+    // Both held by this engine (idle, host copies kept): m2 fits only if one goes.
+    let s = store.status();
+    assert!(s.sets.iter().all(|x| x.clients == 1), "{s:?}");
+    let g = e.acquire("m2").unwrap();
+    assert_eq!(
+        g.read_tensor("model.layers.0.mlp.weight").unwrap().len(),
+        1 << 20
+    );
+    let s = store.status();
+    let names: Vec<&str> = s.sets.iter().map(|x| x.name.as_str()).collect();
+    assert_eq!(names, ["m1", "m2"], "the least recently used went: {s:?}");
+    assert_eq!(e.status().counters.releases, 1);
 }

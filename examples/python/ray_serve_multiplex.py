@@ -63,7 +63,9 @@ class Model:
 def deployment(models_dir: str, store: str, per_replica: int):
     from ray import serve
 
-    @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0})
+    # At most 2 requests in flight per replica (Ray's default has changed between versions): a
+    # burst of 8 for one model spreads over both replicas.
+    @serve.deployment(num_replicas=2, max_ongoing_requests=2, ray_actor_options={"num_cpus": 0})
     class Multiplexed:
         def __init__(self):
             self.engine = vramswap.Engine(store=store)

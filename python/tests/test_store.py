@@ -50,6 +50,16 @@ def store(tmp_path):
     assert proc.wait(timeout=10) == 0, "the store exits with status 0 on SIGTERM"
 
 
+def wait_for(store, pred, timeout=20.0):
+    """The store's status once `pred` holds (it learns of a dead client asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = vramswap.store_status(store)
+        if pred(s) or time.monotonic() > deadline:
+            return s
+        time.sleep(0.01)
+
+
 def run_python(code: str, **env) -> str:
     out = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
@@ -86,10 +96,9 @@ def test_engines_in_several_processes_share_one_load(store, tmp_path):
     )
     hexed, attaches = out.split()
     assert bytes.fromhex(hexed) == got.tobytes() and attaches == "1"
-    s = vramswap.store_status(store)
+    s = wait_for(store, lambda s: s["sets"][0]["clients"] == 1)  # the other process is gone
     assert s["counters"]["loads"] == 1 and s["counters"]["attaches"] == 1
     assert s["host_used"] == s["sets"][0]["bytes"]
-    assert s["sets"][0]["clients"] == 1  # this process; the other one is gone
     e.close()
 
 
@@ -176,3 +185,26 @@ def test_one_engine_per_simulated_device_over_one_store(store, tmp_path, monkeyp
         vramswap.Engine(backend="sim", device=2, store=store)
     for e in engines:
         e.close()
+
+
+def test_a_meta_model_the_store_does_not_hold_is_refused_and_nothing_stays_registered(store, monkeypatch):
+    import torch
+    import vramswap.torch as vt
+
+    monkeypatch.setenv("VRAMSWAP_SIM_CONF", "host_visible:true,capacity_mb:64")
+    engine = vramswap.Engine(backend="sim", store=store)
+    with torch.device("meta"):
+        model = torch.nn.Linear(4, 4)
+    with pytest.raises(vramswap.NotFoundError, match="holds no set `lin`"):
+        vt.adopt(engine, "lin", model)
+    assert engine.names() == []
+    # Put by a materialised model, then adopted on the meta device in the same process.
+    torch.manual_seed(0)
+    real = torch.nn.Linear(4, 4)
+    vt.adopt(engine, "lin", real)
+    other = vramswap.Engine(backend="sim", store=store)
+    vt.adopt(other, "lin", model)
+    x = torch.ones(1, 4)
+    assert torch.equal(model(x), real(x))
+    engine.close()
+    other.close()

@@ -284,20 +284,17 @@ def adopt(engine: Engine, name: str, obj: Any) -> AdoptedModel:
                 dtypes[key] = st
         engine.register_arrays(name, arrays, dtypes or None)
         del arrays
-    with engine.acquire(name) as h:
-        over = {}
-        for key, t in tensors.items():
-            # hold=False: the parameters live as long as the model, and must not keep the set
-            # on the device; the forward wrappers below hold it whenever the model runs.
-            dev = torch.from_dlpack(h.tensor(key, hold=False))
-            if dev.dtype != t.dtype:
-                dev = dev.view(t.dtype)  # 8-bit floats travel as uint8
-            over[id(t)] = dev
-        if meta:
-            tensors = _replace_meta(modules, tensors, over, torch)
-        else:
-            for t in tensors.values():
-                t.data = over[id(t)]  # the same Parameter/buffer object, now over the set's memory
+    try:
+        tensors = _rebind(engine, name, modules, tensors, meta, torch)
+    except BaseException:
+        # A failure before the tensors are rebound (all are exported first, then assigned)
+        # leaves nothing half-adopted: the set goes (with its store connection), the model
+        # keeps its tensors, and a retry under the same name works.
+        try:
+            engine.unregister(name)
+        except Exception:
+            pass
+        raise
     wake = _Wake(engine, name, device, torch)
     hooks = []
     wrapped = set()
@@ -308,6 +305,24 @@ def adopt(engine: Engine, name: str, obj: Any) -> AdoptedModel:
                 wrapped.add(id(sub))
                 hooks.append(_ForwardWrap(sub, wake))
     return AdoptedModel(engine, name, modules, tensors, hooks)
+
+
+def _rebind(engine: Engine, name: str, modules, tensors: Dict[str, Any], meta, torch) -> Dict[str, Any]:
+    """Rebinds every tensor to the set's memory (zero-copy through DLPack); returns them."""
+    with engine.acquire(name) as h:
+        over = {}
+        for key, t in tensors.items():
+            # hold=False: the parameters live as long as the model, and must not keep the set
+            # on the device; the forward wrappers hold it whenever the model runs.
+            dev = torch.from_dlpack(h.tensor(key, hold=False))
+            if dev.dtype != t.dtype:
+                dev = dev.view(t.dtype)  # 8-bit floats travel as uint8
+            over[id(t)] = dev
+        if meta:
+            return _replace_meta(modules, tensors, over, torch)
+        for t in tensors.values():
+            t.data = over[id(t)]  # the same Parameter/buffer object, now over the set's memory
+        return tensors
 
 
 def _adopt_from_store(engine: Engine, name: str, tensors: Dict[str, Any], meta: List[str]) -> None:

@@ -29,9 +29,26 @@ struct Conn {
 }
 
 /// Keeps a set's connection open: the store counts this process as a client of the set for as
-/// long as it lives.
+/// long as it lives. Dropped, it tells the store and waits for the answer (a little while at
+/// most), so that the store's count is right before the caller goes on: an engine that drops
+/// idle sets to make room in the store retries at once.
 struct Lease {
-    _stream: UnixStream,
+    stream: UnixStream,
+}
+
+/// How long a dropped set waits for the store to acknowledge it.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.stream.set_read_timeout(Some(RELEASE_TIMEOUT)).is_err() {
+            return;
+        }
+        // A store that died or hangs counts the client gone when the socket closes.
+        if wire::send(&mut self.stream, &Request::Release, None).is_ok() {
+            let _ = wire::recv::<Reply>(&mut self.stream);
+        }
+    }
 }
 
 impl Conn {
@@ -90,7 +107,7 @@ impl Conn {
             desc,
             mapped,
             Box::new(Lease {
-                _stream: self.stream,
+                stream: self.stream,
             }),
         ))
     }
@@ -145,27 +162,25 @@ impl StoreClient {
             None,
         )
         .map_err(|e| not_a_store(e.to_string()))?;
-        match wire::recv::<Reply>(&mut stream) {
-            Ok(Some((
-                Reply::Hello {
-                    magic, protocol, ..
-                },
-                _,
-            ))) if magic == MAGIC => {
-                if protocol != PROTOCOL_VERSION {
-                    return Err(self.err(
-                        Some(ErrorKind::Unsupported),
-                        format!(
-                            "the store speaks protocol {protocol}, this client \
-                             {PROTOCOL_VERSION}: use the same vramswap version on both sides"
-                        ),
-                    ));
+        match wire::recv::<serde_json::Value>(&mut stream) {
+            Ok(Some((v, _))) => match wire::hello_of(&v, "reply") {
+                Some((magic, protocol)) if magic == MAGIC => {
+                    if protocol != u64::from(PROTOCOL_VERSION) {
+                        return Err(self.err(
+                            Some(ErrorKind::Unsupported),
+                            format!(
+                                "the store speaks protocol {protocol}, this client \
+                                 {PROTOCOL_VERSION}: use the same vramswap version on both sides"
+                            ),
+                        ));
+                    }
                 }
-            }
-            Ok(Some((Reply::Error { kind, message }, _))) => {
-                return Err(self.err(Some(kind), message))
-            }
-            Ok(Some((other, _))) => return Err(not_a_store(format!("{other:?}"))),
+                Some(_) => return Err(not_a_store(format!("its hello is {v}"))),
+                None => match serde_json::from_value::<Reply>(v.clone()) {
+                    Ok(Reply::Error { kind, message }) => return Err(self.err(Some(kind), message)),
+                    _ => return Err(not_a_store(format!("it answered {v}"))),
+                },
+            },
             Ok(None) => return Err(not_a_store("it closed the connection".into())),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 return Err(not_a_store(format!(
@@ -235,13 +250,13 @@ impl StoreClient {
     /// [`WeightSetDesc::layout`] lays them out, and returns it as [`StoreClient::attach`] does.
     /// If the store holds a set of that name with the same contents, that copy is used and
     /// nothing is written; other contents under the name are refused
-    /// ([`ErrorKind::AlreadyExists`]).
+    /// ([`ErrorKind::AlreadyExists`]). The flag says whether the store's copy was used.
     pub fn put(
         &self,
         name: &str,
         arrays: Vec<(String, DType, Vec<u64>, &[u8])>,
         backend: SharedBackend,
-    ) -> Result<HostWeights> {
+    ) -> Result<(HostWeights, bool)> {
         for (n, dtype, shape, data) in &arrays {
             if byte_len(*dtype, shape) != Some(data.len() as u64) {
                 return Err(Error::InvalidArgument(format!(
@@ -272,7 +287,7 @@ impl StoreClient {
             checksum,
         })?;
         match reply {
-            Reply::Set { desc, .. } => return c.take_set(name, desc, fd, backend),
+            Reply::Set { desc, .. } => return Ok((c.take_set(name, desc, fd, backend)?, true)),
             Reply::Fill { bytes } if bytes == desc.total_bytes => {}
             other => return Err(c.err(None, format!("unexpected answer {other:?}"))),
         }
@@ -293,7 +308,7 @@ impl StoreClient {
         }
         drop(file);
         match c.ask(&Request::Commit)? {
-            (Reply::Set { desc, .. }, fd) => c.take_set(name, desc, fd, backend),
+            (Reply::Set { desc, .. }, fd) => Ok((c.take_set(name, desc, fd, backend)?, false)),
             (other, _) => Err(c.err(None, format!("unexpected answer {other:?}"))),
         }
     }

@@ -11,8 +11,9 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use super::memfd;
 use super::policy::{self, Shortfall};
@@ -34,6 +35,11 @@ pub struct StoreConfig {
     pub host_budget: Option<u64>,
     /// Threads of each load from disk.
     pub load_threads: usize,
+    /// How long a client may take between asking to put a set and committing it; past it the
+    /// half-filled set is discarded, so a stuck client cannot hold a name forever.
+    pub fill_timeout: Duration,
+    /// A pause before each load's copy: for tests that kill a client while its set loads.
+    pub load_delay: Duration,
 }
 
 impl StoreConfig {
@@ -43,6 +49,8 @@ impl StoreConfig {
             socket: socket.into(),
             host_budget: None,
             load_threads: LoadOptions::default().threads,
+            fill_timeout: Duration::from_secs(300),
+            load_delay: Duration::ZERO,
         }
     }
 }
@@ -90,6 +98,7 @@ enum Phase {
     Filling {
         conn: u64,
         file: Arc<File>,
+        since: Instant,
     },
     Ready {
         file: Arc<File>,
@@ -119,13 +128,15 @@ struct State {
     sets: BTreeMap<String, Stored>,
     counters: StoreCounters,
     tick: u64,
-    next_conn: u64,
 }
 
 struct Shared {
     socket: PathBuf,
     budget: Option<u64>,
     threads: usize,
+    fill_timeout: Duration,
+    load_delay: Duration,
+    next_conn: AtomicU64,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -204,17 +215,29 @@ impl StoreServer {
             path: path.clone(),
             source,
         })?;
+        // Only this user may connect: a client names files the store reads as its own user.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| Error::Io {
+                    path: path.clone(),
+                    source,
+                },
+            )?;
+        }
         Ok(StoreServer {
             listener,
             shared: Arc::new(Shared {
                 socket: config.socket,
                 budget: config.host_budget,
                 threads: config.load_threads.max(1),
+                fill_timeout: config.fill_timeout,
+                load_delay: config.load_delay,
+                next_conn: AtomicU64::new(0),
                 state: Mutex::new(State {
                     sets: BTreeMap::new(),
                     counters: StoreCounters::default(),
                     tick: 0,
-                    next_conn: 0,
                 }),
                 changed: Condvar::new(),
             }),
@@ -250,11 +273,7 @@ impl StoreServer {
                 }
             };
             let shared = self.shared.clone();
-            let id = {
-                let mut st = shared.lock();
-                st.next_conn += 1;
-                st.next_conn
-            };
+            let id = shared.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
             let spawned = std::thread::Builder::new()
                 .name(format!("vramswap-store-{id}"))
                 .spawn(move || Connection::new(shared, id).serve(stream));
@@ -271,10 +290,12 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Waits for a change, or a second (a fill past its deadline changes nothing by itself).
     fn wait<'a>(&self, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         self.changed
-            .wait(st)
+            .wait_timeout(st, Duration::from_secs(1))
             .unwrap_or_else(PoisonError::into_inner)
+            .0
     }
 
     fn status(&self) -> StoreStatus {
@@ -301,8 +322,10 @@ impl Shared {
         }
     }
 
-    /// Drops what the policy says so that `need` bytes fit, or says why they cannot.
-    fn make_room(&self, st: &mut State, name: &str, need: u64) -> Result<(), Refusal> {
+    /// Takes out what the policy says so that `need` bytes fit, or says why they cannot. The
+    /// sets taken out are returned, to be dropped (their memory freed, which takes time for
+    /// large sets) after the lock is let go.
+    fn make_room(&self, st: &mut State, name: &str, need: u64) -> Result<Vec<Stored>, Refusal> {
         let facts: Vec<policy::SetFacts> = st
             .sets
             .iter()
@@ -334,13 +357,15 @@ impl Shared {
                 ))
             }
         };
+        let mut out = Vec::new();
         for v in victims {
             if let Some(s) = st.sets.remove(&v) {
                 st.counters.evictions += 1;
                 tracing::info!(set = %v, bytes = s.bytes, "evicted (least recently used, no client)");
+                out.push(s);
             }
         }
-        Ok(())
+        Ok(out)
     }
 }
 
@@ -362,18 +387,21 @@ impl Drop for Connection {
             }
             tracing::debug!(set = %name, conn = self.id, "client gone");
         }
+        let mut gone = None;
         if let Some(name) = self.filling.take() {
             let ours = st
                 .sets
                 .get(&name)
                 .is_some_and(|s| matches!(s.phase, Phase::Filling { conn, .. } if conn == self.id));
             if ours {
-                st.sets.remove(&name);
+                gone = st.sets.remove(&name);
                 st.counters.discarded += 1;
                 tracing::warn!(set = %name, "discarded: its client went away before committing");
             }
         }
         self.shared.changed.notify_all();
+        drop(st);
+        drop(gone);
     }
 }
 
@@ -414,26 +442,30 @@ impl Connection {
     }
 
     fn serve(mut self, mut stream: UnixStream) {
-        match wire::recv::<Request>(&mut stream) {
-            Ok(Some((Request::Hello { magic, protocol }, _))) => {
-                if magic != MAGIC || protocol != PROTOCOL_VERSION {
-                    let _ = wire::send(
-                        &mut stream,
-                        &Reply::Error {
-                            kind: ErrorKind::Unsupported,
-                            message: format!(
-                                "this store speaks protocol {PROTOCOL_VERSION} (`{MAGIC}`); the \
-                                 client speaks {protocol} (`{magic}`): use the same vramswap \
-                                 version on both sides"
-                            ),
-                        },
-                        None,
-                    );
-                    return;
-                }
-            }
+        let first = match wire::recv::<serde_json::Value>(&mut stream) {
+            Ok(Some((v, _))) => wire::hello_of(&v, "op"),
             Ok(None) => return,
-            Ok(Some(_)) | Err(_) => {
+            Err(_) => None,
+        };
+        match first {
+            Some((magic, protocol))
+                if magic == MAGIC && protocol == u64::from(PROTOCOL_VERSION) => {}
+            Some((magic, protocol)) => {
+                let _ = wire::send(
+                    &mut stream,
+                    &Reply::Error {
+                        kind: ErrorKind::Unsupported,
+                        message: format!(
+                            "this store speaks protocol {PROTOCOL_VERSION} (`{MAGIC}`); the \
+                             client speaks {protocol} (`{magic}`): use the same vramswap \
+                             version on both sides"
+                        ),
+                    },
+                    None,
+                );
+                return;
+            }
+            None => {
                 let _ = wire::send(
                     &mut stream,
                     &Reply::Error {
@@ -505,10 +537,24 @@ impl Connection {
                 self.put(&name, desc, checksum)
             }
             Request::Commit => self.commit(),
+            Request::Release => {
+                let Some(name) = self.held.take() else {
+                    return Err(refuse(
+                        ErrorKind::InvalidState,
+                        "this connection holds no set",
+                    ));
+                };
+                let mut st = self.shared.lock();
+                if let Some(s) = st.sets.get_mut(&name) {
+                    s.clients = s.clients.saturating_sub(1);
+                }
+                self.shared.changed.notify_all();
+                Ok((Reply::Released, None))
+            }
             Request::Open { name } => {
                 self.one_set_only()?;
                 let shared = self.shared.clone();
-                let (found, st) = self.attach_existing(shared.lock(), &name, None)?;
+                let (found, st) = self.attach_existing(&shared, &name, None)?;
                 drop(st);
                 match found {
                     Some(a) => Ok(a),
@@ -539,10 +585,11 @@ impl Connection {
     /// absent, with the lock held.
     fn attach_existing<'a>(
         &mut self,
-        mut st: MutexGuard<'a, State>,
+        shared: &'a Shared,
         name: &str,
         source: Option<&Source>,
     ) -> Result<(Option<Answer>, MutexGuard<'a, State>), Refusal> {
+        let mut st = shared.lock();
         loop {
             let tick = st.tick + 1;
             let Some(s) = st.sets.get_mut(name) else {
@@ -559,6 +606,21 @@ impl Connection {
                     ),
                 ));
             }
+            if let Phase::Filling { since, .. } = &s.phase {
+                if since.elapsed() > self.shared.fill_timeout {
+                    let stale = st.sets.remove(name);
+                    st.counters.discarded += 1;
+                    tracing::warn!(set = %name, "discarded: its client did not commit in time");
+                    shared.changed.notify_all();
+                    drop(st);
+                    drop(stale);
+                    st = shared.lock();
+                    continue;
+                }
+            }
+            let Some(s) = st.sets.get_mut(name) else {
+                continue;
+            };
             if let Phase::Ready { file, desc } = &s.phase {
                 let answer = (
                     Reply::Set {
@@ -575,7 +637,7 @@ impl Connection {
                 tracing::info!(set = %name, conn = self.id, "attached");
                 return Ok((Some(answer), st));
             }
-            st = self.shared.wait(st);
+            st = shared.wait(st);
         }
     }
 
@@ -602,7 +664,7 @@ impl Connection {
             cast,
         };
         let shared = self.shared.clone();
-        let (found, mut st) = self.attach_existing(shared.lock(), name, Some(&source))?;
+        let (found, mut st) = self.attach_existing(&shared, name, Some(&source))?;
         if let Some(a) = found {
             return Ok(a);
         }
@@ -613,7 +675,7 @@ impl Connection {
                 format!("{}: the checkpoint holds no bytes", path.display()),
             ));
         }
-        self.shared.make_room(&mut st, name, need)?;
+        let evicted = self.shared.make_room(&mut st, name, need)?;
         st.tick += 1;
         let tick = st.tick;
         st.sets.insert(
@@ -627,12 +689,14 @@ impl Connection {
             },
         );
         drop(st);
+        drop(evicted);
         let mut entry = LoadingEntry {
             shared: &self.shared,
             name,
             armed: true,
         };
-        let started = std::time::Instant::now();
+        let started = Instant::now();
+        std::thread::sleep(self.shared.load_delay);
         let io = |e: std::io::Error| refuse(ErrorKind::Io, format!("shared memory: {e}"));
         let file = memfd::create(name, need).map_err(io)?;
         let desc = {
@@ -685,7 +749,7 @@ impl Connection {
         }
         let source = Source::Client { checksum, desc };
         let shared = self.shared.clone();
-        let (found, mut st) = self.attach_existing(shared.lock(), name, Some(&source))?;
+        let (found, mut st) = self.attach_existing(&shared, name, Some(&source))?;
         if let Some(a) = found {
             return Ok(a);
         }
@@ -693,7 +757,7 @@ impl Connection {
             unreachable!("built as a client source above")
         };
         let need = desc.total_bytes;
-        self.shared.make_room(&mut st, name, need)?;
+        let evicted = self.shared.make_room(&mut st, name, need)?;
         let file = Arc::new(
             memfd::create(name, need)
                 .map_err(|e| refuse(ErrorKind::Io, format!("shared memory: {e}")))?,
@@ -710,10 +774,13 @@ impl Connection {
                 phase: Phase::Filling {
                     conn: self.id,
                     file: file.clone(),
+                    since: Instant::now(),
                 },
             },
         );
         self.filling = Some(name.to_string());
+        drop(st);
+        drop(evicted);
         Ok((Reply::Fill { bytes: need }, Some(file)))
     }
 
@@ -771,10 +838,12 @@ impl Connection {
         let mut st = self.shared.lock();
         if let Err(r) = checked {
             // Discarded now, not when the connection goes: others waiting for the name go on.
-            st.sets.remove(&name);
+            let gone = st.sets.remove(&name);
             st.counters.discarded += 1;
             self.filling = None;
             self.shared.changed.notify_all();
+            drop(st);
+            drop(gone);
             return Err(r);
         }
         let Some(s) = st.sets.get_mut(&name) else {

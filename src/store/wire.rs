@@ -7,7 +7,7 @@
 //! connection that attached it stays open, so a client that dies (however it dies) stops
 //! counting when the kernel closes its socket.
 
-use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::io::{IoSlice, IoSliceMut, Read};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -73,6 +73,10 @@ pub(crate) enum Request {
     },
     /// What the store holds.
     Status,
+    /// This connection no longer holds its set (sent when a client drops it, and answered, so
+    /// the store's count is right before the client goes on: closing alone would be noticed
+    /// a moment later).
+    Release,
 }
 
 /// The store's answer.
@@ -104,6 +108,8 @@ pub(crate) enum Reply {
     },
     /// What the store holds.
     Status(StoreStatus),
+    /// The connection's set is no longer counted as held by it.
+    Released,
     /// A refusal; the connection stays usable unless the hello failed.
     Error {
         /// Its class.
@@ -215,8 +221,31 @@ pub(crate) fn send<T: Serialize>(
             Err(e) => return Err(e.into()),
         }
     };
-    // The descriptor went with the first byte; the rest is plain bytes.
-    stream.write_all(&frame[sent..])
+    // The descriptor went with the first byte; the rest is plain bytes, sent with `NOSIGNAL`
+    // too: a peer that died mid-message is an error here, never a SIGPIPE that kills a C
+    // program that did not ignore it.
+    let mut at = sent;
+    while at < frame.len() {
+        match rustix::net::send(stream.as_fd(), &frame[at..], SendFlags::NOSIGNAL) {
+            Ok(n) => at += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The `magic` and `protocol` of a hello (`tag` is `"op"` for a client's, `"reply"` for a
+/// store's), read from the message as plain JSON: a peer of another version, whose hello may
+/// have other fields, still gets told the versions differ instead of a parse error.
+pub(crate) fn hello_of(msg: &serde_json::Value, tag: &str) -> Option<(String, u64)> {
+    if msg.get(tag)?.as_str()? != "hello" {
+        return None;
+    }
+    Some((
+        msg.get("magic")?.as_str()?.to_string(),
+        msg.get("protocol")?.as_u64()?,
+    ))
 }
 
 /// Receives one message and the descriptor on it, if any; `None` when the peer closed the
@@ -273,6 +302,17 @@ pub(crate) fn recv<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_hello_of_another_version_with_other_fields_is_still_read_as_a_hello() {
+        let v: serde_json::Value = serde_json::from_str(
+            r#"{"op":"hello","magic":"vramswap-store","protocol":7,"features":["x"]}"#,
+        )
+        .unwrap();
+        assert_eq!(hello_of(&v, "op"), Some((MAGIC.to_string(), 7)));
+        assert_eq!(hello_of(&v, "reply"), None);
+    }
 
     #[test]
     fn a_message_and_its_descriptor_arrive_together_and_in_order() {

@@ -419,8 +419,12 @@ impl SwapEngine {
         }
         #[cfg(target_os = "linux")]
         if let Some(store) = &self.inner.store {
-            let host = store.put(name, arrays, self.inner.backend.clone())?;
-            return self.register_host(name, host);
+            let (host, attached) = store.put(name, arrays, self.inner.backend.clone())?;
+            self.register_host(name, host)?;
+            if attached {
+                self.inner.lock().counters.store_attaches += 1;
+            }
+            return Ok(());
         }
         let host = HostWeights::from_arrays(&self.inner.arena, arrays)?;
         self.register_host(name, host)

@@ -240,13 +240,31 @@ impl Inner {
     ) -> Result<(HostWeights, Layout)> {
         #[cfg(target_os = "linux")]
         if let Some(store) = &self.store {
-            let host = store.attach(name, path, opts.cast, self.backend.clone())?;
-            let layout = Layout::new(
-                &host,
-                self.config.transfer.chunk_bytes,
-                self.config.transfer.verify,
-            )?;
-            return Ok((host, layout));
+            loop {
+                match store.attach(name, path, opts.cast, self.backend.clone()) {
+                    Ok(host) => {
+                        let layout = Layout::new(
+                            &host,
+                            self.config.transfer.chunk_bytes,
+                            self.config.transfer.verify,
+                        )?;
+                        return Ok((host, layout));
+                    }
+                    // The store is full of sets its clients hold, some of them this engine's
+                    // idle ones: let one go (as the arena's budget does) and ask again.
+                    Err(e) if e.is_out_of_memory() => {
+                        let mut st = self.lock();
+                        let Some(v) =
+                            policy::host_victim(&st.facts(Instant::now())).map(str::to_string)
+                        else {
+                            return Err(e);
+                        };
+                        self.offload_locked(&mut st, &v)?;
+                        self.release_locked(&mut st, &v);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         let _ = name;
         self.load_with_room(path, opts)

@@ -51,6 +51,13 @@ struct ServeArgs {
     /// Copy threads of each load from disk (default: up to 8, one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Seconds a client may take between putting a set and committing it, after which the
+    /// half-filled set is discarded.
+    #[arg(long, default_value_t = 300.0)]
+    fill_timeout_s: f64,
+    /// A pause before each load's copy, in ms (for tests that kill a client mid-load).
+    #[arg(long, hide = true, default_value_t = 0)]
+    load_delay_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -117,6 +124,16 @@ fn serve(args: &ServeArgs) -> Result<ExitCode> {
     if let Some(t) = args.threads {
         config.load_threads = t;
     }
+    config.fill_timeout = Duration::try_from_secs_f64(args.fill_timeout_s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "--fill-timeout-s {}: a positive number of seconds",
+                args.fill_timeout_s
+            ))
+        })?;
+    config.load_delay = Duration::from_millis(args.load_delay_ms);
     let server = StoreServer::bind(config)?;
     let socket = server.socket().to_path_buf();
     let mut signals = signal_hook::iterator::Signals::new([
