@@ -795,15 +795,20 @@ impl Connection {
             let st = self.shared.lock();
             match st.sets.get(&name) {
                 Some(Stored {
-                    phase: Phase::Filling { file, .. },
+                    phase: Phase::Filling { file, conn, .. },
                     source: Source::Client { checksum, desc },
                     ..
-                }) => (file.clone(), desc.clone(), *checksum),
+                }) if *conn == self.id => (file.clone(), desc.clone(), *checksum),
                 _ => {
+                    // Expired (and perhaps taken by another client since): nothing of ours.
+                    self.filling = None;
                     return Err(refuse(
                         ErrorKind::InvalidState,
-                        format!("set `{name}` is not being filled"),
-                    ))
+                        format!(
+                            "set `{name}` is not being filled by this connection (its fill \
+                             expired?)"
+                        ),
+                    ));
                 }
             }
         };
@@ -836,6 +841,18 @@ impl Connection {
             Ok(())
         })();
         let mut st = self.shared.lock();
+        let ours = |st: &State| {
+            st.sets
+                .get(&name)
+                .is_some_and(|s| matches!(s.phase, Phase::Filling { conn, .. } if conn == self.id))
+        };
+        if !ours(&st) {
+            self.filling = None;
+            return Err(refuse(
+                ErrorKind::InvalidState,
+                format!("set `{name}`: its fill expired while it was checked"),
+            ));
+        }
         if let Err(r) = checked {
             // Discarded now, not when the connection goes: others waiting for the name go on.
             let gone = st.sets.remove(&name);
@@ -882,9 +899,14 @@ mod tests {
     use crate::weights::{TensorSpec, WeightSetDesc};
 
     fn serve(dir: &Path, budget: Option<u64>) -> PathBuf {
+        serve_with(dir, budget, Duration::from_secs(300))
+    }
+
+    fn serve_with(dir: &Path, budget: Option<u64>, fill_timeout: Duration) -> PathBuf {
         let socket = dir.join("s.sock");
         let mut c = StoreConfig::new(&socket);
         c.host_budget = budget;
+        c.fill_timeout = fill_timeout;
         let server = StoreServer::bind(c).unwrap();
         std::thread::spawn(move || server.run());
         socket
@@ -962,6 +984,40 @@ mod tests {
         assert!(s.sets.is_empty(), "{s:?}");
         assert_eq!(s.counters.discarded, 1);
         assert_eq!(s.host_used, 0);
+    }
+
+    #[test]
+    fn a_fill_that_is_never_committed_expires_and_the_name_is_free_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = serve_with(dir.path(), None, Duration::from_millis(200));
+        let (desc, sum) = one_tensor(&[7u8; 1000]);
+        let put = |c: &mut UnixStream| {
+            ask(
+                c,
+                Request::Put {
+                    name: "x".into(),
+                    desc: desc.clone(),
+                    checksum: sum,
+                },
+            )
+            .0
+        };
+        let mut stuck = hello(&socket);
+        assert!(matches!(put(&mut stuck), Reply::Fill { .. }));
+        // Another client waits for the name, then gets it once the stuck fill expires.
+        let mut next = hello(&socket);
+        let t = Instant::now();
+        assert!(matches!(put(&mut next), Reply::Fill { .. }));
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        assert_eq!(status(&socket).counters.discarded, 1);
+        // The stuck client's commit now finds nothing of its own.
+        assert!(matches!(
+            ask(&mut stuck, Request::Commit).0,
+            Reply::Error {
+                kind: ErrorKind::InvalidState,
+                ..
+            }
+        ));
     }
 
     #[test]
