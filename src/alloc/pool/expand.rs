@@ -243,6 +243,20 @@ impl BlockPool {
             .min_by_key(|&(_, _, bytes)| bytes)
     }
 
+    /// The address range of block `idx` together with its neighbours in its segment.
+    pub fn span_with_neighbours(&self, idx: u32) -> (u64, u64) {
+        let b = &self.blocks[idx as usize];
+        let (mut lo, mut hi) = (b.addr, b.addr + b.size);
+        for n in [b.prev, b.next] {
+            if n != NIL {
+                let nb = &self.blocks[n as usize];
+                lo = lo.min(nb.addr);
+                hi = hi.max(nb.addr + nb.size);
+            }
+        }
+        (lo, hi)
+    }
+
     /// Marks the first `bytes` of hole `idx` mapped again (the caller mapped them): they
     /// become a free block on `stream`, merged with its free neighbours on that stream; the
     /// rest of the hole stays unmapped. Returns the merged block.

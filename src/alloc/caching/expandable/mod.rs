@@ -64,6 +64,10 @@ impl CachingAllocator {
             .min_by_key(|&(_, _, bytes)| bytes)
         {
             if self.within_limit(st, bytes) {
+                // Not the hole's free neighbours: the request joins them.
+                let seg = st.pool.block(hole).segment;
+                let (lo, hi) = st.pool.span_with_neighbours(hole);
+                self.reclaim_pages(st, Some((seg, lo, hi)), bytes);
                 if let Some(i) = self.map_into(st, Into::Hole(hole), start, bytes, stream)? {
                     return Ok(Some(self.hand_out(st, i, size, rounded)));
                 }
@@ -89,6 +93,12 @@ impl CachingAllocator {
             if !self.within_limit(st, need) {
                 return Ok(None);
             }
+            // Not the free tail the request grows from.
+            let from = st
+                .pool
+                .free_tail(seg, stream.0)
+                .map_or(u64::MAX, |(i, _)| st.pool.block(i).addr);
+            self.reclaim_pages(st, Some((seg, from, u64::MAX)), need);
             let sg = st.pool.segment(seg);
             let at = sg.base + sg.size;
             return match self.map_into(st, Into::Tail(seg), at, need, stream)? {
@@ -107,6 +117,7 @@ impl CachingAllocator {
             .max(need)
             .checked_next_multiple_of(g)
             .ok_or_else(|| Error::InvalidArgument(format!("a range of {need} bytes overflows")))?;
+        self.reclaim_pages(st, None, need);
         let va = match self.backend.reserve(cap) {
             Ok(v) => v,
             Err(e) if is_oom(&e) => return Ok(None),
@@ -116,6 +127,81 @@ impl CachingAllocator {
             Some(i) => Ok(Some(self.hand_out(st, i, size, rounded))),
             None => Ok(None),
         }
+    }
+
+    /// Unmaps up to `want` bytes of whole free pages of the expandable segments, oldest first,
+    /// but none in `[lo, hi)` of segment `avoid.0` (the free blocks the request will use), before `want` bytes of new pages are mapped: the new pages then
+    /// take the place of pages no block uses instead of adding to them. Without it, the free
+    /// pages of one stream's segment stay mapped while another stream's segment grows (a KV
+    /// cache's stream and the compute stream peak at different times), and reserved memory is
+    /// the sum of each stream's peak rather than the peak of their sum. Best effort: a page
+    /// that will not unmap stays mapped and free (logged), and the allocation goes on.
+    /// Returns the bytes unmapped.
+    fn reclaim_pages(&self, st: &mut State, avoid: Option<(u32, u64, u64)>, want: u64) -> u64 {
+        let g = self.granularity;
+        let mut plan: Vec<(u32, u64, u64)> = Vec::new();
+        let mut planned = 0;
+        let segs: Vec<u32> = st
+            .pool
+            .segments()
+            .filter(|&(_, s)| s.backing == Backing::Expandable)
+            .map(|(i, _)| i)
+            .collect();
+        'segs: for seg in segs {
+            for (start, bytes) in st.pool.unmappable_ranges(seg, g) {
+                if planned >= want {
+                    break 'segs;
+                }
+                if let Some((s, lo, hi)) = avoid {
+                    if s == seg && start < hi && start + bytes > lo {
+                        continue;
+                    }
+                }
+                let take = bytes.min((want - planned).next_multiple_of(g));
+                plan.push((seg, start, take));
+                planned += take;
+            }
+        }
+        if plan.is_empty() {
+            return 0;
+        }
+        // A free block's pages may still be read or written by work queued on its stream
+        // before the free (stream-ordered reuse): wait for the device before unmapping, as a
+        // cache release does. Growth that finds pages to take is rare (a few per 1000
+        // operations on the serving traces); growth that finds none does not wait.
+        if let Err(e) = self.backend.synchronize() {
+            tracing::warn!("reclaiming free pages: {e}");
+            return 0;
+        }
+        st.stats.num_sync_all_streams += 1;
+        let mut total = 0;
+        for (seg, start, take) in plan {
+            let mut done = 0;
+            let mut failed = false;
+            while done < take {
+                if let Err(e) = self.unmap_page(start + done) {
+                    tracing::warn!("reclaiming a free page: {e}");
+                    failed = true;
+                    break;
+                }
+                st.stats.num_unmaps += 1;
+                done += g;
+            }
+            if done > 0 {
+                st.pool.mark_unmapped(seg, start, done);
+                st.stats.num_device_free += done / g;
+                st.stats.reserved_bytes.sub(done);
+                st.history.push(HistoryEvent::SegmentFree {
+                    addr: start,
+                    size: done,
+                });
+                total += done;
+            }
+            if failed {
+                break;
+            }
+        }
+        total
     }
 
     /// Whether `bytes` more stay under the limit.
