@@ -1,8 +1,8 @@
 //! Caching allocator benchmarks, each beside a peer in the same run:
 //!
 //! - `hit_pair/*`: a cached alloc+free pair with sizes drawn from a transformer trace, through
-//!   the caching allocator with fixed segments (`caching_allocator`) and with the page pool
-//!   (`page_pool`), and through the system allocator (`std::alloc`) on the same stream of
+//!   the caching allocator with fixed segments (`caching_allocator`), expandable segments (the
+//!   default where the virtual-memory API exists) and the page pool (`page_pool`), and through the system allocator (`std::alloc`) on the same stream of
 //!   sizes;
 //! - `replay/*`: a whole transformer trace replayed through a fresh allocator (ops/s).
 //!
@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vramswap::alloc::{
-    replay, transformer_trace, AllocatorConfig, CachingAllocator, TraceOp, TransformerShape,
+    replay, transformer_trace, AllocatorConfig, CachingAllocator, LargeBlocks, TraceOp,
+    TransformerShape,
 };
 use vramswap::backend::{sim::SimBackend, SharedBackend};
 
@@ -35,11 +36,15 @@ fn hit_pair(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     // Fixed segments (`caching_allocator`, the name kept for comparison with earlier runs) and
     // the page pool, on the same stream of sizes.
-    for (name, page_pool) in [("caching_allocator", false), ("page_pool", true)] {
+    for (name, large_blocks) in [
+        ("caching_allocator", LargeBlocks::Fixed),
+        ("expandable_segments", LargeBlocks::Expandable),
+        ("page_pool", LargeBlocks::PagePool),
+    ] {
         let b: SharedBackend = Arc::new(SimBackend::with_capacity(64 << 30));
         let s = b.stream_create().unwrap();
         let config = AllocatorConfig {
-            page_pool,
+            large_blocks,
             ..Default::default()
         };
         let a = CachingAllocator::new(b.clone(), config).unwrap();

@@ -5,7 +5,7 @@
 
 mod common;
 
-use vramswap::alloc::{AllocatorConfig, CachingAllocator};
+use vramswap::alloc::{AllocatorConfig, CachingAllocator, LargeBlocks};
 use vramswap::backend::{download, upload};
 
 const MIB: u64 = 1 << 20;
@@ -47,7 +47,7 @@ fn expandable_segments_keep_bytes_while_growing_and_return_pages() {
         let a = CachingAllocator::new(
             b.clone(),
             AllocatorConfig {
-                expandable_segments: true,
+                large_blocks: LargeBlocks::Expandable,
                 ..Default::default()
             },
         )
@@ -78,7 +78,7 @@ fn page_pool_keeps_bytes_while_pages_move_between_blocks_and_returns_them() {
         let a = CachingAllocator::new(
             b.clone(),
             AllocatorConfig {
-                page_pool: true,
+                large_blocks: LargeBlocks::PagePool,
                 ..Default::default()
             },
         )

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use vramswap::alloc::{AllocatorConfig, CachingAllocator, MemoryLimit};
+use vramswap::alloc::{AllocatorConfig, CachingAllocator, LargeBlocks, MemoryLimit};
 use vramswap::backend::{sim::SimBackend, DevicePtr, SharedBackend, Stream};
 use vramswap::Error;
 
@@ -20,7 +20,7 @@ fn expandable(b: &SharedBackend, limit: MemoryLimit) -> CachingAllocator {
     CachingAllocator::new(
         b.clone(),
         AllocatorConfig {
-            expandable_segments: true,
+            large_blocks: LargeBlocks::Expandable,
             limit,
             ..Default::default()
         },
@@ -184,7 +184,7 @@ fn max_split_size_does_not_refuse_a_free_expandable_block() {
     let a = CachingAllocator::new(
         b.clone(),
         AllocatorConfig {
-            expandable_segments: true,
+            large_blocks: LargeBlocks::Expandable,
             max_split_size: 32 * MIB,
             limit: MemoryLimit::Bytes(44 * MIB),
             ..Default::default()

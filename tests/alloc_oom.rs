@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use vramswap::alloc::{AllocatorConfig, CachingAllocator};
+use vramswap::alloc::{AllocatorConfig, CachingAllocator, LargeBlocks};
 use vramswap::backend::{sim::SimBackend, DevicePtr, SharedBackend};
 use vramswap::Error;
 
@@ -13,7 +13,14 @@ const MIB: u64 = 1 << 20;
 fn setup() -> (SharedBackend, Arc<CachingAllocator>, vramswap::Stream) {
     let b: SharedBackend = Arc::new(SimBackend::with_capacity(48 * MIB));
     let s = b.stream_create().unwrap();
-    let a = Arc::new(CachingAllocator::new(b.clone(), AllocatorConfig::default()).unwrap());
+    // The ladder of fixed segments (PyTorch's layout, the fallback without the virtual-memory
+    // API), whose rungs count whole segments; expandable segments climb the same ladder in
+    // pages (tests/alloc_expandable_holes.rs).
+    let config = AllocatorConfig {
+        large_blocks: LargeBlocks::Fixed,
+        ..AllocatorConfig::default()
+    };
+    let a = Arc::new(CachingAllocator::new(b.clone(), config).unwrap());
     (b, a, s)
 }
 

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use vramswap::alloc::{AllocatorConfig, CachingAllocator, MemoryLimit};
+use vramswap::alloc::{AllocatorConfig, CachingAllocator, LargeBlocks, MemoryLimit};
 use vramswap::backend::{sim::SimBackend, Backend, SharedBackend, Stream};
 use vramswap_sim::FaultOp;
 
@@ -13,7 +13,7 @@ const MIB: u64 = 1 << 20;
 
 fn paged() -> AllocatorConfig {
     AllocatorConfig {
-        page_pool: true,
+        large_blocks: LargeBlocks::PagePool,
         ..Default::default()
     }
 }

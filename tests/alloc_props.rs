@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use vramswap::alloc::MemoryLimit;
-use vramswap::alloc::{round_size, AllocatorConfig, CachingAllocator};
+use vramswap::alloc::{round_size, AllocatorConfig, CachingAllocator, LargeBlocks};
 use vramswap::backend::{sim::SimBackend, DevicePtr, SharedBackend};
 use vramswap::Error;
 
@@ -50,8 +50,11 @@ fn mode() -> impl Strategy<Value = Mode> {
 
 fn config(mode: Mode) -> AllocatorConfig {
     AllocatorConfig {
-        expandable_segments: matches!(mode, Mode::Expandable),
-        page_pool: matches!(mode, Mode::PagePool),
+        large_blocks: match mode {
+            Mode::Fixed => LargeBlocks::Fixed,
+            Mode::Expandable => LargeBlocks::Expandable,
+            Mode::PagePool => LargeBlocks::PagePool,
+        },
         ..Default::default()
     }
 }

@@ -4,7 +4,9 @@ mod common;
 
 use std::sync::Arc;
 
-use vramswap::alloc::{AllocatorConfig, CachingAllocator, HistoryEvent, MemoryLimit, TraceOp};
+use vramswap::alloc::{
+    AllocatorConfig, CachingAllocator, HistoryEvent, LargeBlocks, MemoryLimit, TraceOp,
+};
 use vramswap::backend::{sim::SimBackend, DevicePtr, SharedBackend};
 use vramswap::{Error, Stream};
 
@@ -13,6 +15,15 @@ const MIB: u64 = 1 << 20;
 fn sim(capacity: u64) -> (SharedBackend, Arc<SimBackend>) {
     let b = Arc::new(SimBackend::with_capacity(capacity));
     (b.clone(), b)
+}
+
+/// PyTorch's fixed segments, whose sizing rules (20 MiB segments, max_split_size) these tests
+/// pin down; the default where the device has the virtual-memory API is expandable segments.
+fn fixed() -> AllocatorConfig {
+    AllocatorConfig {
+        large_blocks: LargeBlocks::Fixed,
+        ..AllocatorConfig::default()
+    }
 }
 
 fn alloc_with(b: &SharedBackend, config: AllocatorConfig) -> CachingAllocator {
@@ -51,7 +62,7 @@ fn small_requests_share_one_2mib_segment() {
 fn large_requests_get_20mib_or_their_own_rounded_segment() {
     let (b, _) = sim(256 * MIB);
     let s = b.stream_create().unwrap();
-    let a = alloc_with(&b, AllocatorConfig::default());
+    let a = alloc_with(&b, fixed());
     a.allocate(11 * MIB + 1, s).unwrap();
     assert_eq!(a.stats().reserved_bytes.current, 12 * MIB);
     a.allocate(3 * MIB, s).unwrap();
@@ -95,7 +106,7 @@ fn max_split_size_keeps_big_blocks_whole_and_away_from_small_requests() {
     let s = b.stream_create().unwrap();
     let cfg = AllocatorConfig {
         max_split_size: 32 * MIB,
-        ..Default::default()
+        ..fixed()
     };
     let a = alloc_with(&b, cfg);
     let big = a.allocate(40 * MIB, s).unwrap();
@@ -239,7 +250,7 @@ fn dropping_the_allocator_returns_everything_to_the_backend() {
         let a = alloc_with(
             &b,
             AllocatorConfig {
-                expandable_segments: true,
+                large_blocks: LargeBlocks::Expandable,
                 ..Default::default()
             },
         );
@@ -261,7 +272,7 @@ fn expandable_segments_grow_by_mapping_and_shrink_by_unmapping() {
     let a = alloc_with(
         &b,
         AllocatorConfig {
-            expandable_segments: true,
+            large_blocks: LargeBlocks::Expandable,
             ..Default::default()
         },
     );
@@ -302,7 +313,7 @@ fn memory_limit_caps_reserved_bytes() {
         &b,
         AllocatorConfig {
             limit: MemoryLimit::Bytes(24 * MIB),
-            ..Default::default()
+            ..fixed()
         },
     );
     assert_eq!(a.limit(), Some(24 * MIB));
@@ -422,7 +433,7 @@ fn expandable_segments_unmap_free_holes_in_the_middle_and_map_them_again() {
     let a = alloc_with(
         &b,
         AllocatorConfig {
-            expandable_segments: true,
+            large_blocks: LargeBlocks::Expandable,
             ..Default::default()
         },
     );
@@ -473,7 +484,7 @@ fn dropping_an_allocator_with_unmapped_holes_returns_everything() {
         let a = alloc_with(
             &b,
             AllocatorConfig {
-                expandable_segments: true,
+                large_blocks: LargeBlocks::Expandable,
                 ..Default::default()
             },
         );

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use rand::{rngs::SmallRng, Rng, SeedableRng};
-use vramswap::alloc::{AllocatorConfig, CachingAllocator};
+use vramswap::alloc::{AllocatorConfig, CachingAllocator, LargeBlocks};
 use vramswap::backend::{sim::SimBackend, SharedBackend};
 
 const MIB: u64 = 1 << 20;
@@ -107,7 +107,7 @@ fn many_threads_and_streams_share_one_allocator_without_a_race() {
 fn expandable_segments_under_many_threads_and_streams_without_a_race() {
     stress(
         AllocatorConfig {
-            expandable_segments: true,
+            large_blocks: LargeBlocks::Expandable,
             ..Default::default()
         },
         100,

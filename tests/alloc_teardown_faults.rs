@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use vramswap::alloc::{AllocatorConfig, CachingAllocator};
+use vramswap::alloc::{AllocatorConfig, CachingAllocator, LargeBlocks};
 use vramswap::backend::{sim::SimBackend, SharedBackend, Stream};
 use vramswap_sim::FaultOp;
 
@@ -16,14 +16,14 @@ fn modes() -> [(&'static str, AllocatorConfig); 2] {
         (
             "expandable segments",
             AllocatorConfig {
-                expandable_segments: true,
+                large_blocks: LargeBlocks::Expandable,
                 ..Default::default()
             },
         ),
         (
             "page pool",
             AllocatorConfig {
-                page_pool: true,
+                large_blocks: LargeBlocks::PagePool,
                 ..Default::default()
             },
         ),

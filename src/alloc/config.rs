@@ -25,7 +25,7 @@ pub enum MemoryLimit {
 /// let c = AllocatorConfig::parse("max_split_size_mb:128,expandable_segments:true,limit_mb:4096")
 ///     .unwrap();
 /// assert_eq!(c.max_split_size, 128 << 20);
-/// assert!(c.expandable_segments);
+/// assert_eq!(c.large_blocks, vramswap::alloc::LargeBlocks::Expandable);
 /// assert_eq!(c.limit, MemoryLimit::Bytes(4096 << 20));
 /// assert!(AllocatorConfig::parse("no_such_key:1").is_err());
 /// ```
@@ -34,13 +34,8 @@ pub struct AllocatorConfig {
     /// Blocks of at least this size are never split, and serve only requests within 20 MiB of
     /// their size (`u64::MAX`: no limit).
     pub max_split_size: u64,
-    /// Large-pool memory comes from one growable virtual range per stream, mapped in
-    /// granularity-sized pages, instead of fixed segments.
-    pub expandable_segments: bool,
-    /// Large blocks are virtual ranges mapped to pages of one physical page pool shared by all
-    /// sizes and streams (see `docs/design.md`, "Allocator"), where the device has the
-    /// virtual-memory API; fixed segments elsewhere. Ignored when `expandable_segments` is on.
-    pub page_pool: bool,
+    /// Where large blocks (1 MiB and up) come from.
+    pub large_blocks: LargeBlocks,
     /// Cap on reserved bytes.
     pub limit: MemoryLimit,
     /// Round requests up to this many equal steps between powers of two (0 or 1: off).
@@ -51,6 +46,38 @@ pub struct AllocatorConfig {
     pub poison: bool,
 }
 
+/// Where the large pool's memory comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LargeBlocks {
+    /// Expandable segments where the device has the virtual-memory API, fixed segments
+    /// elsewhere: the default (see `docs/design.md`, "Allocator").
+    #[default]
+    Auto,
+    /// Fixed segments from `cuMemAlloc`, split and merged (PyTorch's default layout;
+    /// `expandable_segments:false`).
+    Fixed,
+    /// One growable virtual range per stream, mapped in granularity-sized pages; free pages
+    /// are taken back from any segment before a segment grows (`expandable_segments:true`).
+    /// Needs the virtual-memory API.
+    Expandable,
+    /// Virtual ranges mapped to pages of one physical page pool shared by all sizes and
+    /// streams (`page_pool:true`), where the device has the virtual-memory API; fixed segments
+    /// elsewhere.
+    PagePool,
+}
+
+impl LargeBlocks {
+    /// What this is on a device with (`vmm`) or without the virtual-memory API: never `Auto`.
+    pub fn resolve(self, vmm: bool) -> LargeBlocks {
+        match self {
+            LargeBlocks::Auto if vmm => LargeBlocks::Expandable,
+            LargeBlocks::Auto | LargeBlocks::Fixed => LargeBlocks::Fixed,
+            LargeBlocks::PagePool if !vmm => LargeBlocks::Fixed,
+            other => other,
+        }
+    }
+}
+
 /// The pattern freed blocks are filled with when [`AllocatorConfig::poison`] is on.
 pub const POISON_PATTERN: u32 = 0xDEAD_BEEF;
 
@@ -58,8 +85,7 @@ impl Default for AllocatorConfig {
     fn default() -> Self {
         AllocatorConfig {
             max_split_size: u64::MAX,
-            expandable_segments: false,
-            page_pool: false,
+            large_blocks: LargeBlocks::Auto,
             limit: MemoryLimit::None,
             roundup_power2_divisions: 0,
             history: 0,
@@ -81,11 +107,14 @@ fn parse_mb(key: &str, v: &str) -> Result<u64> {
 
 impl AllocatorConfig {
     /// Parses `key:value` pairs separated by commas. Keys: `max_split_size_mb`,
-    /// `expandable_segments` (true/false), `page_pool` (true/false), `limit_mb`, `limit_fraction` (0 < f ≤ 1),
+    /// `expandable_segments` (true/false: [`LargeBlocks::Expandable`] or
+    /// [`LargeBlocks::Fixed`]), `page_pool` (true: [`LargeBlocks::PagePool`], unless
+    /// `expandable_segments:true` is given too), `limit_mb`, `limit_fraction` (0 < f ≤ 1),
     /// `roundup_power2_divisions` (0 or a power of two up to 64), `history` (ring size),
     /// `poison` (true/false). Unknown keys and bad values are [`Error::Config`].
     pub fn parse(spec: &str) -> Result<AllocatorConfig> {
         let mut c = AllocatorConfig::default();
+        let (mut expandable, mut page_pool) = (None, None);
         for pair in kv::pairs(ALLOC_CONF_VAR, spec) {
             let (k, v) = pair?;
             match k {
@@ -96,8 +125,8 @@ impl AllocatorConfig {
                     }
                     c.max_split_size = b;
                 }
-                "expandable_segments" => c.expandable_segments = kv::parse_bool(k, v)?,
-                "page_pool" => c.page_pool = kv::parse_bool(k, v)?,
+                "expandable_segments" => expandable = Some(kv::parse_bool(k, v)?),
+                "page_pool" => page_pool = Some(kv::parse_bool(k, v)?),
                 "limit_mb" => c.limit = MemoryLimit::Bytes(parse_mb(k, v)?),
                 "limit_fraction" => {
                     let f = v
@@ -132,6 +161,12 @@ impl AllocatorConfig {
                 }
             }
         }
+        c.large_blocks = match (expandable, page_pool) {
+            (Some(true), _) => LargeBlocks::Expandable,
+            (_, Some(true)) => LargeBlocks::PagePool,
+            (Some(false), _) => LargeBlocks::Fixed,
+            _ => LargeBlocks::Auto,
+        };
         Ok(c)
     }
 
@@ -165,7 +200,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.max_split_size, 64 << 20);
-        assert!(c.expandable_segments && c.poison);
+        assert_eq!(c.large_blocks, LargeBlocks::Expandable);
+        assert!(c.poison);
+        for (spec, want) in [
+            ("", LargeBlocks::Auto),
+            ("expandable_segments:false", LargeBlocks::Fixed),
+            ("page_pool:true", LargeBlocks::PagePool),
+            (
+                "page_pool:true,expandable_segments:true",
+                LargeBlocks::Expandable,
+            ),
+            ("page_pool:false", LargeBlocks::Auto),
+        ] {
+            assert_eq!(
+                AllocatorConfig::parse(spec).unwrap().large_blocks,
+                want,
+                "{spec}"
+            );
+        }
+        assert_eq!(LargeBlocks::Auto.resolve(true), LargeBlocks::Expandable);
+        assert_eq!(LargeBlocks::Auto.resolve(false), LargeBlocks::Fixed);
+        assert_eq!(LargeBlocks::PagePool.resolve(false), LargeBlocks::Fixed);
         assert_eq!(c.limit, MemoryLimit::Fraction(0.5));
         assert_eq!(c.roundup_power2_divisions, 4);
         assert_eq!(c.history, 100);

@@ -32,7 +32,7 @@ pub mod stats;
 pub mod trace;
 
 pub use caching::{CachingAllocator, PressureHandler, PressureHandlerId};
-pub use config::{AllocatorConfig, MemoryLimit, ALLOC_CONF_VAR, POISON_PATTERN};
+pub use config::{AllocatorConfig, LargeBlocks, MemoryLimit, ALLOC_CONF_VAR, POISON_PATTERN};
 pub use history::HistoryEvent;
 pub use replay::{replay, ReplayReport};
 pub use serving::{serving_trace, ServingShape};

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::config::{AllocatorConfig, MemoryLimit, POISON_PATTERN};
+use super::config::{AllocatorConfig, LargeBlocks, MemoryLimit, POISON_PATTERN};
 use super::history::{History, HistoryEvent};
 use super::pool::{Backing, BlockPool};
 use super::sizing::{round_size, segment_size, PoolKind};
@@ -102,9 +102,8 @@ pub struct CachingAllocator {
     config: AllocatorConfig,
     limit: Option<u64>,
     granularity: u64,
-    /// Large blocks come from the page pool (configured, and the device has the
-    /// virtual-memory API, and expandable segments are off).
-    paged: bool,
+    /// Where large blocks come from, resolved for this device (never `Auto`).
+    large: LargeBlocks,
     /// The device's memory in all.
     device_total: u64,
     state: Mutex<State>,
@@ -142,13 +141,13 @@ impl CachingAllocator {
             }
         };
         let props = backend.properties();
-        if config.expandable_segments && !props.vmm_supported {
+        if config.large_blocks == LargeBlocks::Expandable && !props.vmm_supported {
             return Err(Error::Unsupported(
                 "expandable segments need the virtual-memory API, which this device lacks".into(),
             ));
         }
         let granularity = props.vmm_granularity.max(1);
-        let paged = config.page_pool && props.vmm_supported && !config.expandable_segments;
+        let large = config.large_blocks.resolve(props.vmm_supported);
         if config.poison {
             probe_fill(backend.as_ref()).map_err(|e| {
                 Error::Unsupported(format!(
@@ -162,7 +161,7 @@ impl CachingAllocator {
             backend,
             limit,
             granularity,
-            paged,
+            large,
             device_total: total,
             state: Mutex::new(State {
                 pool: BlockPool::new(),
@@ -405,10 +404,10 @@ impl CachingAllocator {
         kind: PoolKind,
         stream: Stream,
     ) -> Result<Option<DevicePtr>> {
-        if self.config.expandable_segments && kind == PoolKind::Large {
+        if self.large == LargeBlocks::Expandable && kind == PoolKind::Large {
             return self.try_expand(st, size, rounded, stream);
         }
-        if self.paged && kind == PoolKind::Large {
+        if self.large == LargeBlocks::PagePool && kind == PoolKind::Large {
             return self.try_paged(st, size, rounded, stream);
         }
         let Some(seg) = segment_size(rounded) else {

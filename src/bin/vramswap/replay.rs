@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use vramswap::alloc::trace::{read_trace, write_trace};
 use vramswap::alloc::{
-    replay, serving_trace, transformer_trace, AllocatorConfig, CachingAllocator, ReplayReport,
-    ServingShape, TransformerShape,
+    replay, serving_trace, transformer_trace, AllocatorConfig, CachingAllocator, LargeBlocks,
+    ReplayReport, ServingShape, TransformerShape,
 };
 use vramswap::backend::SharedBackend;
 use vramswap::{Error, Result};
@@ -142,10 +142,10 @@ fn per_1000(n: u64, ops: u64) -> f64 {
 }
 
 /// The three ways of holding large blocks that `--compare` sets side by side.
-const MODES: [(&str, bool, bool); 3] = [
-    ("fixed segments", false, false),
-    ("expandable segments", true, false),
-    ("page pool", false, true),
+const MODES: [(&str, LargeBlocks); 3] = [
+    ("fixed segments", LargeBlocks::Fixed),
+    ("expandable segments", LargeBlocks::Expandable),
+    ("page pool", LargeBlocks::PagePool),
 ];
 
 /// One mode's replay: its report, or why it failed (an out-of-memory stops a replay).
@@ -167,10 +167,9 @@ fn compare(
     args: &Args,
 ) -> Result<ExitCode> {
     let mut rows = Vec::new();
-    for (mode, expandable, paged) in MODES {
+    for (mode, large_blocks) in MODES {
         let config = AllocatorConfig {
-            expandable_segments: expandable,
-            page_pool: paged,
+            large_blocks,
             ..base.clone()
         };
         let alloc = CachingAllocator::new(b.clone(), config.clone())?;

@@ -139,30 +139,37 @@ impl CachingAllocator {
     /// Returns the bytes unmapped.
     fn reclaim_pages(&self, st: &mut State, avoid: Option<(u32, u64, u64)>, want: u64) -> u64 {
         let g = self.granularity;
-        let mut plan: Vec<(u32, u64, u64)> = Vec::new();
-        let mut planned = 0;
-        let segs: Vec<u32> = st
-            .pool
-            .segments()
-            .filter(|&(_, s)| s.backing == Backing::Expandable)
-            .map(|(i, _)| i)
-            .collect();
-        'segs: for seg in segs {
-            for (start, bytes) in st.pool.unmappable_ranges(seg, g) {
-                if planned >= want {
-                    break 'segs;
+        let mut plan = self.reclaim_plan(st, avoid, want);
+        let planned: u64 = plan.iter().map(|p| p.2).sum();
+        if planned < want && !st.pending.is_empty() {
+            // Blocks freed with `record_stream` wait for events before they count as free;
+            // growing now would leave their pages mapped beside the new ones. Wait for them
+            // (this is the path that waits anyway) and plan again: what is reclaimed then
+            // no longer depends on how far other streams got.
+            for p in std::mem::take(&mut st.pending) {
+                if let Err(e) = self.finish_pending(st, p) {
+                    tracing::warn!("reclaiming free pages: {e}");
+                    break;
                 }
-                if let Some((s, lo, hi)) = avoid {
-                    if s == seg && start < hi && start + bytes > lo {
-                        continue;
-                    }
-                }
-                let take = bytes.min((want - planned).next_multiple_of(g));
-                plan.push((seg, start, take));
-                planned += take;
+            }
+            plan = self.reclaim_plan(st, avoid, want);
+        }
+        // Empty fixed segments (the small pool's 2 MiB ones) count too: cached and unused,
+        // they are reserved memory the new pages can replace.
+        let planned: u64 = plan.iter().map(|p| p.2).sum();
+        let mut empties = Vec::new();
+        let mut found = planned;
+        for seg in st.pool.empty_segments() {
+            if found >= want {
+                break;
+            }
+            let sg = st.pool.segment(seg);
+            if sg.backing == Backing::Fixed {
+                found += sg.size;
+                empties.push(seg);
             }
         }
-        if plan.is_empty() {
+        if plan.is_empty() && empties.is_empty() {
             return 0;
         }
         // A free block's pages may still be read or written by work queued on its stream
@@ -198,10 +205,60 @@ impl CachingAllocator {
                 total += done;
             }
             if failed {
-                break;
+                return total;
             }
         }
+        for seg in empties {
+            let sg = st.pool.segment(seg).clone();
+            if let Err(e) = self.backend.free(DevicePtr(sg.base)) {
+                tracing::warn!("reclaiming an empty segment: {e}");
+                break;
+            }
+            st.pool.remove_segment(seg);
+            st.stats.num_device_free += 1;
+            st.stats.reserved_bytes.sub(sg.size);
+            st.stats.segment.sub(1);
+            st.history.push(HistoryEvent::SegmentFree {
+                addr: sg.base,
+                size: sg.size,
+            });
+            total += sg.size;
+        }
         total
+    }
+
+    /// Up to `want` bytes of whole free pages to unmap, as `(segment, start, bytes)`, none in
+    /// `avoid`'s range (see [`CachingAllocator::reclaim_pages`]).
+    fn reclaim_plan(
+        &self,
+        st: &State,
+        avoid: Option<(u32, u64, u64)>,
+        want: u64,
+    ) -> Vec<(u32, u64, u64)> {
+        let g = self.granularity;
+        let mut plan = Vec::new();
+        let mut planned = 0;
+        let segs = st
+            .pool
+            .segments()
+            .filter(|&(_, s)| s.backing == Backing::Expandable)
+            .map(|(i, _)| i);
+        'segs: for seg in segs {
+            for (start, bytes) in st.pool.unmappable_ranges(seg, g) {
+                if planned >= want {
+                    break 'segs;
+                }
+                if let Some((s, lo, hi)) = avoid {
+                    if s == seg && start < hi && start + bytes > lo {
+                        continue;
+                    }
+                }
+                let take = bytes.min((want - planned).next_multiple_of(g));
+                plan.push((seg, start, take));
+                planned += take;
+            }
+        }
+        plan
     }
 
     /// Whether `bytes` more stay under the limit.

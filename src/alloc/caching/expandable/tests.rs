@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{FREE_RESERVATION_FAILS, UNMAP_FAILS_AFTER};
-use crate::alloc::{AllocatorConfig, CachingAllocator};
+use crate::alloc::{AllocatorConfig, CachingAllocator, LargeBlocks};
 use crate::backend::{sim::SimBackend, Backend, Stream};
 
 const MIB: u64 = 1 << 20;
@@ -12,7 +12,7 @@ const MIB: u64 = 1 << 20;
 fn setup() -> (Arc<SimBackend>, CachingAllocator) {
     let backend = Arc::new(SimBackend::with_capacity(64 * MIB));
     let config = AllocatorConfig {
-        expandable_segments: true,
+        large_blocks: LargeBlocks::Expandable,
         ..Default::default()
     };
     let alloc = CachingAllocator::new(backend.clone(), config).unwrap();
