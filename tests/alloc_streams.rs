@@ -100,7 +100,63 @@ fn stress(config: AllocatorConfig, seed: u64) {
 
 #[test]
 fn many_threads_and_streams_share_one_allocator_without_a_race() {
+    // The default: expandable segments that take pages back across streams.
     stress(AllocatorConfig::default(), 1);
+}
+
+#[test]
+fn fixed_segments_under_many_threads_and_streams_without_a_race() {
+    stress(
+        AllocatorConfig {
+            large_blocks: LargeBlocks::Fixed,
+            ..Default::default()
+        },
+        50,
+    );
+}
+
+/// A segment about to grow takes back another stream's free pages instead of adding to them,
+/// and waits for the work queued on them before the free: reserved memory stays at one
+/// stream's worth, and the stream-ordering checker sees no race.
+#[test]
+fn growth_on_one_stream_takes_back_the_free_pages_of_another_without_a_race() {
+    let sb = Arc::new(SimBackend::with_capacity(256 * MIB));
+    let b: SharedBackend = sb.clone();
+    let (s1, s2) = (b.stream_create().unwrap(), b.stream_create().unwrap());
+    let a = CachingAllocator::new(b.clone(), AllocatorConfig::default()).unwrap();
+    // On s1: two 20 MiB blocks with a live 2 MiB block between them, then both freed: 40 MiB
+    // free on s1, but no free block of 40 MiB.
+    let x = a.allocate(20 * MIB, s1).unwrap();
+    let keep = a.allocate(2 * MIB, s1).unwrap();
+    let y = a.allocate(20 * MIB, s1).unwrap();
+    for p in [x, y] {
+        b.memset_d8_async(p, 1, 20 * MIB, s1).unwrap(); // still queued at the free
+        a.free(p).unwrap();
+    }
+    assert_eq!(a.stats().reserved_bytes.current, 42 * MIB);
+    let q = a.allocate(40 * MIB, s2).unwrap();
+    b.memset_d8_async(q, 2, 40 * MIB, s2).unwrap();
+    let st = a.stats();
+    assert_eq!(st.num_unmaps, 20, "s1's 20 free pages were taken back");
+    assert_eq!(
+        st.reserved_bytes.peak,
+        42 * MIB,
+        "new pages replaced them: {st:?}"
+    );
+    a.free(keep).unwrap();
+    b.synchronize().unwrap();
+    assert!(
+        sb.device().violations().is_empty(),
+        "{:?}",
+        sb.device().violations()
+    );
+    a.free(q).unwrap();
+    a.empty_cache().unwrap();
+    drop(a);
+    for s in [s1, s2] {
+        b.stream_destroy(s).unwrap();
+    }
+    common::assert_no_leaks(sb.device(), "growth across streams");
 }
 
 #[test]
