@@ -281,6 +281,20 @@ fn record_stream_and_streams() {
     }
 }
 
+/// A context's allocator is the default one: large blocks from expandable segments wherever
+/// the virtual-memory API exists (sim and CUDA alike), mapped page by page, not cut from a
+/// fixed 20 MiB segment (issue 21's default reaches C, and PyTorch through it).
+#[test]
+fn large_blocks_come_from_expandable_segments_by_default() {
+    let c = context();
+    let p = malloc(&c, 3 << 20);
+    let st = stats(&c);
+    assert_eq!(st["num_maps"], 2, "two 2 MiB pages: {st}");
+    assert_eq!(st["reserved_bytes"]["current"], 4u64 << 20, "{st}");
+    // SAFETY: live context; `p` live.
+    assert_eq!(unsafe { vramswap_free(c.0, p) }, VRAMSWAP_OK);
+}
+
 #[test]
 fn empty_cache_returns_reserved_memory() {
     let c = context();
