@@ -16,10 +16,18 @@ fn replay_shape(
     shape: &TransformerShape,
     config: AllocatorConfig,
 ) -> vramswap::alloc::ReplayReport {
+    replay_ops(transformer_trace(shape), config)
+}
+
+/// Replays `ops` through a fresh allocator on a large simulated device; checks for leaks.
+fn replay_ops(
+    ops: Vec<vramswap::alloc::TraceOp>,
+    config: AllocatorConfig,
+) -> vramswap::alloc::ReplayReport {
     let sb = Arc::new(SimBackend::with_capacity(64 << 30));
     let b: SharedBackend = sb.clone();
     let a = CachingAllocator::new(b, config).unwrap();
-    let ops: Vec<_> = transformer_trace(shape)
+    let ops: Vec<_> = ops
         .into_iter()
         .enumerate()
         .map(|(i, o)| (i + 1, o))
@@ -238,17 +246,10 @@ fn replay_compare_sets_the_three_modes_side_by_side() {
 fn serving_traces_stay_within_1_10_at_the_default_configuration() {
     use vramswap::alloc::{serving_trace, ServingShape};
     for seed in 1..=6 {
-        let sb = Arc::new(SimBackend::with_capacity(64 << 30));
-        let b: SharedBackend = sb.clone();
-        let a = CachingAllocator::new(b, AllocatorConfig::default()).unwrap();
-        let ops: Vec<_> = serving_trace(&ServingShape::new(seed))
-            .into_iter()
-            .enumerate()
-            .map(|(i, o)| (i + 1, o))
-            .collect();
-        let r = replay(&a, &ops).unwrap();
-        drop(a);
-        common::assert_no_leaks(sb.device(), "serving replay");
+        let r = replay_ops(
+            serving_trace(&ServingShape::new(seed)),
+            AllocatorConfig::default(),
+        );
         eprintln!(
             "seed {seed}: peak allocated {} reserved {} ratio {:.3}",
             r.peak_allocated_bytes, r.peak_reserved_bytes, r.fragmentation

@@ -252,22 +252,27 @@ impl Inner {
                     }
                     // The store is full of sets its clients hold, some of them this engine's
                     // idle ones: let one go (as the arena's budget does) and ask again.
-                    Err(e) if e.is_out_of_memory() => {
-                        let mut st = self.lock();
-                        let Some(v) =
-                            policy::host_victim(&st.facts(Instant::now())).map(str::to_string)
-                        else {
-                            return Err(e);
-                        };
-                        self.offload_locked(&mut st, &v)?;
-                        self.release_locked(&mut st, &v);
-                    }
+                    Err(e) if e.is_out_of_memory() => self.release_a_host_copy(e)?,
                     Err(e) => return Err(e),
                 }
             }
         }
         let _ = name;
         self.load_with_room(path, opts)
+    }
+
+    /// Makes host room by releasing the host copy the policy picks (`policy::host_victim`),
+    /// or fails with `full` (why room was needed) when there is none to release. The victim is
+    /// clean, so its offload is an unmap with no copy; if that fails, so does this, and the set
+    /// stays as it was.
+    fn release_a_host_copy(&self, full: Error) -> Result<()> {
+        let mut st = self.lock();
+        let Some(v) = policy::host_victim(&st.facts(Instant::now())).map(str::to_string) else {
+            return Err(full);
+        };
+        self.offload_locked(&mut st, &v)?;
+        self.release_locked(&mut st, &v);
+        Ok(())
     }
 
     pub(super) fn load_with_room(
@@ -285,18 +290,7 @@ impl Inner {
                     )?;
                     return Ok((host, layout));
                 }
-                Err(e @ Error::HostBudgetExceeded { .. }) => {
-                    let mut st = self.lock();
-                    let Some(v) =
-                        policy::host_victim(&st.facts(Instant::now())).map(str::to_string)
-                    else {
-                        return Err(e);
-                    };
-                    // Clean, so the offload is an unmap with no copy; if it fails, the load
-                    // fails with that error and the set stays as it was.
-                    self.offload_locked(&mut st, &v)?;
-                    self.release_locked(&mut st, &v);
-                }
+                Err(e @ Error::HostBudgetExceeded { .. }) => self.release_a_host_copy(e)?,
                 Err(e) => return Err(e),
             }
         }

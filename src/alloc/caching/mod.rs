@@ -449,19 +449,9 @@ impl CachingAllocator {
         st.stats.num_sync_all_streams += 1;
         st.pool.merge_all_free();
         for seg in st.pool.empty_segments() {
-            let s = st.pool.segment(seg).clone();
-            if s.backing != Backing::Fixed {
-                continue;
+            if st.pool.segment(seg).backing == Backing::Fixed {
+                self.free_fixed_segment(st, seg)?;
             }
-            self.backend.free(DevicePtr(s.base))?;
-            st.pool.remove_segment(seg);
-            st.stats.num_device_free += 1;
-            st.stats.reserved_bytes.sub(s.size);
-            st.stats.segment.sub(1);
-            st.history.push(HistoryEvent::SegmentFree {
-                addr: s.base,
-                size: s.size,
-            });
         }
         let expandable: Vec<u32> = st
             .pool
@@ -481,6 +471,21 @@ impl CachingAllocator {
         }
         self.update_split_stats(st);
         result
+    }
+
+    /// Gives an empty fixed segment back to the backend, counted; returns its bytes.
+    fn free_fixed_segment(&self, st: &mut State, seg: u32) -> Result<u64> {
+        let s = st.pool.segment(seg).clone();
+        self.backend.free(DevicePtr(s.base))?;
+        st.pool.remove_segment(seg);
+        st.stats.num_device_free += 1;
+        st.stats.reserved_bytes.sub(s.size);
+        st.stats.segment.sub(1);
+        st.history.push(HistoryEvent::SegmentFree {
+            addr: s.base,
+            size: s.size,
+        });
+        Ok(s.size)
     }
 
     /// Unmaps the whole free pages of an expandable segment, cuts unmapped pages off its end,

@@ -138,7 +138,6 @@ impl CachingAllocator {
     /// that will not unmap stays mapped and free (logged), and the allocation goes on.
     /// Returns the bytes unmapped.
     fn reclaim_pages(&self, st: &mut State, avoid: Option<(u32, u64, u64)>, want: u64) -> u64 {
-        let g = self.granularity;
         let mut plan = self.reclaim_plan(st, avoid, want);
         let planned: u64 = plan.iter().map(|p| p.2).sum();
         if planned < want && !st.pending.is_empty() {
@@ -183,46 +182,21 @@ impl CachingAllocator {
         st.stats.num_sync_all_streams += 1;
         let mut total = 0;
         for (seg, start, take) in plan {
-            let mut done = 0;
-            let mut failed = false;
-            while done < take {
-                if let Err(e) = self.unmap_page(start + done) {
-                    tracing::warn!("reclaiming a free page: {e}");
-                    failed = true;
-                    break;
-                }
-                st.stats.num_unmaps += 1;
-                done += g;
-            }
-            if done > 0 {
-                st.pool.mark_unmapped(seg, start, done);
-                st.stats.num_device_free += done / g;
-                st.stats.reserved_bytes.sub(done);
-                st.history.push(HistoryEvent::SegmentFree {
-                    addr: start,
-                    size: done,
-                });
-                total += done;
-            }
-            if failed {
+            let (done, failed) = self.unmap_free_range(st, seg, start, take);
+            total += done;
+            if let Some(e) = failed {
+                tracing::warn!("reclaiming a free page: {e}");
                 return total;
             }
         }
         for seg in empties {
-            let sg = st.pool.segment(seg).clone();
-            if let Err(e) = self.backend.free(DevicePtr(sg.base)) {
-                tracing::warn!("reclaiming an empty segment: {e}");
-                break;
+            match self.free_fixed_segment(st, seg) {
+                Ok(bytes) => total += bytes,
+                Err(e) => {
+                    tracing::warn!("reclaiming an empty segment: {e}");
+                    break;
+                }
             }
-            st.pool.remove_segment(seg);
-            st.stats.num_device_free += 1;
-            st.stats.reserved_bytes.sub(sg.size);
-            st.stats.segment.sub(1);
-            st.history.push(HistoryEvent::SegmentFree {
-                addr: sg.base,
-                size: sg.size,
-            });
-            total += sg.size;
         }
         total
     }
@@ -378,30 +352,44 @@ impl CachingAllocator {
     pub(super) fn unmap_free_pages(&self, st: &mut State, seg: u32) -> Result<()> {
         let g = self.granularity;
         for (start, bytes) in st.pool.unmappable_ranges(seg, g) {
-            let mut done = 0;
-            let mut fail = None;
-            while done < bytes {
-                if let Err(e) = self.unmap_page(start + done) {
-                    fail = Some(e);
-                    break;
-                }
-                st.stats.num_unmaps += 1;
-                done += g;
-            }
-            if done > 0 {
-                st.pool.mark_unmapped(seg, start, done);
-                st.stats.num_device_free += done / g;
-                st.stats.reserved_bytes.sub(done);
-                st.history.push(HistoryEvent::SegmentFree {
-                    addr: start,
-                    size: done,
-                });
-            }
-            if let Some(e) = fail {
+            if let (_, Some(e)) = self.unmap_free_range(st, seg, start, bytes) {
                 return Err(e);
             }
         }
         Ok(())
+    }
+
+    /// Unmaps the `bytes` of whole free pages at `start` of segment `seg`, page by page, and
+    /// marks what was unmapped as a hole, counted. Returns the bytes unmapped and the error
+    /// that stopped it, if one did (the pages until then stay marked).
+    fn unmap_free_range(
+        &self,
+        st: &mut State,
+        seg: u32,
+        start: u64,
+        bytes: u64,
+    ) -> (u64, Option<Error>) {
+        let g = self.granularity;
+        let mut done = 0;
+        let mut fail = None;
+        while done < bytes {
+            if let Err(e) = self.unmap_page(start + done) {
+                fail = Some(e);
+                break;
+            }
+            st.stats.num_unmaps += 1;
+            done += g;
+        }
+        if done > 0 {
+            st.pool.mark_unmapped(seg, start, done);
+            st.stats.num_device_free += done / g;
+            st.stats.reserved_bytes.sub(done);
+            st.history.push(HistoryEvent::SegmentFree {
+                addr: start,
+                size: done,
+            });
+        }
+        (done, fail)
     }
 
     pub(super) fn unmap_page(&self, va: u64) -> Result<()> {
