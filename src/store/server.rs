@@ -940,6 +940,19 @@ mod tests {
         }
     }
 
+    /// Asks to put a one-tensor set `x` holding `bytes`; returns the reply and the memory.
+    fn put_x(c: &mut UnixStream, bytes: &[u8]) -> (Reply, Option<std::os::fd::OwnedFd>) {
+        let (desc, checksum) = one_tensor(bytes);
+        ask(
+            c,
+            Request::Put {
+                name: "x".into(),
+                desc,
+                checksum,
+            },
+        )
+    }
+
     fn one_tensor(bytes: &[u8]) -> (WeightSetDesc, u64) {
         let desc = WeightSetDesc::layout(vec![TensorSpec {
             name: "w".into(),
@@ -1024,16 +1037,8 @@ mod tests {
     fn a_fill_with_other_bytes_than_its_checksum_says_is_refused_and_discarded() {
         let dir = tempfile::tempdir().unwrap();
         let socket = serve(dir.path(), None);
-        let (desc, sum) = one_tensor(&[7u8; 1000]);
         let mut c = hello(&socket);
-        let (_, fd) = ask(
-            &mut c,
-            Request::Put {
-                name: "x".into(),
-                desc,
-                checksum: sum,
-            },
-        );
+        let (_, fd) = put_x(&mut c, &[7u8; 1000]);
         {
             let f = File::from(fd.unwrap());
             let mut m = memfd::map_mut(&f).unwrap();
@@ -1063,16 +1068,8 @@ mod tests {
     fn a_client_that_keeps_a_writable_mapping_cannot_commit() {
         let dir = tempfile::tempdir().unwrap();
         let socket = serve(dir.path(), None);
-        let (desc, sum) = one_tensor(&[7u8; 1000]);
         let mut c = hello(&socket);
-        let (_, fd) = ask(
-            &mut c,
-            Request::Put {
-                name: "x".into(),
-                desc,
-                checksum: sum,
-            },
-        );
+        let (_, fd) = put_x(&mut c, &[7u8; 1000]);
         let f = File::from(fd.unwrap());
         let mut m = memfd::map_mut(&f).unwrap();
         m[..1000].fill(7);

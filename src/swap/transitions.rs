@@ -242,14 +242,7 @@ impl Inner {
         if let Some(store) = &self.store {
             loop {
                 match store.attach(name, path, opts.cast, self.backend.clone()) {
-                    Ok(host) => {
-                        let layout = Layout::new(
-                            &host,
-                            self.config.transfer.chunk_bytes,
-                            self.config.transfer.verify,
-                        )?;
-                        return Ok((host, layout));
-                    }
+                    Ok(host) => return self.with_layout(host),
                     // The store is full of sets its clients hold, some of them this engine's
                     // idle ones: let one go (as the arena's budget does) and ask again.
                     Err(e) if e.is_out_of_memory() => self.release_a_host_copy(e)?,
@@ -259,6 +252,16 @@ impl Inner {
         }
         let _ = name;
         self.load_with_room(path, opts)
+    }
+
+    /// A host copy with its layout under this engine's transfer settings.
+    fn with_layout(&self, host: HostWeights) -> Result<(HostWeights, Layout)> {
+        let layout = Layout::new(
+            &host,
+            self.config.transfer.chunk_bytes,
+            self.config.transfer.verify,
+        )?;
+        Ok((host, layout))
     }
 
     /// Makes host room by releasing the host copy the policy picks (`policy::host_victim`),
@@ -282,14 +285,7 @@ impl Inner {
     ) -> Result<(HostWeights, Layout)> {
         loop {
             match load::load(path, &self.arena, opts) {
-                Ok(host) => {
-                    let layout = Layout::new(
-                        &host,
-                        self.config.transfer.chunk_bytes,
-                        self.config.transfer.verify,
-                    )?;
-                    return Ok((host, layout));
-                }
+                Ok(host) => return self.with_layout(host),
                 Err(e @ Error::HostBudgetExceeded { .. }) => self.release_a_host_copy(e)?,
                 Err(e) => return Err(e),
             }
