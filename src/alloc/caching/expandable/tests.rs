@@ -142,3 +142,34 @@ fn a_page_mapped_whose_handle_cannot_be_released_is_counted_and_unmapped_later()
     alloc.empty_cache().unwrap();
     assert_eq!(alloc.stats().reserved_bytes.current, 0);
 }
+
+#[test]
+fn an_unmap_failing_while_pages_are_taken_back_leaves_the_allocation_served_and_exact() {
+    let (backend, alloc) = setup();
+    let (s1, s2) = (
+        backend.stream_create().unwrap(),
+        backend.stream_create().unwrap(),
+    );
+    // 20 MiB free on s1 in two pieces around a live block: no block for 20 MiB on s2.
+    let x = alloc.allocate(10 * MIB, s1).unwrap();
+    let keep = alloc.allocate(2 * MIB, s1).unwrap();
+    let y = alloc.allocate(10 * MIB, s1).unwrap();
+    alloc.free(x).unwrap();
+    alloc.free(y).unwrap();
+    // Taking s1's pages back fails after three pages: the growth goes on regardless.
+    UNMAP_FAILS_AFTER.set(Some(3));
+    let q = alloc.allocate(20 * MIB, s2).unwrap();
+    UNMAP_FAILS_AFTER.set(None);
+    assert_eq!(alloc.stats().num_unmaps, 3);
+    assert_eq!(alloc.stats().reserved_bytes.current, (22 + 20 - 6) * MIB);
+    assert_exact(&backend, &alloc, 0);
+    for p in [q, keep] {
+        alloc.free(p).unwrap();
+    }
+    alloc.empty_cache().unwrap();
+    assert_eq!(alloc.stats().reserved_bytes.current, 0);
+    assert_exact(&backend, &alloc, 0);
+    for s in [s1, s2] {
+        backend.stream_destroy(s).unwrap();
+    }
+}
