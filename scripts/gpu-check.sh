@@ -24,7 +24,7 @@ fi
 
 echo "== building the release binary and the release test binaries (NVCC=$NVCC)" >&2
 cargo build --release --workspace
-SUITES=(conformance backend_parity swap_engine alloc_backends capi capi_engine)
+SUITES=(conformance backend_parity swap_engine alloc_backends capi capi_engine capi_store)
 ARGS=()
 for s in "${SUITES[@]}"; do ARGS+=(--test "$s"); done
 mapfile -t TESTS < <(cargo test --release -p vramswap "${ARGS[@]}" --no-run --message-format=json 2>/dev/null |

@@ -65,7 +65,9 @@ STEP_S="${VRAMSWAP_GPU_ADOPT_S:-360}" step torch-adopt env PYTHONPATH="$OUT/pyli
   --json "$OUT/torch-adopt.json"
 # The backend conformance suite and the backend-generic suites on the real driver.
 for t in "$HERE"/tests/*; do
-  step "test-$(basename "$t")" env VRAMSWAP_TEST_BACKEND=cuda "$t" --test-threads=1
+  # VRAMSWAP_EXE: capi_store starts the bundle's `vramswap store serve` (registering the
+  # store's sealed shared memory with the real driver).
+  step "test-$(basename "$t")" env VRAMSWAP_TEST_BACKEND=cuda VRAMSWAP_EXE="$HERE/vramswap" "$t" --test-threads=1
 done
 # The demo computes with candle on the device, so on `cuda` it needs candle's CUDA kernels
 # (`--features cuda`, which links the CUDA libraries at build time); gpu-check.sh builds the

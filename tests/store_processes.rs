@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use common::store::{Store, EXE};
+use common::store::{exe, Store};
 use vramswap::backend::sim::SimBackend;
 use vramswap::store::{StoreClient, PROTOCOL_VERSION};
 use vramswap::swap::{SwapConfig, SwapEngine};
@@ -26,7 +26,7 @@ struct Worker {
 
 impl Worker {
     fn spawn(path: &Path, store: Option<&Path>, hold: bool) -> Worker {
-        let mut cmd = Command::new(EXE);
+        let mut cmd = Command::new(exe());
         cmd.args(["store", "worker", "--path"])
             .arg(path)
             .stdin(Stdio::piped())
@@ -308,7 +308,7 @@ fn status_reports_use_budget_sets_and_counters_as_json() {
     let path = checkpoint(dir.path(), "m.safetensors", 2, 64, 6);
     let store = Store::start(dir.path(), &["--host-budget", "8MiB"]);
     let (w, _) = Worker::acquired(&path, Some(&store.socket), true);
-    let out = Command::new(EXE)
+    let out = Command::new(exe())
         .args(["store", "status", "--json", "--socket"])
         .arg(&store.socket)
         .output()
@@ -349,7 +349,7 @@ fn a_socket_that_is_not_a_store_is_a_clear_error() {
     let e = StoreClient::new(&file).ping().unwrap_err();
     assert!(e.to_string().contains("cannot connect"), "{e}");
     // And `serve` will not replace it.
-    let out = Command::new(EXE)
+    let out = Command::new(exe())
         .args(["store", "serve", "--socket"])
         .arg(&file)
         .output()

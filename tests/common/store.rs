@@ -6,8 +6,11 @@ use std::time::{Duration, Instant};
 
 use vramswap::store::{StoreClient, StoreStatus};
 
-/// The command-line tool under test.
-pub const EXE: &str = env!("CARGO_BIN_EXE_vramswap");
+/// The command-line tool under test: `VRAMSWAP_EXE` when set (the GPU bundle runs these test
+/// binaries on a machine where cargo's build directory does not exist), else cargo's build.
+pub fn exe() -> String {
+    std::env::var("VRAMSWAP_EXE").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vramswap").to_string())
+}
 
 /// A store process on a socket of its own; killed (SIGKILL) when dropped.
 pub struct Store {
@@ -18,7 +21,7 @@ pub struct Store {
 impl Store {
     pub fn start(dir: &Path, extra: &[&str]) -> Store {
         let socket = dir.join("store.sock");
-        let child = Command::new(EXE)
+        let child = Command::new(exe())
             .args(["store", "serve", "--socket"])
             .arg(&socket)
             .args(extra)
