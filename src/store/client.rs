@@ -53,10 +53,18 @@ impl Drop for Lease {
 
 impl Conn {
     fn err(&self, kind: Option<ErrorKind>, problem: impl Into<String>) -> Error {
-        Error::Store {
-            socket: self.socket.clone(),
-            kind,
-            problem: problem.into(),
+        super::store_error(&self.socket, kind, problem)
+    }
+
+    fn unexpected(&self, reply: &Reply) -> Error {
+        self.err(None, format!("unexpected answer {reply:?}"))
+    }
+
+    /// Asks for a set and takes it ([`Conn::take_set`]), keeping this connection with it.
+    fn ask_set(mut self, req: &Request, name: &str, backend: SharedBackend) -> Result<HostWeights> {
+        match self.ask(req)? {
+            (Reply::Set { desc, .. }, fd) => self.take_set(name, desc, fd, backend),
+            (other, _) => Err(self.unexpected(&other)),
         }
     }
 
@@ -127,11 +135,7 @@ impl StoreClient {
     }
 
     fn err(&self, kind: Option<ErrorKind>, problem: impl Into<String>) -> Error {
-        Error::Store {
-            socket: self.socket.clone(),
-            kind,
-            problem: problem.into(),
-        }
+        super::store_error(&self.socket, kind, problem)
     }
 
     fn connect(&self) -> Result<Conn> {
@@ -209,7 +213,7 @@ impl StoreClient {
         let mut c = self.connect()?;
         match c.ask(&Request::Status)? {
             (Reply::Status(s), _) => Ok(s),
-            (other, _) => Err(c.err(None, format!("unexpected answer {other:?}"))),
+            (other, _) => Err(c.unexpected(&other)),
         }
     }
 
@@ -224,26 +228,20 @@ impl StoreClient {
         cast: Option<DType>,
         backend: SharedBackend,
     ) -> Result<HostWeights> {
-        let mut c = self.connect()?;
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        match c.ask(&Request::Attach {
+        let req = Request::Attach {
             name: name.into(),
             path,
             cast,
-        })? {
-            (Reply::Set { desc, .. }, fd) => c.take_set(name, desc, fd, backend),
-            (other, _) => Err(c.err(None, format!("unexpected answer {other:?}"))),
-        }
+        };
+        self.connect()?.ask_set(&req, name, backend)
     }
 
     /// The set `name` as the store holds it, put or loaded by an earlier process, without
     /// saying where it came from; [`ErrorKind::NotFound`] if the store does not hold it.
     pub fn open(&self, name: &str, backend: SharedBackend) -> Result<HostWeights> {
-        let mut c = self.connect()?;
-        match c.ask(&Request::Open { name: name.into() })? {
-            (Reply::Set { desc, .. }, fd) => c.take_set(name, desc, fd, backend),
-            (other, _) => Err(c.err(None, format!("unexpected answer {other:?}"))),
-        }
+        self.connect()?
+            .ask_set(&Request::Open { name: name.into() }, name, backend)
     }
 
     /// Puts arrays (name, dtype, shape, bytes) into the store as the set `name`, laid out as
@@ -289,7 +287,7 @@ impl StoreClient {
         match reply {
             Reply::Set { desc, .. } => return Ok((c.take_set(name, desc, fd, backend)?, true)),
             Reply::Fill { bytes } if bytes == desc.total_bytes => {}
-            other => return Err(c.err(None, format!("unexpected answer {other:?}"))),
+            other => return Err(c.unexpected(&other)),
         }
         let Some(fd) = fd else {
             return Err(c.err(None, format!("set `{name}`: no memory to fill came")));
@@ -307,9 +305,6 @@ impl StoreClient {
             // mapping would block.
         }
         drop(file);
-        match c.ask(&Request::Commit)? {
-            (Reply::Set { desc, .. }, fd) => Ok((c.take_set(name, desc, fd, backend)?, false)),
-            (other, _) => Err(c.err(None, format!("unexpected answer {other:?}"))),
-        }
+        Ok((c.ask_set(&Request::Commit, name, backend)?, false))
     }
 }

@@ -38,6 +38,20 @@ mod policy;
 mod server;
 mod wire;
 
+use std::path::Path;
+
+use crate::error::{Error, ErrorKind};
+
 pub use client::{StoreClient, HELLO_TIMEOUT};
 pub use server::{StoreConfig, StoreServer};
 pub use wire::{StoreCounters, StoreStatus, StoredSetStatus, MAGIC, PROTOCOL_VERSION};
+
+/// An [`Error::Store`] about the store at `socket`; `kind` is the class of a refusal, `None`
+/// when no store answered as one.
+fn store_error(socket: &Path, kind: Option<ErrorKind>, problem: impl Into<String>) -> Error {
+    Error::Store {
+        socket: socket.to_path_buf(),
+        kind,
+        problem: problem.into(),
+    }
+}

@@ -178,14 +178,6 @@ impl std::fmt::Debug for StoreServer {
     }
 }
 
-fn store_err(socket: &Path, kind: ErrorKind, problem: impl Into<String>) -> Error {
-    Error::Store {
-        socket: socket.to_path_buf(),
-        kind: Some(kind),
-        problem: problem.into(),
-    }
-}
-
 impl StoreServer {
     /// Binds the socket. A stale socket file (nobody listening) is replaced; a live one, or a
     /// path that is not a socket, is an error and left alone.
@@ -193,16 +185,16 @@ impl StoreServer {
         let path = &config.socket;
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
-                return Err(store_err(
+                return Err(super::store_error(
                     path,
-                    ErrorKind::InvalidArgument,
+                    Some(ErrorKind::InvalidArgument),
                     "the path exists and is not a socket; not replacing it",
                 ));
             }
             if UnixStream::connect(path).is_ok() {
-                return Err(store_err(
+                return Err(super::store_error(
                     path,
-                    ErrorKind::AlreadyExists,
+                    Some(ErrorKind::AlreadyExists),
                     "something already listens on this socket (another store?)",
                 ));
             }
