@@ -136,6 +136,19 @@ fn checkpoint(dir: &Path, name: &str, tensors: usize, kib: u64, seed: u8) -> Pat
     path
 }
 
+/// A store whose budget (2600 KiB) holds two of three 1 MiB sets `m0`..`m2` (bytes seeded from
+/// `seed`), and an engine over it with the three registered.
+fn three_sets_over_a_budget_for_two(dir: &Path, seed: u8) -> (Store, SwapEngine) {
+    let store = Store::start(dir, &["--host-budget", "2600KiB"]);
+    let e = engine(&store.socket);
+    for i in 0..3u8 {
+        let path = checkpoint(dir, &format!("m{i}.safetensors"), 1, 1024, seed + i);
+        e.register_path(&format!("m{i}"), &path, Default::default())
+            .unwrap();
+    }
+    (store, e)
+}
+
 fn engine(store: &Path) -> SwapEngine {
     SwapEngine::new(
         Arc::new(SimBackend::with_capacity(256 << 20)),
@@ -451,15 +464,7 @@ fn a_budget_too_small_for_one_set_and_a_path_that_is_not_a_checkpoint_are_refuse
 #[test]
 fn over_budget_the_least_recently_used_set_no_client_holds_goes() {
     let dir = tempfile::tempdir().unwrap();
-    let paths: Vec<PathBuf> = (0..3)
-        .map(|i| checkpoint(dir.path(), &format!("m{i}.safetensors"), 1, 1024, i as u8))
-        .collect();
-    let store = Store::start(dir.path(), &["--host-budget", "2600KiB"]);
-    let e = engine(&store.socket);
-    for (i, p) in paths.iter().enumerate() {
-        e.register_path(&format!("m{i}"), p, Default::default())
-            .unwrap();
-    }
+    let (store, e) = three_sets_over_a_budget_for_two(dir.path(), 0);
     // m0 is held (acquired, not released); m1 is loaded and released; m2 needs room.
     let g0 = e.acquire("m0").unwrap();
     drop(e.acquire("m1").unwrap());
@@ -566,23 +571,7 @@ fn a_restarted_worker_registers_what_an_earlier_one_put_without_its_bytes() {
 #[test]
 fn an_engine_lets_its_idle_sets_go_when_the_store_is_full_of_them() {
     let dir = tempfile::tempdir().unwrap();
-    let paths: Vec<PathBuf> = (0..3)
-        .map(|i| {
-            checkpoint(
-                dir.path(),
-                &format!("m{i}.safetensors"),
-                1,
-                1024,
-                20 + i as u8,
-            )
-        })
-        .collect();
-    let store = Store::start(dir.path(), &["--host-budget", "2600KiB"]);
-    let e = engine(&store.socket);
-    for (i, p) in paths.iter().enumerate() {
-        e.register_path(&format!("m{i}"), p, Default::default())
-            .unwrap();
-    }
+    let (store, e) = three_sets_over_a_budget_for_two(dir.path(), 20);
     drop(e.acquire("m0").unwrap());
     drop(e.acquire("m1").unwrap());
     // Both held by this engine (idle, host copies kept): m2 fits only if one goes.

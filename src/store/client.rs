@@ -208,6 +208,18 @@ impl StoreClient {
         self.connect().map(drop)
     }
 
+    /// Waits until a store of this protocol answers (one just started binds its socket a
+    /// moment later), asking every 10 ms; the last [`StoreClient::ping`] error after `timeout`.
+    pub fn wait_until_serving(&self, timeout: Duration) -> Result<()> {
+        let t = std::time::Instant::now();
+        loop {
+            match self.ping() {
+                Err(_) if t.elapsed() < timeout => std::thread::sleep(Duration::from_millis(10)),
+                done => return done,
+            }
+        }
+    }
+
     /// What the store holds.
     pub fn status(&self) -> Result<StoreStatus> {
         let mut c = self.connect()?;

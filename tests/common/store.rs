@@ -29,15 +29,9 @@ impl Store {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let client = StoreClient::new(&socket);
-        let t = Instant::now();
-        while client.ping().is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "the store did not start"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        StoreClient::new(&socket)
+            .wait_until_serving(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("the store did not start: {e}"));
         Store { child, socket }
     }
 

@@ -574,16 +574,9 @@ impl StoreProc {
             .stdin(Stdio::null())
             .spawn()
             .map_err(|e| Error::InvalidState(format!("cannot start a store: {e}")))?;
-        let client = StoreClient::new(socket);
-        let t = Instant::now();
-        while client.ping().is_err() {
-            if t.elapsed() > Duration::from_secs(20) {
-                return Err(Error::InvalidState(
-                    "the store did not start in 20 s".into(),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        StoreClient::new(socket)
+            .wait_until_serving(Duration::from_secs(20))
+            .map_err(|e| Error::InvalidState(format!("the store did not start in 20 s: {e}")))?;
         Ok(StoreProc { child })
     }
 
