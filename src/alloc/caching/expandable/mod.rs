@@ -129,8 +129,9 @@ impl CachingAllocator {
         }
     }
 
-    /// Unmaps up to `want` bytes of whole free pages of the expandable segments, oldest first,
-    /// but none in `[lo, hi)` of segment `avoid.0` (the free blocks the request will use), before `want` bytes of new pages are mapped: the new pages then
+    /// Before `want` bytes of new pages are mapped, unmaps up to as many whole free pages of
+    /// the expandable segments, oldest first (none in `avoid`'s `[lo, hi)` of its segment: the
+    /// free blocks the request will use), and frees empty fixed segments: the new pages then
     /// take the place of pages no block uses instead of adding to them. Without it, the free
     /// pages of one stream's segment stay mapped while another stream's segment grows (a KV
     /// cache's stream and the compute stream peak at different times), and reserved memory is
