@@ -13,10 +13,15 @@
 //! - **Batch invariance.** A row's result must not depend on what else is in the batch, or
 //!   greedy batched output can drift from one-prompt-at-a-time output at a near tie.
 //!   `gemm` picks different kernels (and summation orders) for different `m`. Here every
-//!   output element is the dot product of `x[r]` and `w[c]` summed the same way (8 lane sums
-//!   in `k` order, a fixed reduction, fused multiply-adds where the CPU has them, chosen once
-//!   per process), whichever rows share its tile and however many threads run: the same bits
-//!   for any batch.
+//!   output element is the dot product of `x[r]` and `w[c]` summed the same way (lane sums in
+//!   `k` order, 16 lanes with AVX-512, 8 with AVX2 or portable code, a fixed reduction tree,
+//!   fused multiply-adds where the CPU has them; the kernel is chosen once per process),
+//!   whichever rows share its tile and however many threads run: the same bits for any batch.
+//!
+//! AVX-512 against AVX2 on the same machine (`VRAMSWAP_LINEAR_KERNEL=avx2` picks the latter):
+//! about 20 % more multiply-adds per second on one core for a prompt's hundreds of rows, where
+//! the product is compute-bound, and the same at decode's few rows, where reading the weights
+//! is the cost.
 //!
 //! The kernels assume the default floating-point environment on every thread (no flush-to-zero
 //! or denormals-are-zero): the product runs on the calling thread or on rayon's workers
@@ -29,8 +34,6 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
-/// Lanes of one partial sum: one 8-lane vector.
-const LANES: usize = 8;
 /// Multiply-adds below which the product runs on the calling thread.
 const PARALLEL_WORK: usize = 1 << 18;
 
@@ -128,44 +131,81 @@ pub fn matmul_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Result<Ve
     Ok(y)
 }
 
-/// Output columns `c0..c1` of `x @ w.T` into `out` (`[m, c1 - c0]`), with the fastest kernel
-/// this CPU runs. The choice is made once per process, so every call sums the same way.
-fn band(x: &[f32], w: &[f32], m: usize, k: usize, c0: usize, c1: usize, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if fused_available() {
-            // SAFETY: `band_fma` only requires the CPU to support AVX2 and FMA, which
-            // `fused_available` has just confirmed at run time.
-            unsafe { band_fma(x, w, m, k, c0, c1, out) };
-            return;
-        }
-    }
-    band_generic::<false>(x, w, m, k, c0, c1, out);
+/// The kernels, fastest first. One is chosen per process (see [`kernel`]), so every product
+/// of the process sums the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    /// 16-lane sums in AVX-512 registers, 4x6 tiles.
+    Avx512,
+    /// 8-lane sums in AVX2 registers with fused multiply-adds, 4x3 tiles.
+    Avx2,
+    /// 8-lane sums in portable code (unfused), 4x3 tiles.
+    Portable,
 }
 
-/// Whether this CPU has AVX2 and FMA (checked once).
-#[cfg(target_arch = "x86_64")]
-fn fused_available() -> bool {
-    static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FUSED.get_or_init(|| {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+/// The kernel this CPU runs best, chosen once: AVX-512 where the CPU has AVX-512F, else AVX2
+/// with FMA, else portable code. `VRAMSWAP_LINEAR_KERNEL=avx2|portable` picks a slower one
+/// (for benchmarks that compare them in one run; a name the CPU cannot run is ignored).
+fn kernel() -> Kernel {
+    static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        let best = [Kernel::Avx512, Kernel::Avx2, Kernel::Portable]
+            .into_iter()
+            .find(|&k| runs_here(k))
+            .unwrap_or(Kernel::Portable);
+        match std::env::var("VRAMSWAP_LINEAR_KERNEL").as_deref() {
+            Ok("portable") => Kernel::Portable,
+            Ok("avx2") if runs_here(Kernel::Avx2) => Kernel::Avx2,
+            _ => best,
+        }
     })
 }
 
-/// [`band_generic`] compiled for AVX2 with fused multiply-adds.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn band_fma(x: &[f32], w: &[f32], m: usize, k: usize, c0: usize, c1: usize, out: &mut [f32]) {
-    band_generic::<true>(x, w, m, k, c0, c1, out);
+/// Whether this CPU has what `k` needs (std caches the feature checks).
+fn runs_here(k: Kernel) -> bool {
+    match k {
+        Kernel::Portable => true,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => false,
+    }
 }
 
-/// Walks the band column tile by column tile, and within a tile over every row group, so a
-/// tile's weight rows are read from memory once and then served from L1 to all the rows of
-/// `x`. Tiles are 4 rows x 3 columns, 12 accumulators, which with 3 weight vectors and one row
-/// vector fill AVX2's 16 registers (then 2 rows, then 1, for what `m` leaves; the last `n % 3`
-/// columns one at a time).
-#[inline(always)]
-fn band_generic<const FUSED: bool>(
+/// The name of the kernel [`matmul_t`] runs in this process (`avx512`, `avx2` or `portable`),
+/// for benchmark reports.
+pub fn linear_kernel_name() -> &'static str {
+    match kernel() {
+        Kernel::Avx512 => "avx512",
+        Kernel::Avx2 => "avx2",
+        Kernel::Portable => "portable",
+    }
+}
+
+/// Kernel ids for the const parameter of [`band_generic`].
+const PORTABLE: u8 = 0;
+const AVX2: u8 = 1;
+const AVX512: u8 = 2;
+
+/// Output columns `c0..c1` of `x @ w.T` into `out` (`[m, c1 - c0]`), with the kernel of
+/// [`kernel`].
+fn band(x: &[f32], w: &[f32], m: usize, k: usize, c0: usize, c1: usize, out: &mut [f32]) {
+    band_with(kernel(), x, w, m, k, c0, c1, out);
+}
+
+/// [`band`] with kernel `kern`, or the portable one where this CPU cannot run `kern`.
+#[allow(clippy::too_many_arguments)]
+fn band_with(
+    kern: Kernel,
     x: &[f32],
     w: &[f32],
     m: usize,
@@ -174,15 +214,61 @@ fn band_generic<const FUSED: bool>(
     c1: usize,
     out: &mut [f32],
 ) {
-    const C: usize = 3;
+    match kern {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 if runs_here(kern) => {
+            // SAFETY: `band_avx512` only requires AVX-512F, AVX2 and FMA, which `runs_here`
+            // has just confirmed.
+            unsafe { band_avx512(x, w, m, k, c0, c1, out) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 if runs_here(kern) => {
+            // SAFETY: `band_avx2` only requires AVX2 and FMA, which `runs_here` has just
+            // confirmed.
+            unsafe { band_avx2(x, w, m, k, c0, c1, out) }
+        }
+        _ => band_generic::<PORTABLE, 8, 3>(x, w, m, k, c0, c1, out),
+    }
+}
+
+/// [`band_generic`] compiled for AVX2 with fused multiply-adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn band_avx2(x: &[f32], w: &[f32], m: usize, k: usize, c0: usize, c1: usize, out: &mut [f32]) {
+    band_generic::<AVX2, 8, 3>(x, w, m, k, c0, c1, out);
+}
+
+/// [`band_generic`] compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn band_avx512(x: &[f32], w: &[f32], m: usize, k: usize, c0: usize, c1: usize, out: &mut [f32]) {
+    band_generic::<AVX512, 16, 4>(x, w, m, k, c0, c1, out);
+}
+
+/// Walks the band column tile by column tile, and within a tile over every row group, so a
+/// tile's weight rows are read from memory once and then served from L1 to all the rows of
+/// `x`. Tiles are 4 rows x `C` columns of `L`-lane sums: with AVX2 4x3, 12 accumulators, which
+/// with 3 weight vectors and one row vector fill its 16 registers; with AVX-512 4x6, 24
+/// accumulators + 6 + 1 of its 32 (then 2 rows, then 1, for what `m` leaves; the last `n % C`
+/// columns one at a time).
+#[inline(always)]
+fn band_generic<const K: u8, const L: usize, const C: usize>(
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    k: usize,
+    c0: usize,
+    c1: usize,
+    out: &mut [f32],
+) {
     let o = Out { width: c1 - c0, c0 };
     let mut c = c0;
     while c + C <= c1 {
-        rows::<FUSED, C>(x, w, m, k, c, out, &o);
+        rows::<K, L, C>(x, w, m, k, c, out, &o);
         c += C;
     }
     while c < c1 {
-        rows::<FUSED, 1>(x, w, m, k, c, out, &o);
+        rows::<K, L, 1>(x, w, m, k, c, out, &o);
         c += 1;
     }
 }
@@ -195,7 +281,7 @@ struct Out {
 
 /// Columns `c..c + C` against every row of `x`, 4 rows at a time, then 2, then the last one.
 #[inline(always)]
-fn rows<const FUSED: bool, const C: usize>(
+fn rows<const K: u8, const L: usize, const C: usize>(
     x: &[f32],
     w: &[f32],
     m: usize,
@@ -206,23 +292,24 @@ fn rows<const FUSED: bool, const C: usize>(
 ) {
     let mut r = 0;
     while r + 4 <= m {
-        tile::<FUSED, 4, C>(x, w, k, r, c, out, o);
+        tile::<K, L, 4, C>(x, w, k, r, c, out, o);
         r += 4;
     }
     if r + 2 <= m {
-        tile::<FUSED, 2, C>(x, w, k, r, c, out, o);
+        tile::<K, L, 2, C>(x, w, k, r, c, out, o);
         r += 2;
     }
     if r < m {
-        tile::<FUSED, 1, C>(x, w, k, r, c, out, o);
+        tile::<K, L, 1, C>(x, w, k, r, c, out, o);
     }
 }
 
-/// One `R x C` block of dot products over the whole `k`. Each dot product keeps 8 lane sums
-/// over `k` in order, adds the `k % 8` tail into its own sum, and reduces in a fixed tree:
-/// its bits depend on its row and column only, never on the tile it is computed in.
+/// One `R x C` block of dot products over the whole `k`. Each dot product keeps `L` lane sums
+/// over `k` in order, adds the `k % L` tail into its own sum, and reduces the lanes in a fixed
+/// tree: its bits depend on its row and column (and the process's kernel) only, never on the
+/// tile it is computed in.
 #[inline(always)]
-fn tile<const FUSED: bool, const R: usize, const C: usize>(
+fn tile<const K: u8, const L: usize, const R: usize, const C: usize>(
     x: &[f32],
     w: &[f32],
     k: usize,
@@ -233,66 +320,90 @@ fn tile<const FUSED: bool, const R: usize, const C: usize>(
 ) {
     let xs: [&[f32]; R] = std::array::from_fn(|i| &x[(r0 + i) * k..(r0 + i + 1) * k]);
     let ws: [&[f32]; C] = std::array::from_fn(|j| &w[(c0 + j) * k..(c0 + j + 1) * k]);
-    let body = k - k % LANES;
-    let acc = lane_sums::<FUSED, R, C>(&xs, &ws, body);
+    let body = k - k % L;
+    let sums = body_sums::<K, L, R, C>(&xs, &ws, body);
     for i in 0..R {
         for j in 0..C {
             let mut tail = 0f32;
             for t in body..k {
-                tail = fma::<FUSED>(xs[i][t], ws[j][t], tail);
+                tail = fma::<K>(xs[i][t], ws[j][t], tail);
             }
-            let a = &acc[i][j];
-            let sum = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail;
-            out[(r0 + i) * o.width + c0 + j - o.c0] = sum;
+            out[(r0 + i) * o.width + c0 + j - o.c0] = sums[i][j] + tail;
         }
     }
 }
 
-/// The 8 lane sums of every dot product of the block over `k` in `0..body` (a multiple of 8):
-/// lane `l` adds `x[kk + l] * w[kk + l]` for `kk` = 0, 8, 16, ... in order.
+/// The sum of `L` lanes (a power of two) in a fixed tree: halves added pairwise until one is
+/// left.
 #[inline(always)]
-fn lane_sums<const FUSED: bool, const R: usize, const C: usize>(
+fn reduce<const L: usize>(mut a: [f32; L]) -> f32 {
+    let mut half = L / 2;
+    while half > 0 {
+        for i in 0..half {
+            a[i] += a[i + half];
+        }
+        half /= 2;
+    }
+    a[0]
+}
+
+/// Every dot product of the block over `k` in `0..body` (a multiple of `L`): `L` lane sums,
+/// lane `l` adding `x[kk + l] * w[kk + l]` for `kk` = 0, `L`, `2L`, ... in order, then
+/// [`reduce`]d (the vector kernels reduce in registers, in the same tree).
+#[inline(always)]
+fn body_sums<const K: u8, const L: usize, const R: usize, const C: usize>(
     xs: &[&[f32]; R],
     ws: &[&[f32]; C],
     body: usize,
-) -> [[[f32; LANES]; C]; R] {
+) -> [[f32; C]; R] {
     #[cfg(target_arch = "x86_64")]
-    if FUSED && fused_available() {
-        // SAFETY: `avx::lane_sums` needs AVX2 and FMA, which `fused_available` has just
-        // confirmed (a cached run-time check).
-        return unsafe { avx::lane_sums::<R, C>(xs, ws, body) };
+    {
+        if K == AVX512 && L == avx512::LANES && runs_here(Kernel::Avx512) {
+            // SAFETY: `avx512::body_sums` needs AVX-512F, AVX2 and FMA, which `runs_here` has
+            // confirmed (std caches the check).
+            return unsafe { avx512::body_sums::<R, C>(xs, ws, body) };
+        }
+        if K == AVX2 && L == avx2::LANES && runs_here(Kernel::Avx2) {
+            // SAFETY: `avx2::body_sums` needs AVX2 and FMA, which `runs_here` has confirmed
+            // (std caches the check).
+            return unsafe { avx2::body_sums::<R, C>(xs, ws, body) };
+        }
     }
-    let mut acc = [[[0f32; LANES]; C]; R];
+    let mut acc = [[[0f32; L]; C]; R];
     let mut kk = 0;
     while kk < body {
         for i in 0..R {
             for j in 0..C {
-                for l in 0..LANES {
-                    acc[i][j][l] = fma::<FUSED>(xs[i][kk + l], ws[j][kk + l], acc[i][j][l]);
+                for l in 0..L {
+                    acc[i][j][l] = fma::<K>(xs[i][kk + l], ws[j][kk + l], acc[i][j][l]);
                 }
             }
         }
-        kk += LANES;
+        kk += L;
     }
-    acc
+    acc.map(|row| row.map(reduce))
 }
 
 /// The lane sums with AVX2 vectors: one `__m256` per dot product, one fused multiply-add per 8
 /// products (the compiler does not vectorise the portable loop on its own).
 #[cfg(target_arch = "x86_64")]
-mod avx {
-    use super::LANES;
+mod avx2 {
     use std::arch::x86_64::{
-        __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps,
-        _mm_prefetch, _MM_HINT_T0,
+        __m256, _mm256_castps256_ps128, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
+        _mm256_setzero_ps, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_movehl_ps, _mm_prefetch,
+        _mm_shuffle_ps, _MM_HINT_T0,
     };
 
+    /// Lanes of one vector.
+    pub(super) const LANES: usize = 8;
+
+    /// [`super::body_sums`] of the `R x C` block.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn lane_sums<const R: usize, const C: usize>(
+    pub(super) fn body_sums<const R: usize, const C: usize>(
         xs: &[&[f32]; R],
         ws: &[&[f32]; C],
         body: usize,
-    ) -> [[[f32; LANES]; C]; R] {
+    ) -> [[f32; C]; R] {
         assert!(
             body.is_multiple_of(LANES)
                 && xs.iter().all(|x| x.len() >= body)
@@ -328,21 +439,94 @@ mod avx {
             }
             kk += LANES;
         }
-        let mut out = [[[0f32; LANES]; C]; R];
+        let mut sums = [[0f32; C]; R];
         for i in 0..R {
             for j in 0..C {
-                // SAFETY: `out[i][j]` is 8 writable floats; `storeu` needs no alignment.
-                unsafe { _mm256_storeu_ps(out[i][j].as_mut_ptr(), acc[i][j]) };
+                sums[i][j] = reduce8(acc[i][j]);
             }
         }
-        out
+        sums
+    }
+
+    /// [`super::reduce`] of 8 lanes in registers: the halves added, then their halves, ...
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn reduce8(v: __m256) -> f32 {
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)))
+    }
+}
+
+/// The lane sums with AVX-512 vectors: one `__m512` per dot product, 16 products per fused
+/// multiply-add, twice the work per instruction of AVX2 where the products are compute-bound
+/// (a prompt's many rows).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::{
+        __m512, _mm256_add_ps, _mm256_castpd_ps, _mm512_castps512_ps256, _mm512_castps_pd,
+        _mm512_extractf64x4_pd, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_setzero_ps, _mm_prefetch,
+        _MM_HINT_T0,
+    };
+
+    /// Lanes of one vector.
+    pub(super) const LANES: usize = 16;
+
+    /// [`super::body_sums`] of the `R x C` block.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) fn body_sums<const R: usize, const C: usize>(
+        xs: &[&[f32]; R],
+        ws: &[&[f32]; C],
+        body: usize,
+    ) -> [[f32; C]; R] {
+        assert!(
+            body.is_multiple_of(LANES)
+                && xs.iter().all(|x| x.len() >= body)
+                && ws.iter().all(|w| w.len() >= body)
+        );
+        let mut acc: [[__m512; C]; R] = [[_mm512_setzero_ps(); C]; R];
+        let mut wv: [__m512; C] = [_mm512_setzero_ps(); C];
+        let mut kk = 0;
+        // Fetch the next tile's weight rows while this one computes (as in `avx2`): one cache
+        // line per row per step.
+        let ahead = C * ws[0].len();
+        while kk < body {
+            for j in 0..C {
+                // SAFETY: `kk + 16 <= body <= ws[j].len()` (asserted above), so the 16 floats
+                // read are inside the slice; `loadu` has no alignment requirement.
+                wv[j] = unsafe { _mm512_loadu_ps(ws[j].as_ptr().add(kk)) };
+                // A hint that never faults, even past the end of `w` (hence `wrapping_add`:
+                // the address is never read).
+                _mm_prefetch::<_MM_HINT_T0>(ws[j].as_ptr().wrapping_add(kk + ahead).cast::<i8>());
+            }
+            for i in 0..R {
+                // SAFETY: as above, for `xs[i]`.
+                let xv = unsafe { _mm512_loadu_ps(xs[i].as_ptr().add(kk)) };
+                for j in 0..C {
+                    acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
+                }
+            }
+            kk += LANES;
+        }
+        let mut sums = [[0f32; C]; R];
+        for i in 0..R {
+            for j in 0..C {
+                // The first step of [`super::reduce`], lane `i` plus lane `i + 8`, then the
+                // rest as AVX2 does it.
+                let v = acc[i][j];
+                let lo = _mm512_castps512_ps256(v);
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+                sums[i][j] = super::avx2::reduce8(_mm256_add_ps(lo, hi));
+            }
+        }
+        sums
     }
 }
 
 /// `a * b + c`, fused (one rounding) or not.
 #[inline(always)]
-fn fma<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FUSED {
+fn fma<const K: u8>(a: f32, b: f32, c: f32) -> f32 {
+    if K != PORTABLE {
         a.mul_add(b, c)
     } else {
         a * b + c
@@ -400,20 +584,89 @@ mod tests {
         for &(m, k, n) in &[(1, 9, 5), (3, 64, 33), (6, 100, 17)] {
             let (x, w) = (random(m * k, 4), random(k * n, 5));
             let mut y = vec![0f32; m * n];
-            band_generic::<false>(&x, &w, m, k, 0, n, &mut y);
+            band_generic::<PORTABLE, 8, 3>(&x, &w, m, k, 0, n, &mut y);
             let want = reference(&x, &w, m, k, n);
             for (&a, &b) in y.iter().zip(&want) {
                 assert!((a as f64 - b).abs() <= 1e-4, "[{m}x{k}x{n}]: {a} vs {b}");
             }
             if m > 1 {
                 let mut alone = vec![0f32; n];
-                band_generic::<false>(&x[k..2 * k], &w, 1, k, 0, n, &mut alone);
+                band_generic::<PORTABLE, 8, 3>(&x[k..2 * k], &w, 1, k, 0, n, &mut alone);
                 assert_eq!(
                     alone,
                     y[n..2 * n],
                     "row 1 alone differs from row 1 in the batch"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn every_kernel_this_cpu_runs_matches_the_reference_and_is_batch_invariant() {
+        // `matmul_t` runs the best kernel only; this runs each one the CPU has, so the AVX2
+        // kernel stays tested on an AVX-512 machine. Shapes with `k % 16`, `k % 8` and
+        // `n % 4`, `n % 3` tails; 9 rows leave a 4-4-1 split of the tile rows.
+        let kernels: Vec<Kernel> = [Kernel::Avx512, Kernel::Avx2, Kernel::Portable]
+            .into_iter()
+            .filter(|&k| runs_here(k))
+            .collect();
+        eprintln!("kernels run on this CPU: {kernels:?}");
+        for kern in kernels {
+            for &(m, k, n) in &[(9, 64, 37), (9, 100, 23), (6, 389, 41), (3, 7, 5)] {
+                let (x, w) = (random(m * k, 6), random(k * n, 7));
+                let mut y = vec![0f32; m * n];
+                band_with(kern, &x, &w, m, k, 0, n, &mut y);
+                let want = reference(&x, &w, m, k, n);
+                for (&a, &b) in y.iter().zip(&want) {
+                    assert!(
+                        (a as f64 - b).abs() <= 1e-5 * (k as f64).sqrt() * 4.0,
+                        "{kern:?} [{m}x{k}x{n}]: {a} vs {b}"
+                    );
+                }
+                for r in 0..m {
+                    let mut alone = vec![0f32; n];
+                    band_with(kern, &x[r * k..(r + 1) * k], &w, 1, k, 0, n, &mut alone);
+                    assert!(
+                        alone
+                            .iter()
+                            .zip(&y[r * n..(r + 1) * n])
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{kern:?} [{m}x{k}x{n}]: row {r} alone differs from row {r} in the batch"
+                    );
+                }
+                // A band of columns gives the same bits as the whole product's columns.
+                let (c0, c1) = (n / 3, n - 2);
+                let mut part = vec![0f32; m * (c1 - c0)];
+                band_with(kern, &x, &w, m, k, c0, c1, &mut part);
+                for r in 0..m {
+                    assert_eq!(
+                        part[r * (c1 - c0)..(r + 1) * (c1 - c0)],
+                        y[r * n + c0..r * n + c1],
+                        "{kern:?}: a band's columns differ from the product's"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_vector_reductions_add_in_the_portable_tree() {
+        let a: [f32; 16] = std::array::from_fn(|i| 1.0 + (i as f32) * 1e-7 * (i as f32).powi(3));
+        // Halves added pairwise: (0+8, 1+9, ..), then their halves.
+        let mut want = a;
+        for half in [8, 4, 2, 1] {
+            for i in 0..half {
+                want[i] += want[i + half];
+            }
+        }
+        assert_eq!(reduce(a).to_bits(), want[0].to_bits());
+        #[cfg(target_arch = "x86_64")]
+        if runs_here(Kernel::Avx2) {
+            let eight: [f32; 8] = a[..8].try_into().unwrap();
+            // SAFETY: the CPU has AVX2 and FMA (checked above); `loadu` reads the 8 floats of
+            // `eight` with no alignment requirement.
+            let got = unsafe { avx2::reduce8(std::arch::x86_64::_mm256_loadu_ps(eight.as_ptr())) };
+            assert_eq!(got.to_bits(), reduce(eight).to_bits());
         }
     }
 

@@ -46,7 +46,7 @@ pub mod bench;
 pub use chat::{render_chat, ChatMessage, TokenizerConfig};
 pub use config::{Activation, Family, FamilyTraits, LlamaConfig, TokenIds, WindowRule};
 pub use generate::{argmax, generate, GenerateOptions, Generation, Sampling, StopReason};
-pub use linear::matmul_t;
+pub use linear::{linear_kernel_name, matmul_t};
 pub use model::{logits_rows, KvCache, Llama};
 pub use model_dir::{new_model, ModelDir, TinyModelSpec};
 pub use params::{BlockParams, LlamaParams, TensorSource};
