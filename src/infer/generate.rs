@@ -5,6 +5,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use candle_core::Tensor;
+use rayon::prelude::*;
+
 use super::model::{logits_rows, KvCache, Llama};
 use crate::error::{Error, Result};
 
@@ -70,12 +73,29 @@ pub struct Generation {
 }
 
 /// Generates continuations of every prompt (token ids) in one batch. Prompts may differ in
-/// length; each is left-padded to the longest. Finished rows leave the batch (their cache rows
-/// are dropped), so the work per step follows the rows still running.
+/// length; each is left-padded to the longest of its group. On the CPU a batch of several
+/// prompts runs as up to one group of rows per thread, side by side (see `Group`); every row's
+/// output is the same as alone. Finished rows leave the batch (their cache rows are dropped),
+/// so the work per step follows the rows still running.
 pub fn generate(
     model: &Llama,
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
+) -> Result<Vec<Generation>> {
+    let threads = if model.device().is_cpu() {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    generate_split(model, prompts, opts, threads)
+}
+
+/// [`generate`] with the batch split for `threads` threads (see [`Group::split`]).
+fn generate_split(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    threads: usize,
 ) -> Result<Vec<Generation>> {
     check(model, prompts, opts)?;
     let n = prompts.len();
@@ -100,46 +120,124 @@ pub fn generate(
             stop: StopReason::Length,
         })
         .collect();
-    // Rows still running, as indices into `prompts`.
-    let mut live: Vec<usize> = (0..n).filter(|&r| budget[r] > 0).collect();
-    if live.is_empty() {
-        return Ok(out);
-    }
-    let longest = live.iter().map(|&r| prompts[r].len()).max().unwrap_or(0);
-    let mut pads: Vec<usize> = live.iter().map(|&r| longest - prompts[r].len()).collect();
-    let batch: Vec<Vec<u32>> = live
-        .iter()
-        .map(|&r| {
-            let mut row = vec![0u32; longest - prompts[r].len()];
-            row.extend_from_slice(&prompts[r]);
-            row
-        })
+    let live: Vec<usize> = (0..n).filter(|&r| budget[r] > 0).collect();
+    let mut groups = Group::split(prompts, live, threads);
+    // Every group's prompt pass, then one decode step of every group at a time, the groups side
+    // by side on rayon's threads.
+    let mut logits: Vec<Result<Tensor>> = groups
+        .par_iter_mut()
+        .map(|g| g.prefill(model, prompts))
         .collect();
-    let mut cache = KvCache::new();
-    let mut logits = model.forward(&batch, &pads, &mut cache)?;
     loop {
-        let rows = logits_rows(&logits)?;
-        let mut next = Vec::with_capacity(live.len());
-        let mut keep = Vec::with_capacity(live.len());
-        for (i, &r) in live.iter().enumerate() {
-            let tok = pick(&rows[i], opts.sampling, rngs[r].as_mut());
-            out[r].tokens.push(tok);
-            if opts.stop_tokens.contains(&tok) {
-                out[r].stop = StopReason::StopToken;
-            } else if out[r].tokens.len() < budget[r] {
-                keep.push(i);
-                next.push(vec![tok]);
+        let mut next: Vec<Vec<Vec<u32>>> = Vec::with_capacity(groups.len());
+        for (g, l) in groups.iter_mut().zip(logits) {
+            let rows = logits_rows(&l?)?;
+            let mut step = Vec::with_capacity(g.live.len());
+            let mut keep = Vec::with_capacity(g.live.len());
+            for (i, &r) in g.live.iter().enumerate() {
+                let tok = pick(&rows[i], opts.sampling, rngs[r].as_mut());
+                out[r].tokens.push(tok);
+                if opts.stop_tokens.contains(&tok) {
+                    out[r].stop = StopReason::StopToken;
+                } else if out[r].tokens.len() < budget[r] {
+                    keep.push(i);
+                    step.push(vec![tok]);
+                }
             }
+            g.retain(&keep)?;
+            next.push(step);
         }
-        if keep.is_empty() {
+        let (groups_left, next): (Vec<Group>, Vec<Vec<Vec<u32>>>) = groups
+            .into_iter()
+            .zip(next)
+            .filter(|(g, _)| !g.live.is_empty())
+            .unzip();
+        groups = groups_left;
+        if groups.is_empty() {
             return Ok(out);
         }
-        if keep.len() < live.len() {
-            cache.retain_rows(&keep)?;
-            live = keep.iter().map(|&i| live[i]).collect();
-            pads = keep.iter().map(|&i| pads[i]).collect();
+        logits = groups
+            .par_iter_mut()
+            .zip(next)
+            .map(|(g, step)| model.forward(&step, &g.pads, &mut g.cache))
+            .collect();
+    }
+}
+
+/// Rows (prompts) a batch gives one thread: fewer, and a group's weight reads (every group
+/// reads all the weights each step) cost more than running its rows on a thread of their own
+/// saves.
+const ROWS_PER_GROUP: usize = 2;
+
+/// Some rows of a batch that run through the model together, with their own KV cache. A batch
+/// of several groups runs them side by side, one per thread: every layer of a decode step,
+/// attention and norms included, is then parallel with one hand-over per step, where splitting
+/// each product over the threads woke them (tens of microseconds, more on a busy machine)
+/// dozens of times a step for a few microseconds of work each. Each row's arithmetic is the
+/// same in any group (the kernels are batch-invariant and padding is never read), so the split
+/// changes no bits.
+struct Group {
+    /// Rows still running, as indices into the prompts.
+    live: Vec<usize>,
+    /// Left padding per live row (to the group's longest prompt).
+    pads: Vec<usize>,
+    cache: KvCache,
+}
+
+impl Group {
+    /// `live` (indices into `prompts`) in groups of similar prompt lengths, so little is
+    /// padded: at most one group per thread (one on a GPU: its kernels are the parallelism),
+    /// each of at least [`ROWS_PER_GROUP`] rows (or one group).
+    fn split(prompts: &[Vec<u32>], mut live: Vec<usize>, threads: usize) -> Vec<Group> {
+        let count = (live.len() / ROWS_PER_GROUP).clamp(1, threads.max(1));
+        live.sort_by_key(|&r| prompts[r].len());
+        let size = live.len().div_ceil(count);
+        live.chunks(size.max(1))
+            .map(|rows| Group {
+                live: rows.to_vec(),
+                pads: Vec::new(),
+                cache: KvCache::new(),
+            })
+            .filter(|g| !g.live.is_empty())
+            .collect()
+    }
+
+    /// Runs the group's prompts, left-padded to its longest, and returns the logits of their
+    /// last tokens.
+    fn prefill(&mut self, model: &Llama, prompts: &[Vec<u32>]) -> Result<Tensor> {
+        let longest = self
+            .live
+            .iter()
+            .map(|&r| prompts[r].len())
+            .max()
+            .unwrap_or(0);
+        self.pads = self
+            .live
+            .iter()
+            .map(|&r| longest - prompts[r].len())
+            .collect();
+        let batch: Vec<Vec<u32>> = self
+            .live
+            .iter()
+            .map(|&r| {
+                let mut row = vec![0u32; longest - prompts[r].len()];
+                row.extend_from_slice(&prompts[r]);
+                row
+            })
+            .collect();
+        model.forward(&batch, &self.pads, &mut self.cache)
+    }
+
+    /// Keeps the live rows at positions `keep` (in order), dropping the others' cache rows.
+    fn retain(&mut self, keep: &[usize]) -> Result<()> {
+        if keep.len() < self.live.len() {
+            if !keep.is_empty() {
+                self.cache.retain_rows(keep)?;
+            }
+            self.live = keep.iter().map(|&i| self.live[i]).collect();
+            self.pads = keep.iter().map(|&i| self.pads[i]).collect();
         }
-        logits = model.forward(&next, &pads, &mut cache)?;
+        Ok(())
     }
 }
 
@@ -251,6 +349,113 @@ fn sample(logits: &[f32], temperature: f32, top_p: f32, rng: &mut SmallRng) -> u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::backend::sim::SimBackend;
+    use crate::infer::{new_model, Device, LlamaParams, ModelDir, TinyModelSpec};
+    use crate::swap::{SwapConfig, SwapEngine};
+    use std::sync::Arc;
+
+    fn prompts(lens: &[usize]) -> Vec<Vec<u32>> {
+        lens.iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                (0..n as u32)
+                    .map(|t| 1 + (t * 7 + i as u32 * 13) % 200)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_splits_into_groups_of_similar_lengths_one_per_thread_at_most() {
+        let p = prompts(&[5, 1, 9, 2, 8, 3, 7]);
+        let live: Vec<usize> = (0..7).collect();
+        let one = Group::split(&p, live.clone(), 1);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].live.len(), 7);
+        let three = Group::split(&p, live.clone(), 3);
+        assert_eq!(three.len(), 3, "7 rows, 3 threads");
+        let lens: Vec<Vec<usize>> = three
+            .iter()
+            .map(|g| g.live.iter().map(|&r| p[r].len()).collect())
+            .collect();
+        assert_eq!(lens, [vec![1, 2, 3], vec![5, 7, 8], vec![9]]);
+        // Every row once; never more groups than rows allow.
+        let mut all: Vec<usize> = three.iter().flat_map(|g| g.live.clone()).collect();
+        all.sort();
+        assert_eq!(all, live);
+        assert_eq!(Group::split(&p, live[..3].to_vec(), 8).len(), 1, "3 rows");
+        assert_eq!(Group::split(&p, live[..4].to_vec(), 8).len(), 2, "4 rows");
+        assert!(Group::split(&p, Vec::new(), 4).is_empty());
+    }
+
+    #[test]
+    fn grouped_generation_gives_every_row_the_tokens_of_one_group() {
+        let dir = tempfile::tempdir().unwrap();
+        new_model(
+            dir.path(),
+            &TinyModelSpec {
+                layers: 2,
+                hidden: 32,
+                heads: 4,
+                kv_heads: 2,
+                seed: 5,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let md = ModelDir::open(dir.path()).unwrap();
+        let e = SwapEngine::new(
+            Arc::new(SimBackend::with_capacity(64 << 20)),
+            SwapConfig::default(),
+        )
+        .unwrap();
+        md.register(&e, "m").unwrap();
+        let g = e.acquire("m").unwrap();
+        let params = LlamaParams::build(&md.config, &g, &Device::Cpu).unwrap();
+        let m = Llama::new(md.config.clone(), params, &Device::Cpu).unwrap();
+        let p = prompts(&[4, 1, 9, 2, 6, 3, 7]);
+        // Rows stop at different steps (budgets, and the most frequent first token as a stop
+        // token), so groups lose rows and some empty before the others.
+        let plain = GenerateOptions {
+            max_new_tokens: 8,
+            ..Default::default()
+        };
+        let first = generate_split(&m, &p, &plain, 1).unwrap();
+        let mut count = std::collections::BTreeMap::new();
+        for g in &first {
+            *count.entry(g.tokens[1]).or_insert(0) += 1;
+        }
+        let stop = *count.iter().max_by_key(|(_, &c)| c).unwrap().0;
+        for opts in [
+            plain.clone(),
+            GenerateOptions {
+                max_new_per_row: Some(vec![8, 1, 5, 0, 8, 2, 3]),
+                stop_tokens: vec![stop],
+                ..plain.clone()
+            },
+            GenerateOptions {
+                sampling: Sampling::Sample {
+                    temperature: 1.5,
+                    top_p: 0.95,
+                    seed: 9,
+                },
+                ..plain.clone()
+            },
+        ] {
+            let want = generate_split(&m, &p, &opts, 1).unwrap();
+            for threads in [2, 3, 8] {
+                assert_eq!(
+                    generate_split(&m, &p, &opts, threads).unwrap(),
+                    want,
+                    "{threads} groups at most, {opts:?}"
+                );
+            }
+            if opts.stop_tokens.contains(&stop) {
+                assert!(want.iter().any(|g| g.stop == StopReason::StopToken));
+            }
+        }
+    }
 
     #[test]
     fn argmax_takes_the_first_of_equal_maxima_and_skips_nan() {
