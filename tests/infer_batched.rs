@@ -479,3 +479,18 @@ fn chat_prompts_render_the_models_template() {
         vec![u32::from(b'H'), u32::from(b'I')]
     );
 }
+
+#[test]
+fn a_decode_step_reads_every_projection_and_the_head() {
+    // What the CPU batch split weighs its groups by: here 2 layers of q, k, v, o (4 heads of
+    // 8, 2 of them key/value heads), gate, up, down, and an untied head, in f32.
+    let tmp = tempfile::tempdir().unwrap();
+    let (md, m) = model(tmp.path(), &specs()[0]);
+    let c = &md.config;
+    let (h, hd, i) = (c.hidden_size, c.head_dim(), c.intermediate_size);
+    let block = h * c.num_attention_heads * hd * 2 + 2 * h * c.kv_heads() * hd + 3 * h * i;
+    assert_eq!(
+        m.step_weight_bytes(),
+        4 * (c.num_hidden_layers * block + c.vocab_size * h)
+    );
+}

@@ -83,12 +83,19 @@ pub fn generate(
     opts: &GenerateOptions,
 ) -> Result<Vec<Generation>> {
     let threads = if model.device().is_cpu() {
-        rayon::current_num_threads()
+        let reads = (GROUP_READ_BUDGET / model.step_weight_bytes().max(1)).max(1);
+        rayon::current_num_threads().min(reads)
     } else {
         1
     };
     generate_split(model, prompts, opts, threads)
 }
+
+/// Weight bytes the groups of a CPU batch may read per decode step, all groups together: each
+/// group reads every weight, so a model over half of this runs as one group whose products
+/// are split over the threads instead (the weights then come from memory once per step; for
+/// products that big the threads' wake-ups are a small cost).
+const GROUP_READ_BUDGET: usize = 128 << 20;
 
 /// [`generate`] with the batch split for `threads` threads (see [`Group::split`]).
 fn generate_split(

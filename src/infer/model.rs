@@ -95,6 +95,11 @@ impl Llama {
         &self.cfg
     }
 
+    /// Bytes of the weights each decode step reads (see [`LlamaParams::step_weight_bytes`]).
+    pub fn step_weight_bytes(&self) -> usize {
+        self.params.step_weight_bytes()
+    }
+
     /// The candle device it computes on.
     pub fn device(&self) -> &Device {
         &self.device

@@ -73,6 +73,19 @@ pub struct LlamaParams {
 }
 
 impl LlamaParams {
+    /// Bytes of the weights a decode step reads whole: every block's projections and the
+    /// output head (the embedding is read a row per token).
+    pub fn step_weight_bytes(&self) -> usize {
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .flat_map(|b| [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down])
+            .map(|l| bytes(&l.w))
+            .sum();
+        blocks + bytes(&self.lm_head)
+    }
+
     /// Builds the parameters from `src`, checking every name, dtype and shape against `cfg`,
     /// and refusing a checkpoint that holds a tensor the model does not read (a feature this
     /// model does not implement).
