@@ -64,6 +64,8 @@ def main():
         cmd += ["--prompt", p]
     rows = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     ours = {r["batch"]: r["batched_tok_s"] for r in rows}
+    if not all(r["identical"] for r in rows):
+        sys.exit("vramswap's batched output differs from its one-prompt-at-a-time output")
 
     theirs = {}
     with torch.no_grad():
@@ -84,7 +86,8 @@ def main():
           f"({torch.get_num_threads()} threads)")
     print(f"command: python scripts/bench_vs_transformers.py --vramswap {a.vramswap}")
     print("model: Llama, hidden 512, 4 layers, 8 heads, f32; greedy, 32 new tokens; best of "
-          f"{a.reps}")
+          f"{a.reps}; vramswap's linear kernel {rows[0]['linear_kernel']}, batched output equal "
+          "to one prompt at a time at every batch")
     print(f"{'batch':>5} {'vramswap tok/s':>15} {'transformers tok/s':>19} {'ratio':>7} "
           f"{'vramswap vs its batch 1':>24}")
     for b in BATCHES:

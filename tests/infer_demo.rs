@@ -133,6 +133,34 @@ fn cli_new_model_then_generate_json_prints_prompts_texts_and_ids() {
 }
 
 #[test]
+fn cli_generate_bench_reports_each_batch_size_with_its_kernel_and_equal_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    let bin = env!("CARGO_BIN_EXE_vramswap");
+    new_model(&dir, &tiny(4)).unwrap();
+    let mut args: Vec<String> = ["--backend", "sim", "generate", "--model"]
+        .map(String::from)
+        .to_vec();
+    args.push(dir.to_str().unwrap().into());
+    args.extend(["--bench", "--json", "--max-new-tokens", "3"].map(String::from));
+    for p in ["a", "two words", "xyz", "a longer prompt", "q"] {
+        args.extend(["--prompt".to_string(), p.to_string()]);
+    }
+    let v = common::json_output(Command::new(bin).args(&args));
+    let rows = v.as_array().unwrap();
+    let batches: Vec<u64> = rows.iter().map(|r| r["batch"].as_u64().unwrap()).collect();
+    assert_eq!(batches, [1, 4, 8, 16]);
+    for r in rows {
+        // Batches past the 5 prompts cycle through them; every row makes its 3 tokens.
+        assert_eq!(r["tokens"], r["batch"].as_u64().unwrap() * 3, "{r}");
+        assert_eq!(r["identical"], true, "{r}");
+        assert!(r["batched_tok_s"].as_f64().unwrap() > 0.0);
+        let kernel = r["linear_kernel"].as_str().unwrap();
+        assert!(["avx512", "avx2", "portable"].contains(&kernel), "{kernel}");
+    }
+}
+
+#[test]
 fn cli_demo_over_given_model_directories_reports_every_step_as_json() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs: Vec<String> = (0..3)

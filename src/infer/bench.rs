@@ -28,6 +28,9 @@ pub struct BatchBenchRow {
     pub speedup: f64,
     /// Whether batched and one-at-a-time greedy output agree token for token.
     pub identical: bool,
+    /// The CPU linear kernel of the process (`avx512`, `avx2` or `portable`; see
+    /// [`crate::infer::linear_kernel_name`]).
+    pub linear_kernel: &'static str,
 }
 
 /// Runs greedy generation of `max_new_tokens` for the first `b` prompts (cycling through
@@ -79,6 +82,7 @@ pub fn batch_vs_serial(
             serial_tok_s,
             speedup: batched_tok_s / serial_tok_s,
             identical: batched_out == serial_out,
+            linear_kernel: super::linear::linear_kernel_name(),
         });
     }
     Ok(rows)
