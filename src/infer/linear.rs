@@ -261,7 +261,11 @@ fn band_generic<const K: u8, const L: usize, const C: usize>(
     c1: usize,
     out: &mut [f32],
 ) {
-    let o = Out { width: c1 - c0, c0 };
+    let o = Band {
+        width: c1 - c0,
+        c0,
+        prefetch: m <= PREFETCH_ROWS,
+    };
     let mut c = c0;
     while c + C <= c1 {
         rows::<K, L, C>(x, w, m, k, c, out, &o);
@@ -273,11 +277,21 @@ fn band_generic<const K: u8, const L: usize, const C: usize>(
     }
 }
 
-/// Where a band's results go: `out[r * width + (c - c0)]`.
-struct Out {
+/// A band's columns: where its results go, `out[r * width + (c - c0)]`, and how it reads the
+/// weights.
+struct Band {
     width: usize,
     c0: usize,
+    /// Whether tiles fetch the next tile's weight rows ahead. For a few rows (decoding) the
+    /// weights come from memory and a tile is too short for the hardware prefetcher to catch
+    /// up; for many rows (a prompt) the weights are in cache and the extra loads cost (4x4
+    /// AVX-512 tiles, one core, 8 rows: 41 GMAC/s with, 34 without; 256 rows: 44 with, 51
+    /// without).
+    prefetch: bool,
 }
+
+/// Rows up to which [`Band::prefetch`] is on.
+const PREFETCH_ROWS: usize = 32;
 
 /// Columns `c..c + C` against every row of `x`, 4 rows at a time, then 2, then the last one.
 #[inline(always)]
@@ -288,7 +302,7 @@ fn rows<const K: u8, const L: usize, const C: usize>(
     k: usize,
     c: usize,
     out: &mut [f32],
-    o: &Out,
+    o: &Band,
 ) {
     let mut r = 0;
     while r + 4 <= m {
@@ -316,12 +330,12 @@ fn tile<const K: u8, const L: usize, const R: usize, const C: usize>(
     r0: usize,
     c0: usize,
     out: &mut [f32],
-    o: &Out,
+    o: &Band,
 ) {
     let xs: [&[f32]; R] = std::array::from_fn(|i| &x[(r0 + i) * k..(r0 + i + 1) * k]);
     let ws: [&[f32]; C] = std::array::from_fn(|j| &w[(c0 + j) * k..(c0 + j + 1) * k]);
     let body = k - k % L;
-    let sums = body_sums::<K, L, R, C>(&xs, &ws, body);
+    let sums = body_sums::<K, L, R, C>(&xs, &ws, body, o.prefetch);
     for i in 0..R {
         for j in 0..C {
             let mut tail = 0f32;
@@ -355,18 +369,19 @@ fn body_sums<const K: u8, const L: usize, const R: usize, const C: usize>(
     xs: &[&[f32]; R],
     ws: &[&[f32]; C],
     body: usize,
+    prefetch: bool,
 ) -> [[f32; C]; R] {
     #[cfg(target_arch = "x86_64")]
     {
         if K == AVX512 && L == avx512::LANES && runs_here(Kernel::Avx512) {
             // SAFETY: `avx512::body_sums` needs AVX-512F, AVX2 and FMA, which `runs_here` has
             // confirmed (std caches the check).
-            return unsafe { avx512::body_sums::<R, C>(xs, ws, body) };
+            return unsafe { avx512::body_sums::<R, C>(xs, ws, body, prefetch) };
         }
         if K == AVX2 && L == avx2::LANES && runs_here(Kernel::Avx2) {
             // SAFETY: `avx2::body_sums` needs AVX2 and FMA, which `runs_here` has confirmed
             // (std caches the check).
-            return unsafe { avx2::body_sums::<R, C>(xs, ws, body) };
+            return unsafe { avx2::body_sums::<R, C>(xs, ws, body, prefetch) };
         }
     }
     let mut acc = [[[0f32; L]; C]; R];
@@ -403,6 +418,7 @@ mod avx2 {
         xs: &[&[f32]; R],
         ws: &[&[f32]; C],
         body: usize,
+        prefetch: bool,
     ) -> [[f32; C]; R] {
         assert!(
             body.is_multiple_of(LANES)
@@ -422,7 +438,7 @@ mod avx2 {
                 // SAFETY: `kk + 8 <= body <= ws[j].len()` (asserted above), so the 8 floats
                 // read are inside the slice; `loadu` has no alignment requirement.
                 wv[j] = unsafe { _mm256_loadu_ps(ws[j].as_ptr().add(kk)) };
-                if kk % 16 == 0 {
+                if prefetch && kk % 16 == 0 {
                     // A hint that never faults, even past the end of `w` (hence
                     // `wrapping_add`: the address is never read).
                     _mm_prefetch::<_MM_HINT_T0>(
@@ -478,6 +494,7 @@ mod avx512 {
         xs: &[&[f32]; R],
         ws: &[&[f32]; C],
         body: usize,
+        prefetch: bool,
     ) -> [[f32; C]; R] {
         assert!(
             body.is_multiple_of(LANES)
@@ -497,7 +514,11 @@ mod avx512 {
                 wv[j] = unsafe { _mm512_loadu_ps(ws[j].as_ptr().add(kk)) };
                 // A hint that never faults, even past the end of `w` (hence `wrapping_add`:
                 // the address is never read).
-                _mm_prefetch::<_MM_HINT_T0>(ws[j].as_ptr().wrapping_add(kk + ahead).cast::<i8>());
+                if prefetch {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        ws[j].as_ptr().wrapping_add(kk + ahead).cast::<i8>(),
+                    );
+                }
             }
             for i in 0..R {
                 // SAFETY: as above, for `xs[i]`.
