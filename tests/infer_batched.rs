@@ -398,6 +398,17 @@ fn prompts_longer_than_the_model_allows_are_refused() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("max_position_embeddings"), "{err}");
+    // A budget near usize::MAX is the same refusal, not an overflow.
+    let err = generate(
+        &m,
+        &ids,
+        &GenerateOptions {
+            max_new_tokens: usize::MAX,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("max_position_embeddings"), "{err}");
     let err = generate(&m, &[vec![]], &GenerateOptions::default()).unwrap_err();
     assert!(err.to_string().contains("no tokens"), "{err}");
 }

@@ -82,13 +82,19 @@ pub fn generate(
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
 ) -> Result<Vec<Generation>> {
-    let threads = if model.device().is_cpu() {
-        let reads = (GROUP_READ_BUDGET / model.step_weight_bytes().max(1)).max(1);
-        rayon::current_num_threads().min(reads)
+    let groups = if model.device().is_cpu() {
+        max_groups(rayon::current_num_threads(), model.step_weight_bytes())
     } else {
         1
     };
-    generate_split(model, prompts, opts, threads)
+    generate_split(model, prompts, opts, groups)
+}
+
+/// Groups a CPU batch may run as: one per thread, as many as keep their weight reads within
+/// [`GROUP_READ_BUDGET`] a step, and at least one.
+fn max_groups(threads: usize, step_weight_bytes: usize) -> usize {
+    let reads = GROUP_READ_BUDGET / step_weight_bytes.max(1);
+    threads.min(reads).max(1)
 }
 
 /// Weight bytes the groups of a CPU batch may read per decode step, all groups together: each
@@ -97,7 +103,7 @@ pub fn generate(
 /// products that big the threads' wake-ups are a small cost).
 const GROUP_READ_BUDGET: usize = 128 << 20;
 
-/// [`generate`] with the batch split for `threads` threads (see [`Group::split`]).
+/// [`generate`] with the batch split into `threads` groups at most (see [`Group::split`]).
 fn generate_split(
     model: &Llama,
     prompts: &[Vec<u32>],
@@ -177,12 +183,16 @@ fn generate_split(
 const ROWS_PER_GROUP: usize = 2;
 
 /// Some rows of a batch that run through the model together, with their own KV cache. A batch
-/// of several groups runs them side by side, one per thread: every layer of a decode step,
-/// attention and norms included, is then parallel with one hand-over per step, where splitting
-/// each product over the threads woke them (tens of microseconds, more on a busy machine)
-/// dozens of times a step for a few microseconds of work each. Each row's arithmetic is the
-/// same in any group (the kernels are batch-invariant and padding is never read), so the split
-/// changes no bits.
+/// of several groups runs them side by side on rayon's threads: every layer of a decode step,
+/// attention and norms included, is then parallel, where splitting each product over the
+/// threads woke them (tens of microseconds, more on a busy machine) dozens of times a step for
+/// a few hundred microseconds of work each. A group's large products are still split in
+/// bands, so a thread that finishes its group early takes bands of another's instead of
+/// waiting (a row's bits do not depend on which thread computes it). Each row's arithmetic is
+/// the same in any group (the kernels are batch-invariant and padding is never read), so the
+/// split changes no bits. Like the kernels, it assumes every thread has the default
+/// floating-point environment (see `linear`): a row runs on the caller's thread alone and on
+/// rayon's workers in a batch.
 struct Group {
     /// Rows still running, as indices into the prompts.
     live: Vec<usize>,
@@ -194,14 +204,14 @@ struct Group {
 impl Group {
     /// `live` (indices into `prompts`) in groups of similar prompt lengths, so little is
     /// padded: at most one group per thread (one on a GPU: its kernels are the parallelism),
-    /// each of at least [`ROWS_PER_GROUP`] rows (or one group).
+    /// each of at least [`ROWS_PER_GROUP`] rows (or one group), sizes differing by one at most.
     fn split(prompts: &[Vec<u32>], mut live: Vec<usize>, threads: usize) -> Vec<Group> {
         let count = (live.len() / ROWS_PER_GROUP).clamp(1, threads.max(1));
         live.sort_by_key(|&r| prompts[r].len());
-        let size = live.len().div_ceil(count);
-        live.chunks(size.max(1))
-            .map(|rows| Group {
-                live: rows.to_vec(),
+        let len = live.len();
+        (0..count)
+            .map(|g| Group {
+                live: live[g * len / count..(g + 1) * len / count].to_vec(),
                 pads: Vec::new(),
                 cache: KvCache::new(),
             })
@@ -283,7 +293,7 @@ fn check(model: &Llama, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<
             .as_ref()
             .map_or(opts.max_new_tokens, |v| v[r]);
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        if longest + most > cfg.max_position_embeddings {
+        if longest.saturating_add(most) > cfg.max_position_embeddings {
             return Err(Error::InvalidArgument(format!(
                 "prompt {r}: the batch's longest prompt ({longest} tokens) plus {most} new tokens \
                  exceeds max_position_embeddings {}",
@@ -386,7 +396,21 @@ mod tests {
             .iter()
             .map(|g| g.live.iter().map(|&r| p[r].len()).collect())
             .collect();
-        assert_eq!(lens, [vec![1, 2, 3], vec![5, 7, 8], vec![9]]);
+        assert_eq!(lens, [vec![1, 2], vec![3, 5], vec![7, 8, 9]]);
+        // As many groups as allowed, none under 2 rows, sizes within one of each other.
+        for (rows, threads, want) in [(9, 4, 4), (16, 6, 6), (10, 4, 4), (5, 8, 2), (2, 8, 1)] {
+            let p = prompts(&vec![3; rows]);
+            let groups = Group::split(&p, (0..rows).collect(), threads);
+            let sizes: Vec<usize> = groups.iter().map(|g| g.live.len()).collect();
+            assert_eq!(
+                groups.len(),
+                want,
+                "{rows} rows, {threads} threads: {sizes:?}"
+            );
+            assert!(sizes.iter().all(|&s| s >= ROWS_PER_GROUP), "{sizes:?}");
+            assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+            assert_eq!(sizes.iter().sum::<usize>(), rows);
+        }
         // Every row once; never more groups than rows allow.
         let mut all: Vec<usize> = three.iter().flat_map(|g| g.live.clone()).collect();
         all.sort();
@@ -394,6 +418,21 @@ mod tests {
         assert_eq!(Group::split(&p, live[..3].to_vec(), 8).len(), 1, "3 rows");
         assert_eq!(Group::split(&p, live[..4].to_vec(), 8).len(), 2, "4 rows");
         assert!(Group::split(&p, Vec::new(), 4).is_empty());
+    }
+
+    #[test]
+    fn groups_keep_their_weight_reads_within_the_budget() {
+        let mib = 1 << 20;
+        assert_eq!(max_groups(2, 47 * mib), 2, "the 47 MB model of the README");
+        assert_eq!(max_groups(16, 12 * mib), 10);
+        assert_eq!(
+            max_groups(2, 64 * mib),
+            2,
+            "two reads of 64 MiB fit 128 MiB"
+        );
+        assert_eq!(max_groups(2, 64 * mib + 1), 1);
+        assert_eq!(max_groups(8, 179 * mib), 1, "over the budget: one group");
+        assert_eq!(max_groups(0, 0), 1);
     }
 
     #[test]
