@@ -28,8 +28,9 @@ pub struct BatchBenchRow {
     pub speedup: f64,
     /// Whether batched and one-at-a-time greedy output agree token for token.
     pub identical: bool,
-    /// The CPU linear kernel of the process (`avx512`, `avx2` or `portable`; see
-    /// [`crate::infer::linear_kernel_name`]).
+    /// The CPU linear kernel the model ran (`avx512`, `avx2` or `portable`; see
+    /// [`crate::infer::linear_kernel_name`]), or `none` where it runs candle's generic ops (a
+    /// GPU).
     pub linear_kernel: &'static str,
 }
 
@@ -82,7 +83,11 @@ pub fn batch_vs_serial(
             serial_tok_s,
             speedup: batched_tok_s / serial_tok_s,
             identical: batched_out == serial_out,
-            linear_kernel: super::linear::linear_kernel_name(),
+            linear_kernel: if model.uses_cpu_kernels() {
+                super::linear::linear_kernel_name()
+            } else {
+                "none"
+            },
         });
     }
     Ok(rows)
@@ -113,6 +118,9 @@ pub fn table(rows: &[BatchBenchRow]) -> String {
             r.speedup,
             if r.identical { "yes" } else { "NO" }
         );
+    }
+    if let Some(r) = rows.first() {
+        s += &format!("linear kernel: {}\n", r.linear_kernel);
     }
     s
 }

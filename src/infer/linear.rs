@@ -8,8 +8,8 @@
 //!   demo-sized model's 10 MB of weights it took 4-12x the time of `m` = 1 (it re-reads the
 //!   weights per block of its own and packs them on every call), so batching bought almost
 //!   nothing. Here each output is a dot product of a row of `x` with a row of `w`, read in
-//!   order, and each weight row is read from memory once per batch (a tile's weight rows stay
-//!   in L1 while every row of `x` passes): what decoding a batch should cost.
+//!   order, and each weight row is read from memory once per product (a tile's weight rows
+//!   stay in L1 while every row of `x` passes): what decoding a batch should cost.
 //! - **Batch invariance.** A row's result must not depend on what else is in the batch, or
 //!   greedy batched output can drift from one-prompt-at-a-time output at a near tie.
 //!   `gemm` picks different kernels (and summation orders) for different `m`. Here every
@@ -25,9 +25,10 @@
 //!
 //! The kernels assume the default floating-point environment on every thread (no flush-to-zero
 //! or denormals-are-zero): the product runs on the calling thread or on rayon's workers
-//! depending on its size, and a host that set FTZ/DAZ on some threads only (a library built
-//! with `-ffast-math` can) would make subnormal results differ between a row alone and the
-//! same row in a large batch.
+//! depending on its size, a batch's rows run their whole forward pass on rayon's workers (see
+//! `generate`'s groups) while a prompt alone runs on the caller's thread, and a host that set
+//! FTZ/DAZ on some threads only (a library built with `-ffast-math` can) would make subnormal
+//! results differ between a row alone and the same row in a large batch.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape};
 use rayon::prelude::*;
@@ -135,7 +136,7 @@ pub fn matmul_t(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Result<Ve
 /// of the process sums the same way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
-    /// 16-lane sums in AVX-512 registers, 4x6 tiles.
+    /// 16-lane sums in AVX-512 registers, 4x4 tiles.
     Avx512,
     /// 8-lane sums in AVX2 registers with fused multiply-adds, 4x3 tiles.
     Avx2,
@@ -191,9 +192,12 @@ pub fn linear_kernel_name() -> &'static str {
     }
 }
 
-/// Kernel ids for the const parameter of [`band_generic`].
+/// Kernel ids for the const parameter of [`band_generic`] (the vector ones are used on x86_64
+/// only).
 const PORTABLE: u8 = 0;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const AVX2: u8 = 1;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const AVX512: u8 = 2;
 
 /// Output columns `c0..c1` of `x @ w.T` into `out` (`[m, c1 - c0]`), with the kernel of
@@ -248,9 +252,9 @@ fn band_avx512(x: &[f32], w: &[f32], m: usize, k: usize, c0: usize, c1: usize, o
 /// Walks the band column tile by column tile, and within a tile over every row group, so a
 /// tile's weight rows are read from memory once and then served from L1 to all the rows of
 /// `x`. Tiles are 4 rows x `C` columns of `L`-lane sums: with AVX2 4x3, 12 accumulators, which
-/// with 3 weight vectors and one row vector fill its 16 registers; with AVX-512 4x6, 24
-/// accumulators + 6 + 1 of its 32 (then 2 rows, then 1, for what `m` leaves; the last `n % C`
-/// columns one at a time).
+/// with 3 weight vectors and one row vector fill its 16 registers; with AVX-512 4x4, 16
+/// accumulators + 4 + 1 of its 32 (wider tiles had the compiler spill accumulators and ran
+/// slower) (then 2 rows, then 1, for what `m` leaves; the last `n % C` columns one at a time).
 #[inline(always)]
 fn band_generic<const K: u8, const L: usize, const C: usize>(
     x: &[f32],
@@ -532,15 +536,20 @@ mod avx512 {
         let mut sums = [[0f32; C]; R];
         for i in 0..R {
             for j in 0..C {
-                // The first step of [`super::reduce`], lane `i` plus lane `i + 8`, then the
-                // rest as AVX2 does it.
-                let v = acc[i][j];
-                let lo = _mm512_castps512_ps256(v);
-                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-                sums[i][j] = super::avx2::reduce8(_mm256_add_ps(lo, hi));
+                sums[i][j] = reduce16(acc[i][j]);
             }
         }
         sums
+    }
+
+    /// [`super::reduce`] of 16 lanes in registers: lane `i` plus lane `i + 8`, then the rest
+    /// as [`super::avx2::reduce8`] does it.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) fn reduce16(v: __m512) -> f32 {
+        let lo = _mm512_castps512_ps256(v);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        super::avx2::reduce8(_mm256_add_ps(lo, hi))
     }
 }
 
@@ -689,13 +698,23 @@ mod tests {
             let got = unsafe { avx2::reduce8(std::arch::x86_64::_mm256_loadu_ps(eight.as_ptr())) };
             assert_eq!(got.to_bits(), reduce(eight).to_bits());
         }
+        #[cfg(target_arch = "x86_64")]
+        if runs_here(Kernel::Avx512) {
+            // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked above); `loadu` reads the
+            // 16 floats of `a` with no alignment requirement.
+            let got = unsafe { avx512::reduce16(std::arch::x86_64::_mm512_loadu_ps(a.as_ptr())) };
+            assert_eq!(got.to_bits(), reduce(a).to_bits());
+        }
     }
 
     #[test]
     fn a_rows_result_has_the_same_bits_in_any_batch() {
-        // Big enough to take the threaded path at the largest batch (17 x 384 x 700 > 4M
-        // multiply-adds); the second shape has a `k % 8` tail and an `n % 4` column tail.
-        for (k, n) in [(384, 700), (389, 701)] {
+        // One row stays under the threading threshold (256 x 700 < 2^18 multiply-adds) and
+        // two rows and more take the threaded path, so a row computed on the calling thread is
+        // compared with the same row computed in bands on rayon's threads; the second shape
+        // has `k % 16`, `k % 8` and `n % 4`, `n % 3` tails.
+        for (k, n) in [(256, 700), (257, 701)] {
+            assert!(k * n < PARALLEL_WORK && 2 * k * n >= PARALLEL_WORK);
             let w = random(k * n, 3);
             let rows: Vec<Vec<f32>> = (0..17).map(|s| random(k, 10 + s)).collect();
             let alone: Vec<Vec<f32>> = rows

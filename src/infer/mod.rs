@@ -13,8 +13,9 @@
 //! On the CPU the linears and the attention run two batch-invariant kernels of this crate
 //! (`linear`, `attend`) instead of candle's matmul and generic ops: a row's logits have the
 //! same bits in any batch, which is what makes greedy batched output equal one-prompt-at-a-time
-//! output always, and a decode step reads each weight once per batch, not once per row. With
-//! candle's CUDA device the model runs candle's generic ops (cuBLAS).
+//! output always, and a decode step reads each weight once per group of rows, not once per
+//! row (a CPU batch runs as a few groups side by side, see [`generate`]). With candle's CUDA
+//! device the model runs candle's generic ops (cuBLAS).
 //!
 //! ## Where the weights come from
 //! On the CPU (candle's default device) the parameters are built from the set's host copy in

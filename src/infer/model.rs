@@ -100,6 +100,12 @@ impl Llama {
         self.params.step_weight_bytes()
     }
 
+    /// Whether the linears and the attention run this crate's batch-invariant CPU kernels
+    /// (an f32 model on the CPU) rather than candle's generic ops.
+    pub fn uses_cpu_kernels(&self) -> bool {
+        self.fused
+    }
+
     /// The candle device it computes on.
     pub fn device(&self) -> &Device {
         &self.device
