@@ -367,10 +367,8 @@ fn sample(logits: &[f32], temperature: f32, top_p: f32, rng: &mut SmallRng) -> u
 mod tests {
     use super::*;
 
-    use crate::backend::sim::SimBackend;
-    use crate::infer::{new_model, Device, LlamaParams, ModelDir, TinyModelSpec};
-    use crate::swap::{SwapConfig, SwapEngine};
-    use std::sync::Arc;
+    use crate::infer::test_support::cpu_model;
+    use crate::infer::TinyModelSpec;
 
     fn prompts(lens: &[usize]) -> Vec<Vec<u32>> {
         lens.iter()
@@ -438,7 +436,7 @@ mod tests {
     #[test]
     fn grouped_generation_gives_every_row_the_tokens_of_one_group() {
         let dir = tempfile::tempdir().unwrap();
-        new_model(
+        let (_, m) = cpu_model(
             dir.path(),
             &TinyModelSpec {
                 layers: 2,
@@ -448,18 +446,7 @@ mod tests {
                 seed: 5,
                 ..Default::default()
             },
-        )
-        .unwrap();
-        let md = ModelDir::open(dir.path()).unwrap();
-        let e = SwapEngine::new(
-            Arc::new(SimBackend::with_capacity(64 << 20)),
-            SwapConfig::default(),
-        )
-        .unwrap();
-        md.register(&e, "m").unwrap();
-        let g = e.acquire("m").unwrap();
-        let params = LlamaParams::build(&md.config, &g, &Device::Cpu).unwrap();
-        let m = Llama::new(md.config.clone(), params, &Device::Cpu).unwrap();
+        );
         let p = prompts(&[4, 1, 9, 2, 6, 3, 7]);
         // Rows stop at different steps (budgets, and the most frequent first token as a stop
         // token), so groups lose rows and some empty before the others.

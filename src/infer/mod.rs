@@ -145,6 +145,34 @@ pub fn device_for(backend: &crate::backend::SharedBackend) -> crate::error::Resu
     }
 }
 
+/// What the unit tests of `infer` share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::{new_model, Device, Llama, LlamaParams, ModelDir, TinyModelSpec};
+    use crate::backend::sim::SimBackend;
+    use crate::swap::{SwapConfig, SwapEngine};
+
+    /// Writes a tiny model to `dir`, loads it through a swap engine on the simulated device and
+    /// builds it on the CPU.
+    pub(crate) fn cpu_model(dir: &Path, spec: &TinyModelSpec) -> (ModelDir, Llama) {
+        new_model(dir, spec).unwrap();
+        let md = ModelDir::open(dir).unwrap();
+        let e = SwapEngine::new(
+            Arc::new(SimBackend::with_capacity(64 << 20)),
+            SwapConfig::default(),
+        )
+        .unwrap();
+        md.register(&e, "m").unwrap();
+        let g = e.acquire("m").unwrap();
+        let params = LlamaParams::build(&md.config, &g, &Device::Cpu).unwrap();
+        let m = Llama::new(md.config.clone(), params, &Device::Cpu).unwrap();
+        (md, m)
+    }
+}
+
 #[cfg(test)]
 mod candle_error_tests {
     use super::*;

@@ -499,12 +499,9 @@ pub fn logits_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::backend::sim::SimBackend;
-    use crate::infer::{new_model, ModelDir, TinyModelSpec};
-    use crate::swap::{SwapConfig, SwapEngine};
+    use crate::infer::test_support::cpu_model;
+    use crate::infer::TinyModelSpec;
 
     /// candle's generic path (the one CUDA runs) and the fused CPU kernels compute the same
     /// model: on a padded batch, at the prompt and at decode steps, their logits agree to
@@ -520,17 +517,7 @@ mod tests {
             seed: 9,
             ..Default::default()
         };
-        new_model(tmp.path(), &spec).unwrap();
-        let md = ModelDir::open(tmp.path()).unwrap();
-        let e = SwapEngine::new(
-            Arc::new(SimBackend::with_capacity(64 << 20)),
-            SwapConfig::default(),
-        )
-        .unwrap();
-        md.register(&e, "m").unwrap();
-        let g = e.acquire("m").unwrap();
-        let params = LlamaParams::build(&md.config, &g, &Device::Cpu).unwrap();
-        let fused = Llama::new(md.config.clone(), params, &Device::Cpu).unwrap();
+        let (_, fused) = cpu_model(tmp.path(), &spec);
         assert!(fused.fused);
         let generic = Llama {
             fused: false,
