@@ -103,12 +103,12 @@ fn max_groups(threads: usize, step_weight_bytes: usize) -> usize {
 /// products that big the threads' wake-ups are a small cost).
 const GROUP_READ_BUDGET: usize = 128 << 20;
 
-/// [`generate`] with the batch split into `threads` groups at most (see [`Group::split`]).
+/// [`generate`] with the batch split into `most_groups` groups at most (see [`Group::split`]).
 fn generate_split(
     model: &Llama,
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
-    threads: usize,
+    most_groups: usize,
 ) -> Result<Vec<Generation>> {
     check(model, prompts, opts)?;
     let n = prompts.len();
@@ -134,7 +134,7 @@ fn generate_split(
         })
         .collect();
     let live: Vec<usize> = (0..n).filter(|&r| budget[r] > 0).collect();
-    let mut groups = Group::split(prompts, live, threads);
+    let mut groups = Group::split(prompts, live, most_groups);
     // Every group's prompt pass, then one decode step of every group at a time, the groups side
     // by side on rayon's threads.
     let mut logits: Vec<Result<Tensor>> = groups
@@ -142,10 +142,9 @@ fn generate_split(
         .map(|g| g.prefill(model, prompts))
         .collect();
     loop {
-        let mut next: Vec<Vec<Vec<u32>>> = Vec::with_capacity(groups.len());
         for (g, l) in groups.iter_mut().zip(logits) {
             let rows = logits_rows(&l?)?;
-            let mut step = Vec::with_capacity(g.live.len());
+            let mut next = Vec::with_capacity(g.live.len());
             let mut keep = Vec::with_capacity(g.live.len());
             for (i, &r) in g.live.iter().enumerate() {
                 let tok = pick(&rows[i], opts.sampling, rngs[r].as_mut());
@@ -154,25 +153,19 @@ fn generate_split(
                     out[r].stop = StopReason::StopToken;
                 } else if out[r].tokens.len() < budget[r] {
                     keep.push(i);
-                    step.push(vec![tok]);
+                    next.push(vec![tok]);
                 }
             }
             g.retain(&keep)?;
-            next.push(step);
+            g.next = next;
         }
-        let (groups_left, next): (Vec<Group>, Vec<Vec<Vec<u32>>>) = groups
-            .into_iter()
-            .zip(next)
-            .filter(|(g, _)| !g.live.is_empty())
-            .unzip();
-        groups = groups_left;
+        groups.retain(|g| !g.live.is_empty());
         if groups.is_empty() {
             return Ok(out);
         }
         logits = groups
             .par_iter_mut()
-            .zip(next)
-            .map(|(g, step)| model.forward(&step, &g.pads, &mut g.cache))
+            .map(|g| model.forward(&g.next, &g.pads, &mut g.cache))
             .collect();
     }
 }
@@ -198,21 +191,25 @@ struct Group {
     live: Vec<usize>,
     /// Left padding per live row (to the group's longest prompt).
     pads: Vec<usize>,
+    /// The token each live row feeds the next decode step.
+    next: Vec<Vec<u32>>,
     cache: KvCache,
 }
 
 impl Group {
     /// `live` (indices into `prompts`) in groups of similar prompt lengths, so little is
-    /// padded: at most one group per thread (one on a GPU: its kernels are the parallelism),
-    /// each of at least [`ROWS_PER_GROUP`] rows (or one group), sizes differing by one at most.
-    fn split(prompts: &[Vec<u32>], mut live: Vec<usize>, threads: usize) -> Vec<Group> {
-        let count = (live.len() / ROWS_PER_GROUP).clamp(1, threads.max(1));
+    /// padded: at most `most_groups` groups (see [`max_groups`]; one on a GPU: its kernels are
+    /// the parallelism), each of at least [`ROWS_PER_GROUP`] rows (or one group), sizes
+    /// differing by one at most.
+    fn split(prompts: &[Vec<u32>], mut live: Vec<usize>, most_groups: usize) -> Vec<Group> {
+        let count = (live.len() / ROWS_PER_GROUP).clamp(1, most_groups.max(1));
         live.sort_by_key(|&r| prompts[r].len());
         let len = live.len();
         (0..count)
             .map(|g| Group {
                 live: live[g * len / count..(g + 1) * len / count].to_vec(),
                 pads: Vec::new(),
+                next: Vec::new(),
                 cache: KvCache::new(),
             })
             .filter(|g| !g.live.is_empty())
@@ -236,8 +233,9 @@ impl Group {
         let batch: Vec<Vec<u32>> = self
             .live
             .iter()
-            .map(|&r| {
-                let mut row = vec![0u32; longest - prompts[r].len()];
+            .zip(&self.pads)
+            .map(|(&r, &pad)| {
+                let mut row = vec![0u32; pad];
                 row.extend_from_slice(&prompts[r]);
                 row
             })
@@ -282,6 +280,7 @@ fn check(model: &Llama, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<
             return Err(Error::InvalidArgument("top_p must be in (0, 1]".into()));
         }
     }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     for (r, p) in prompts.iter().enumerate() {
         if p.is_empty() {
             return Err(Error::InvalidArgument(format!(
@@ -292,7 +291,6 @@ fn check(model: &Llama, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<
             .max_new_per_row
             .as_ref()
             .map_or(opts.max_new_tokens, |v| v[r]);
-        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         if longest.saturating_add(most) > cfg.max_position_embeddings {
             return Err(Error::InvalidArgument(format!(
                 "prompt {r}: the batch's longest prompt ({longest} tokens) plus {most} new tokens \
