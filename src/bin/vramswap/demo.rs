@@ -90,10 +90,7 @@ pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
     let _ = std::fs::remove_dir_all(&tmp);
     let report = result?;
     if json {
-        return crate::print(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&report).expect("serialisable")
-        ));
+        return crate::print_json(&report);
     }
     let models: Vec<String> = report
         .models

@@ -69,10 +69,7 @@ pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
             .collect::<Result<Vec<_>>>()?;
         let rows = bench::batch_vs_serial(&model, &ids, &[1, 4, 8, 16], args.max_new_tokens, 3)?;
         if args.json {
-            return crate::print(&format!(
-                "{}\n",
-                serde_json::to_string_pretty(&rows).expect("serialisable")
-            ));
+            return crate::print_json(&rows);
         }
         return crate::print(&bench::table(&rows));
     }
@@ -116,10 +113,7 @@ pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
                 entry["first_logits"] = serde_json::json!(rows[0]);
             }
         }
-        return crate::print(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&v).expect("serialisable")
-        ));
+        return crate::print_json(&v);
     }
     let mut s = String::new();
     for g in &out {

@@ -23,11 +23,7 @@ pub fn run(b: SharedBackend, why: &str, args: &Args) -> Result<ExitCode> {
             "device": p,
             "memory": m,
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).expect("serialisable")
-        );
-        return Ok(ExitCode::SUCCESS);
+        return crate::print_json(&v);
     }
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     println!("backend          {} ({why})", p.backend);

@@ -127,6 +127,14 @@ fn print(text: &str) -> vramswap::Result<ExitCode> {
     }
 }
 
+/// Writes `value` to stdout as pretty JSON and a newline (see [`print`]).
+fn print_json(value: &impl serde::Serialize) -> vramswap::Result<ExitCode> {
+    print(&format!(
+        "{}\n",
+        serde_json::to_string_pretty(value).expect("serialisable")
+    ))
+}
+
 /// A size flag in bytes with the library's one size vocabulary ([`vramswap::config::parse_bytes`]):
 /// plain bytes, `1.5GB` (decimal) or `24GiB` (binary).
 fn size_bytes(s: &str) -> std::result::Result<u64, String> {

@@ -94,11 +94,7 @@ pub fn run(b: SharedBackend, args: &Args) -> Result<ExitCode> {
         })?;
     }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("serialisable")
-        );
-        return Ok(ExitCode::SUCCESS);
+        return crate::print_json(&report);
     }
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     println!("trace            {title}");

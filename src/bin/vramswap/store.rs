@@ -158,11 +158,7 @@ fn serve(args: &ServeArgs) -> Result<ExitCode> {
 fn status(args: &StatusArgs) -> Result<ExitCode> {
     let s = StoreClient::new(&args.socket).status()?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&s).expect("status serializes")
-        );
-        return Ok(ExitCode::SUCCESS);
+        return crate::print_json(&s);
     }
     print_status(&args.socket, &s);
     Ok(ExitCode::SUCCESS)
@@ -442,11 +438,7 @@ fn bench(args: &BenchArgs) -> Result<ExitCode> {
         store_host_used: host_used,
     };
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r).expect("report serializes")
-        );
-        return Ok(ExitCode::SUCCESS);
+        return crate::print_json(&r);
     }
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     println!(
